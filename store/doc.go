@@ -1,0 +1,69 @@
+// Package store is latch's journal: one bbolt file, <state-dir>/journal.db,
+// that keeps everything the agent must not lose across crashes, power cuts
+// and reboots. Nothing else in latch touches bbolt; callers see typed
+// records only (apps, the pending update, the apply in progress, holds, the
+// override, a pending reboot, the configuration last applied, and a bounded
+// event log).
+//
+// # Transactions
+//
+// Every read and write goes through Journal.View or Journal.Update. One
+// Update is one bbolt commit: all of its writes become durable together,
+// fsynced before Update returns, or none of them does. Records that must
+// agree (an apply step and the event that tells of it, a pending update and
+// its state) are therefore written in the same Update.
+//
+// # Opening
+//
+// Open takes bbolt's exclusive file lock (flock) and waits for it at most
+// Options.Timeout: a second agent on the same state directory, or a second
+// Open in the same process, gets ErrInUse, never a hang. Open then migrates
+// an older schema (one transaction: all steps or none), refuses a newer one
+// with ErrSchema without writing to the file, and reads and decodes every
+// record and runs bbolt's consistency check, so that a damaged file is found
+// at start-up, as ErrCorrupt, and not half-way through an apply. The agent
+// calls OpenOrReset, which moves such a file aside as
+// journal.db.corrupt-<UTC time> and starts a fresh one.
+//
+// # Caveats
+//
+// Durability is bbolt's default: a commit writes its pages, fsyncs the
+// file, then writes and fsyncs the meta page that makes it visible. After a
+// crash or a power cut the journal is exactly the state of the last Update
+// that returned nil (or, if the power failed during the very last commit,
+// of the one before it: a commit that had not returned may or may not be
+// there, but never in part). What each record promises after a crash:
+//
+//   - App: the current release is the one recorded by the last committed
+//     Update; the agent records it after the service is started and healthy,
+//     so a crash between the two re-runs the health check, not the install.
+//   - Update: the pending update, its target document and its files survive
+//     whole. File progress (Done, Complete) is what was committed: a download
+//     that ran further than its last SetFileProgress resumes from the
+//     committed offset; the staged bytes past it are re-verified or fetched
+//     again. Attempts counts apply attempts started and committed, so a crash
+//     loop is bounded.
+//   - Apply: the step recorded before a side effect is there after a crash;
+//     a side effect is never recorded as done unless its Update returned.
+//     The agent must journal a step before it acts, and resume or roll back
+//     from the last recorded phase. The lock references (path, device,
+//     inode) let it adopt or remove exactly its own lock entries.
+//   - Hold, Override, Reboot, Config: the last committed value.
+//   - Event: the log keeps the newest Options.MaxEvents events; sequence
+//     numbers only grow (they survive trimming), so a reader can tell that
+//     events were dropped.
+//
+// What a power cut can lose: the last Update if it had not returned. What it
+// cannot do: leave a record half-written, or mix records of two commits.
+// bbolt relies on the disk honouring fsync; storage that lies about it (some
+// SD cards and USB sticks) can still damage the file, which Open then
+// reports as ErrCorrupt. A journal file truncated to zero bytes is treated
+// as a new, empty journal.
+//
+// The file stays small: free pages are reused, the event log is bounded, and
+// bbolt maps the file's size (rounded up, at least 32 KiB) rather than a
+// large fixed area, which matters on 32-bit boards. Only a garbled file makes
+// bbolt panic or fault while reading it; Open catches that in its own check
+// and reports ErrCorrupt, but a page damaged while the agent runs can still
+// crash it (systemd restarts it and Open then finds the damage).
+package store

@@ -1,0 +1,321 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// SchemaVersion is the version of the journal's layout that this latch
+// writes. A journal with a lower version is migrated by Open; a higher one
+// gives ErrSchema.
+const SchemaVersion = 1
+
+// Bucket and key names. Nothing outside this package sees them.
+const (
+	bucketMeta    = "meta"    // keySchema: decimal schema version
+	bucketApps    = "apps"    // app name -> App
+	bucketPending = "pending" // keyUpdate, keyTarget, sub-bucket "files"
+	bucketHolds   = "holds"   // "app/service" or "all" -> Hold
+	bucketState   = "state"   // keyApply, keyOverride, keyReboot, keyConfig
+	bucketEvents  = "events"  // big-endian seq -> Event
+
+	keySchema   = "schema"
+	keyUpdate   = "update"
+	keyTarget   = "target"
+	keyFiles    = "files"
+	keyApply    = "apply"
+	keyOverride = "override"
+	keyReboot   = "reboot"
+	keyConfig   = "config"
+)
+
+var allBuckets = []string{bucketMeta, bucketApps, bucketPending, bucketHolds, bucketState, bucketEvents}
+
+// migrations[n] upgrades a journal of schema n to n+1. Each runs in the
+// same transaction as the ones after it and the write of the new version,
+// so a crash during migration leaves the old journal as it was.
+var migrations = []func(*bolt.Tx) error{
+	0: migrateV0,
+}
+
+// migrateV0 upgrades an unversioned journal (a fresh file, or one written
+// before the schema was versioned) to v1: it creates the buckets of v1 and
+// keeps whatever records already exist in them.
+func migrateV0(tx *bolt.Tx) error {
+	for _, name := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Options tunes Open. A nil *Options means all defaults.
+type Options struct {
+	Timeout   time.Duration // wait for bbolt's file lock; default 1s
+	MaxEvents int           // event log bound; default 1000
+}
+
+const (
+	defaultTimeout   = time.Second
+	defaultMaxEvents = 1000
+)
+
+// Journal is an open journal file. Its methods are safe for concurrent use:
+// Views run concurrently, Updates one at a time.
+type Journal struct {
+	db        *bolt.DB
+	path      string
+	maxEvents int
+}
+
+// Open opens the journal at path, creating it (mode 0600, parent directory
+// 0700) when missing. It waits at most opts.Timeout for the file lock and
+// then fails with ErrInUse. It migrates an older schema, refuses a newer one
+// with ErrSchema, and checks the whole file before returning: a file that
+// bbolt cannot open, that is inconsistent, or that holds a record that does
+// not decode gives ErrCorrupt.
+func Open(path string, opts *Options) (*Journal, error) {
+	timeout, maxEvents := defaultTimeout, defaultMaxEvents
+	if opts != nil {
+		if opts.Timeout > 0 {
+			timeout = opts.Timeout
+		}
+		if opts.MaxEvents > 0 {
+			maxEvents = opts.MaxEvents
+		}
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open journal %s: create directory: %w", path, err)
+	}
+	_, statErr := os.Lstat(path)
+	created := errors.Is(statErr, os.ErrNotExist)
+
+	var file *os.File // the file bbolt opened, to close it if bbolt panics
+	bopts := &bolt.Options{
+		Timeout:      timeout,
+		FreelistType: bolt.FreelistMapType,
+		// No InitialMmapSize: bbolt maps the file's size rounded up (32 KiB
+		// at least) and grows the mapping as the file grows, which keeps the
+		// address space small on 32-bit boards. The journal stays small.
+		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, mode)
+			file = f
+			return f, err
+		},
+	}
+	var db *bolt.DB
+	err := guard(func() error {
+		var err error
+		db, err = bolt.Open(path, 0o600, bopts)
+		return err
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("open journal %s: %w (waited %s)", path, ErrInUse, timeout)
+	case errors.Is(err, ErrCorrupt):
+		if db == nil && file != nil {
+			file.Close() // bbolt panicked half-way: release the fd and its flock
+		}
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
+		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrInvalidMapping):
+		return nil, fmt.Errorf("open journal %s: %w: %w", path, ErrCorrupt, err)
+	default:
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+	if created {
+		if err := syncDir(dir); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open journal %s: %w", path, err)
+		}
+	}
+	j := &Journal{db: db, path: path, maxEvents: maxEvents}
+	if err := guard(j.prepare); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+	return j, nil
+}
+
+// prepare checks the schema version, migrates, and verifies the file.
+func (j *Journal) prepare() error {
+	var version int
+	err := j.db.View(func(tx *bolt.Tx) error {
+		var err error
+		version, err = schemaVersion(tx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if version > SchemaVersion {
+		return fmt.Errorf("%w: file has version %d, this latch knows up to %d", ErrSchema, version, SchemaVersion)
+	}
+	if version < SchemaVersion {
+		err := j.db.Update(func(tx *bolt.Tx) error {
+			for v := version; v < SchemaVersion; v++ {
+				if err := migrations[v](tx); err != nil {
+					return fmt.Errorf("migrate schema %d to %d: %w", v, v+1, err)
+				}
+			}
+			return tx.Bucket([]byte(bucketMeta)).Put([]byte(keySchema), []byte(fmt.Sprint(SchemaVersion)))
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return j.db.View(j.verify)
+}
+
+func schemaVersion(tx *bolt.Tx) (int, error) {
+	meta := tx.Bucket([]byte(bucketMeta))
+	if meta == nil {
+		return 0, nil
+	}
+	v := meta.Get([]byte(keySchema))
+	if v == nil {
+		return 0, nil
+	}
+	return decodeVersion(v)
+}
+
+// verify reads every page and decodes every record, then runs bbolt's own
+// consistency check. It runs in the caller's goroutine, under guard, so that
+// a garbled page that makes bbolt panic or fault becomes ErrCorrupt; bbolt's
+// check then only revisits pages already read safely.
+func (j *Journal) verify(btx *bolt.Tx) error {
+	if fi, err := os.Stat(j.path); err != nil {
+		return fmt.Errorf("stat: %w", err)
+	} else if fi.Size() < btx.Size() {
+		return fmt.Errorf("%w: file is %d bytes, its pages need %d (truncated)", ErrCorrupt, fi.Size(), btx.Size())
+	}
+	for _, name := range allBuckets {
+		if btx.Bucket([]byte(name)) == nil {
+			return fmt.Errorf("%w: bucket %s missing", ErrCorrupt, name)
+		}
+	}
+	tx := &Tx{tx: btx, j: j}
+	if _, err := tx.Apps(); err != nil {
+		return err
+	}
+	if _, err := tx.Pending(); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if _, err := tx.Apply(); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if _, err := tx.Holds(); err != nil {
+		return err
+	}
+	if _, err := tx.Override(); err != nil {
+		return err
+	}
+	if _, err := tx.PendingReboot(); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if _, err := tx.Config(); err != nil {
+		return err
+	}
+	if _, err := tx.Events(0); err != nil {
+		return err
+	}
+	var first error
+	for err := range btx.Check() { // drain: Check's goroutine sends every error
+		if first == nil {
+			first = fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+	}
+	return first
+}
+
+// guard runs fn and turns a panic or a memory fault inside it (bbolt reading
+// a garbled or truncated page) into ErrCorrupt.
+func guard(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrCorrupt, r)
+		}
+	}()
+	return fn()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// OpenOrReset opens the journal like Open. When Open reports ErrCorrupt it
+// moves the file aside as <path>.corrupt-<UTC time 20060102T150405Z>, opens
+// a fresh journal and returns the aside path (empty when nothing was moved).
+// ErrInUse, ErrSchema and other errors are returned as they are.
+func OpenOrReset(path string, opts *Options) (j *Journal, aside string, err error) {
+	j, err = Open(path, opts)
+	if err == nil || !errors.Is(err, ErrCorrupt) {
+		return j, "", err
+	}
+	openErr := err
+	base := path + ".corrupt-" + time.Now().UTC().Format("20060102T150405Z")
+	aside = base
+	for n := 1; ; n++ {
+		if _, err := os.Lstat(aside); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		aside = fmt.Sprintf("%s.%d", base, n)
+	}
+	if err := os.Rename(path, aside); err != nil {
+		return nil, "", fmt.Errorf("move corrupt journal aside (%v): %w", openErr, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return nil, aside, fmt.Errorf("move corrupt journal aside: %w", err)
+	}
+	j, err = Open(path, opts)
+	if err != nil {
+		return nil, aside, fmt.Errorf("fresh journal after moving the corrupt one to %s: %w", aside, err)
+	}
+	return j, aside, nil
+}
+
+// Close closes the journal. It is safe to call more than once.
+func (j *Journal) Close() error {
+	if err := j.db.Close(); err != nil {
+		return fmt.Errorf("close journal %s: %w", j.path, err)
+	}
+	return nil
+}
+
+// Path is the journal's file name as given to Open.
+func (j *Journal) Path() string { return j.path }
+
+// View runs fn in a read-only transaction; it sees one consistent state.
+func (j *Journal) View(fn func(*Tx) error) error {
+	return j.db.View(func(btx *bolt.Tx) error {
+		return fn(&Tx{tx: btx, j: j})
+	})
+}
+
+// Update runs fn in a read-write transaction. When fn returns nil every
+// write it made is committed together and fsynced before Update returns;
+// when fn returns an error (or panics) none of them is.
+func (j *Journal) Update(fn func(*Tx) error) error {
+	return j.db.Update(func(btx *bolt.Tx) error {
+		return fn(&Tx{tx: btx, j: j})
+	})
+}
