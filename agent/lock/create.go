@@ -1,0 +1,238 @@
+package lock
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Lock is an entry this process created or adopted, identified by device and
+// inode so that it is never confused with an entry that replaced it.
+type Lock struct {
+	Path string
+	Dev  uint64
+	Ino  uint64
+}
+
+var tmpSeq atomic.Uint32
+
+// Create makes the lock entry path exclusively. The entry appears atomically,
+// already owned by uid:gid (uid < 0 leaves the caller's) and already holding
+// rec, or not at all: it is written under a temporary name in the same
+// directory and linked into place with link(2), which never follows or
+// replaces anything at path. If something exists at path, Create returns a
+// *HeldError (errors.Is(err, ErrHeld)) describing it. The last component of
+// the parent directory must not be a symlink (ErrSymlink).
+func Create(path string, rec Record, uid, gid int) (*Lock, error) {
+	path = filepath.Clean(path)
+	dir, name := filepath.Split(path)
+	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ELOOP) {
+			return nil, fmt.Errorf("take lock %s: directory %s: %w", path, dir, ErrSymlink)
+		}
+		return nil, fmt.Errorf("take lock %s: open directory: %w", path, err)
+	}
+	defer unix.Close(dirfd)
+	return createAt(dirfd, path, name, rec, uid, gid)
+}
+
+func createAt(dirfd int, path, name string, rec Record, uid, gid int) (*Lock, error) {
+	tmp := fmt.Sprintf(".%s.latch-%d-%d", name, os.Getpid(), tmpSeq.Add(1))
+	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("take lock %s: create temporary file: %w", path, err)
+	}
+	defer unix.Unlinkat(dirfd, tmp, 0)
+	err = writeAll(fd, rec.marshal())
+	if err == nil && uid >= 0 {
+		err = unix.Fchown(fd, uid, gid)
+	}
+	if err == nil {
+		err = unix.Fchmod(fd, 0o644) // the umask may have narrowed it
+	}
+	var st unix.Stat_t
+	if err == nil {
+		err = unix.Fstat(fd, &st)
+	}
+	unix.Close(fd)
+	if err != nil {
+		return nil, fmt.Errorf("take lock %s: write record: %w", path, err)
+	}
+	for attempt := 0; ; attempt++ {
+		err = unix.Linkat(dirfd, tmp, dirfd, name, 0)
+		if err == nil {
+			return &Lock{Path: path, Dev: uint64(st.Dev), Ino: uint64(st.Ino)}, nil
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("take lock %s: link: %w", path, err)
+		}
+		e, derr := describe(dirfd, path, name, readProcLocks())
+		if derr == nil {
+			return nil, &HeldError{Entry: e}
+		}
+		if !errors.Is(derr, os.ErrNotExist) || attempt > 3 {
+			return nil, &HeldError{Entry: Entry{Path: path, State: StateHeld}}
+		}
+		// It vanished between link and lstat: try again.
+	}
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// Adopt returns a *Lock for the entry that exists at path (used to re-adopt
+// the agent's own leftovers after a crash). It never follows a symlink.
+func Adopt(path string) (*Lock, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return nil, fmt.Errorf("adopt lock %s: %w", path, err)
+	}
+	return &Lock{Path: filepath.Clean(path), Dev: uint64(st.Dev), Ino: uint64(st.Ino)}, nil
+}
+
+// Remove deletes the entry if it is still the one created or adopted (same
+// device and inode); otherwise it leaves it and returns an error wrapping
+// ErrNotOurs. An entry already gone is not an error.
+func (l *Lock) Remove() error {
+	dir, name := filepath.Split(l.Path)
+	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("remove lock %s: open directory: %w", l.Path, err)
+	}
+	defer unix.Close(dirfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("remove lock %s: %w", l.Path, err)
+	}
+	if uint64(st.Dev) != l.Dev || uint64(st.Ino) != l.Ino || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return fmt.Errorf("remove lock %s: %w", l.Path, ErrNotOurs)
+	}
+	if err := unix.Unlinkat(dirfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove lock %s: %w", l.Path, err)
+	}
+	return nil
+}
+
+// ReleaseAll removes every lock in locks (in reverse order) that is still
+// the entry it names, and returns the errors joined.
+func ReleaseAll(locks []*Lock) error {
+	var errs []error
+	for i := len(locks) - 1; i >= 0; i-- {
+		if err := locks[i].Remove(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Acquire takes every name in names in the lock directory of every service
+// in svcs (creating the directories with EnsureServiceDir), all or nothing,
+// in a fixed order (services, then names, sorted). Device-wide paths must not
+// exist; they are checked, never created. Unless rec.Role is RoleHold, any
+// other held name already in a service directory blocks too (a hold coexists
+// with the application's own lock, an action does not).
+//
+// On any failure Acquire removes exactly the entries it created in this
+// attempt (checked by inode) and returns the error: a *HeldError naming the
+// blocking entry when something is held.
+func (l Layout) Acquire(svcs []Service, names []string, rec Record, uid, gid int) (locks []*Lock, err error) {
+	svcs = slices.Clone(svcs)
+	slices.SortFunc(svcs, func(a, b Service) int { return strings.Compare(a.String(), b.String()) })
+	svcs = slices.Compact(svcs)
+	names = slices.Clone(names)
+	slices.Sort(names)
+	names = slices.Compact(names)
+	for _, n := range names {
+		if !slices.Contains(HeldNames, n) {
+			return nil, fmt.Errorf("acquire locks: %q is not a lock name", n)
+		}
+	}
+	defer func() {
+		if err != nil {
+			if rerr := ReleaseAll(locks); rerr != nil {
+				err = fmt.Errorf("%w (and rolling back: %v)", err, rerr)
+			}
+			locks = nil
+		}
+	}()
+	checkGlobals := func() error {
+		if rec.Role == RoleHold {
+			return nil
+		}
+		for _, g := range l.Global {
+			e, err := describePath(g, readProcLocks())
+			if err == nil {
+				return &HeldError{Entry: e}
+			}
+			if !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("acquire locks: %w", err)
+			}
+		}
+		return nil
+	}
+	if err := checkGlobals(); err != nil {
+		return nil, err
+	}
+	for _, s := range svcs {
+		if _, err := l.EnsureServiceDir(s); err != nil {
+			return locks, err
+		}
+		dirfd, err := l.openServiceDir(s, false)
+		if err != nil {
+			return locks, err
+		}
+		dir := l.ServiceDir(s)
+		for _, n := range names {
+			lk, err := createAt(dirfd, filepath.Join(dir, n), n, rec, uid, gid)
+			if err != nil {
+				unix.Close(dirfd)
+				return locks, err
+			}
+			locks = append(locks, lk)
+		}
+		if rec.Role != RoleHold {
+			for _, n := range HeldNames {
+				if slices.Contains(names, n) {
+					continue
+				}
+				e, err := describe(dirfd, filepath.Join(dir, n), n, nil)
+				if err == nil {
+					unix.Close(dirfd)
+					return locks, &HeldError{Entry: e}
+				}
+				if !errors.Is(err, os.ErrNotExist) {
+					unix.Close(dirfd)
+					return locks, fmt.Errorf("acquire locks: %w", err)
+				}
+			}
+		}
+		unix.Close(dirfd)
+	}
+	// A device-wide lock that appeared while the service locks were taken
+	// blocks too: the caller must not act under it.
+	if err := checkGlobals(); err != nil {
+		return locks, err
+	}
+	return locks, nil
+}

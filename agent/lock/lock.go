@@ -1,0 +1,253 @@
+// Package lock is latch's lock core: what counts as a held update lock, who
+// holds it, how latch takes and releases locks, and a watcher that reports
+// changes.
+//
+// Guarantees:
+//   - A service is locked while any entry named updates.lock,
+//     resin-updates.lock or latch-hold.lock exists in its lock directory,
+//     whatever its type (file, directory, symlink, even a dangling one) and
+//     owner, and every service is locked while any device-wide path exists.
+//     Entries are looked at with lstat; a symlink is never followed.
+//   - Create makes an entry atomically (a temporary file carrying the holder
+//     record and the final owner, linked into place with link(2)): the entry
+//     never appears without its record or with the wrong owner, and never
+//     replaces anything that exists.
+//   - Acquire is all or nothing in a fixed order; on failure it removes only
+//     the entries it created in that attempt, checked by device and inode.
+//   - Remove, RemoveEntry and ReleaseAll delete an entry only while it is
+//     still the one they were given (same device and inode), and RemoveEntry
+//     refuses paths outside the lock directories and device-wide paths.
+//   - Lock directories are created with mode 1777; a symlinked component or a
+//     non-directory is refused with an error naming the path.
+//
+// The package is Linux-only: it reads /proc/locks, /proc/PID/cmdline and the
+// boot id, and uses inotify.
+package lock
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Names of lock entries in a service's lock directory (spec section 3).
+const (
+	UpdatesName = "updates.lock"       // balena's name
+	ResinName   = "resin-updates.lock" // legacy balena name
+	HoldName    = "latch-hold.lock"    // the agent's hold entry
+)
+
+// HeldNames are the entry names that lock a service, sorted.
+var HeldNames = []string{HoldName, ResinName, UpdatesName}
+
+// Sentinel errors of the lock core; test with errors.Is.
+var (
+	// ErrHeld means an entry exists where a lock was to be taken; the error
+	// is a *HeldError describing the entry.
+	ErrHeld = errors.New("lock is held")
+	// ErrNotOurs means the entry at a path is no longer the one this
+	// process created or was given (different device or inode).
+	ErrNotOurs = errors.New("lock entry is not the one this process created")
+	// ErrSymlink means a path component that must be a real directory (or
+	// an entry that must not be followed) is a symlink.
+	ErrSymlink = errors.New("path component is a symlink")
+	// ErrNotDir means a path component that must be a directory is not one.
+	ErrNotDir = errors.New("path component is not a directory")
+	// ErrOutside means a path is neither in a service lock directory nor a
+	// device-wide lock path, so latch refuses to remove it.
+	ErrOutside = errors.New("path is outside the lock directories")
+)
+
+// Kind is the type of a lock entry.
+type Kind string
+
+// Kinds of lock entries. Anything that is neither a directory nor a symlink
+// (regular file, fifo, socket, device) is reported as a file.
+const (
+	KindFile    Kind = "file"
+	KindDir     Kind = "dir"
+	KindSymlink Kind = "symlink"
+)
+
+// State says what a lock entry means (spec section 3).
+type State string
+
+// States of a lock entry.
+const (
+	StateHeld  State = "held"  // holder alive or unknown
+	StateStale State = "stale" // latch's record names a dead process, or another boot
+	StateAgent State = "agent" // taken by the agent for an action
+	StateHold  State = "hold"  // kept by the agent for a `latch hold`
+)
+
+// Role says who took a lock that carries latch's record.
+type Role string
+
+// Roles of latch's records.
+const (
+	RoleUser  Role = "user"  // latch lock
+	RoleAgent Role = "agent" // the agent, for an action
+	RoleHold  Role = "hold"  // the agent, for a hold
+)
+
+// Record is the holder record latch writes into every lock file it creates
+// (JSON, one line).
+type Record struct {
+	PID     int       `json:"pid"`
+	BootID  string    `json:"boot_id"`
+	Command string    `json:"command"`
+	Role    Role      `json:"role"`
+	Created time.Time `json:"created"`
+}
+
+// NewRecord returns a record naming this process: its pid, the boot id and
+// its command line.
+func NewRecord(role Role) Record {
+	return Record{
+		PID:     os.Getpid(),
+		BootID:  BootID(),
+		Command: strings.Join(os.Args, " "),
+		Role:    role,
+		Created: time.Now().UTC().Truncate(time.Millisecond),
+	}
+}
+
+// maxRecord bounds how much of a lock file is read when looking for a record.
+const maxRecord = 4096
+
+// ParseRecord decodes latch's holder record from the content of a lock file.
+// It returns false when the content is not a record written by latch (other
+// tools write nothing, a pid, or anything else).
+func ParseRecord(b []byte) (Record, bool) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' || len(b) > maxRecord {
+		return Record{}, false
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Record{}, false
+	}
+	switch r.Role {
+	case RoleUser, RoleAgent, RoleHold:
+	default:
+		return Record{}, false
+	}
+	if r.PID <= 0 || r.BootID == "" {
+		return Record{}, false
+	}
+	return r, true
+}
+
+func (r Record) marshal() []byte {
+	b, err := json.Marshal(r)
+	if err != nil { // a Record always marshals
+		panic(err)
+	}
+	return append(b, '\n')
+}
+
+var bootID = sync.OnceValue(func() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+})
+
+// BootID returns this boot's id from /proc/sys/kernel/random/boot_id, or ""
+// when it cannot be read.
+func BootID() string { return bootID() }
+
+// Holder is a process that holds a lock, where it can be known.
+type Holder struct {
+	PID     int    `json:"pid"`
+	Command string `json:"command,omitempty"`
+}
+
+// Entry is one lock entry that exists, as `latch locks --json` prints it.
+type Entry struct {
+	App     string    `json:"app"`     // "" for a device-wide lock
+	Service string    `json:"service"` // "" for a device-wide lock
+	Path    string    `json:"path"`
+	Kind    Kind      `json:"kind"`
+	UID     int       `json:"uid"`
+	Since   time.Time `json:"since"`
+	State   State     `json:"state"`
+	Holder  *Holder   `json:"holder"`
+	Record  *Record   `json:"record,omitempty"`
+	Dev     uint64    `json:"-"`
+	Ino     uint64    `json:"-"`
+}
+
+// HeldError reports that a lock could not be taken because an entry exists.
+type HeldError struct{ Entry Entry }
+
+func (e *HeldError) Error() string {
+	en := e.Entry
+	since := ""
+	if !en.Since.IsZero() {
+		since = " since " + en.Since.Local().Format(time.RFC3339)
+	}
+	what := en.Path
+	if en.Kind != "" && en.Kind != KindFile {
+		what += " (" + string(en.Kind) + ")"
+	}
+	switch {
+	case en.Holder != nil && en.Holder.Command != "":
+		return fmt.Sprintf("%s is held by pid %d (%s)%s", what, en.Holder.PID, en.Holder.Command, since)
+	case en.Holder != nil:
+		return fmt.Sprintf("%s is held by pid %d%s", what, en.Holder.PID, since)
+	case en.State == StateStale && en.Record != nil:
+		return fmt.Sprintf("%s is held by a stale lock of dead pid %d (%s)%s", what, en.Record.PID, en.Record.Command, since)
+	default:
+		return fmt.Sprintf("%s is held (holder unknown, uid %d)%s", what, en.UID, since)
+	}
+}
+
+// Is makes errors.Is(err, ErrHeld) true for a *HeldError.
+func (e *HeldError) Is(target error) bool { return target == ErrHeld }
+
+// Service names one service of one app.
+type Service struct{ App, Service string }
+
+// String returns "app/service".
+func (s Service) String() string { return s.App + "/" + s.Service }
+
+// ParseService parses and validates "app/service".
+func ParseService(s string) (Service, error) {
+	app, svc, ok := strings.Cut(s, "/")
+	if !ok {
+		return Service{}, fmt.Errorf("service %q: want APP/SERVICE", s)
+	}
+	if err := validName(app); err != nil {
+		return Service{}, fmt.Errorf("service %q: app name: %w", s, err)
+	}
+	if err := validName(svc); err != nil {
+		return Service{}, fmt.Errorf("service %q: service name: %w", s, err)
+	}
+	return Service{App: app, Service: svc}, nil
+}
+
+func validName(n string) error {
+	switch {
+	case n == "":
+		return errors.New("empty")
+	case len(n) > 128:
+		return fmt.Errorf("%d bytes long, at most 128", len(n))
+	case n[0] == '.':
+		return fmt.Errorf("%q starts with '.'", n)
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-' {
+			continue
+		}
+		return fmt.Errorf("%q has %q: only letters, digits, '_', '.' and '-' are allowed", n, c)
+	}
+	return nil
+}
