@@ -1,0 +1,531 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"latch/agent/lock"
+)
+
+func init() {
+	register("lock", "take an update lock for as long as a command runs (like flock(1))", runLock)
+	register("unlock", "remove a lock taken with 'latch lock --detach'", runUnlock)
+	register("locks", "list every lock, who holds it and since when", runLocks)
+}
+
+// forwardedSignals are passed on to CMD by `latch lock -- CMD`.
+var forwardedSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
+
+// recheckEvery is the fallback re-check while waiting for a lock, in case an
+// inotify event is missed (a network file system, a watch limit reached).
+const recheckEvery = 2 * time.Second
+
+// waitFlag is --wait (forever) or --wait=DURATION.
+type waitFlag struct {
+	set bool
+	d   time.Duration // 0: forever
+}
+
+func (w *waitFlag) IsBoolFlag() bool { return true }
+
+func (w *waitFlag) String() string {
+	switch {
+	case w == nil || !w.set:
+		return ""
+	case w.d == 0:
+		return "true"
+	}
+	return w.d.String()
+}
+
+func (w *waitFlag) Set(v string) error {
+	switch v {
+	case "true":
+		*w = waitFlag{set: true}
+		return nil
+	case "false":
+		*w = waitFlag{}
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return fmt.Errorf("want a positive duration such as 30s or 5m, got %q", v)
+	}
+	*w = waitFlag{set: true, d: d}
+	return nil
+}
+
+// lockFlags are the flags shared by lock and unlock.
+type lockFlags struct {
+	p       paths
+	service string
+	path    string
+}
+
+func (lf *lockFlags) add(fs *flag.FlagSet) {
+	lf.p.addFlags(fs)
+	fs.StringVar(&lf.service, "service", "", "the lock of service APP/SERVICE: <lock-dir>/services/APP/SERVICE/updates.lock")
+	fs.StringVar(&lf.path, "path", "", "the lock file FILE (default $BALENA_APP_LOCK_PATH, else the first device-wide lock path)")
+}
+
+// target resolves the lock path and the layout; create makes the lock
+// directory of --service (or the missing parent of a device-wide default).
+func (lf *lockFlags) target(create bool) (string, lock.Layout, error) {
+	if err := lf.p.resolve(); err != nil {
+		return "", lock.Layout{}, &exitError{code: exitUsage, msg: err.Error()}
+	}
+	layout := lock.Layout{Dir: lf.p.lockDir, Global: lf.p.globals}
+	switch {
+	case lf.service != "" && lf.path != "":
+		return "", layout, &exitError{code: exitUsage, msg: "give --service or --path, not both"}
+	case lf.service != "":
+		s, err := lock.ParseService(lf.service)
+		if err != nil {
+			return "", layout, &exitError{code: exitUsage, msg: err.Error()}
+		}
+		if create {
+			if _, err := layout.EnsureServiceDir(s); err != nil {
+				return "", layout, err
+			}
+		}
+		return filepath.Join(layout.ServiceDir(s), lock.UpdatesName), layout, nil
+	case lf.path != "":
+		abs, err := filepath.Abs(lf.path)
+		if err != nil {
+			return "", layout, fmt.Errorf("--path %q: %w", lf.path, err)
+		}
+		return abs, layout, nil
+	}
+	if env := os.Getenv("BALENA_APP_LOCK_PATH"); env != "" {
+		abs, err := filepath.Abs(env)
+		if err != nil {
+			return "", layout, fmt.Errorf("BALENA_APP_LOCK_PATH %q: %w", env, err)
+		}
+		return abs, layout, nil
+	}
+	if len(layout.Global) == 0 {
+		return "", layout, &exitError{code: exitUsage, msg: "no lock path: give --path FILE or --service APP/SERVICE (no device-wide lock path is configured)"}
+	}
+	g := layout.Global[0]
+	if create {
+		if err := ensureLockParent(filepath.Dir(g)); err != nil {
+			return "", layout, err
+		}
+	}
+	return g, layout, nil
+}
+
+// ensureLockParent creates the directory of a device-wide lock (mode 1777,
+// like /tmp/balena on a balena device) when it is missing.
+func ensureLockParent(dir string) error {
+	if _, err := os.Lstat(dir); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("create lock directory %s: %w", filepath.Dir(dir), err)
+	}
+	if err := os.Mkdir(dir, 0o1777); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil
+		}
+		return fmt.Errorf("create lock directory %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o1777|os.ModeSticky); err != nil {
+		return fmt.Errorf("chmod lock directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+func commandUsage(fs *flag.FlagSet, synopsis, description, example string) func() {
+	return func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage:\n%s\n\n%s\n\nFlags:\n", synopsis, description)
+		fs.PrintDefaults()
+		fmt.Fprintf(w, "\nExample:\n%s\n", example)
+	}
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	fs.SetOutput(os.Stderr)
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "-help" || a == "--help" {
+			fs.SetOutput(os.Stdout)
+			fs.Usage()
+			return flag.ErrHelp
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	return nil
+}
+
+func runLock(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("latch lock", flag.ContinueOnError)
+	var lf lockFlags
+	lf.add(fs)
+	var wait waitFlag
+	fs.Var(&wait, "wait", "if the lock is held, wait until it is free (`--wait` forever, --wait=30s at most that long, then exit 75)")
+	detach := fs.Bool("detach", false, "take the lock and exit 0, leaving it in place until 'latch unlock'")
+	fs.Usage = commandUsage(fs,
+		"  latch lock [--service APP/SERVICE | --path FILE] [--wait[=DURATION]] -- CMD [ARG...]\n"+
+			"  latch lock [--service APP/SERVICE | --path FILE] [--wait[=DURATION]] --detach",
+		"Take an update lock, so that latch does not stop, update or reboot under CMD, run CMD with the\n"+
+			"terminal and signals passed through, and remove the lock when CMD ends. The lock file is created\n"+
+			"exclusively and carries latch's holder record; latch also holds a flock(2) on it while CMD runs.\n"+
+			"Exit status: CMD's (128+N when CMD dies of signal N); 73 when the lock is held (at once, naming\n"+
+			"the holder); 75 when --wait=DURATION runs out.",
+		"  latch lock --service kiosk/ui -- /opt/kiosk/bin/migrate-db\n"+
+			"  latch lock --wait=30s --path /tmp/balena/updates.lock -- sh -c 'flash-firmware'\n"+
+			"  latch lock --detach && do-critical-thing; latch unlock")
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	cmdArgs := fs.Args()
+	if len(cmdArgs) > 0 && args[len(args)-len(cmdArgs)-1] != "--" {
+		fmt.Fprintf(os.Stderr, "latch lock: put -- before CMD (got %q; --wait takes its duration as --wait=30s)\n", cmdArgs[0])
+		return errUsage
+	}
+	switch {
+	case *detach && len(cmdArgs) > 0:
+		fmt.Fprintln(os.Stderr, "latch lock: give --detach or -- CMD, not both")
+		return errUsage
+	case !*detach && len(cmdArgs) == 0:
+		fmt.Fprintln(os.Stderr, "latch lock: give -- CMD [ARG...] to run under the lock, or --detach")
+		return errUsage
+	}
+	path, _, err := lf.target(true)
+	if err != nil {
+		return err
+	}
+
+	// Catch the signals at once: until CMD runs, one of them means give up
+	// (releasing what was taken); afterwards they are forwarded to CMD.
+	sigc := make(chan os.Signal, 8)
+	signal.Notify(sigc, forwardedSignals...)
+	defer signal.Stop(sigc)
+
+	rec := lock.NewRecord(lock.RoleUser)
+	if *detach {
+		// latch exits at once: the holder is the process that asked for the
+		// lock, and the lock goes stale when it dies without unlocking.
+		rec.PID = os.Getppid()
+		rec.Command = procCmdline(rec.PID)
+	}
+	lk, fd, err := takeLock(ctx, path, rec, wait, !*detach, sigc)
+	if err != nil {
+		return err
+	}
+	if *detach {
+		return nil
+	}
+	status, err := runUnderLock(cmdArgs, sigc)
+	if rerr := lk.Remove(); rerr != nil {
+		if errors.Is(rerr, lock.ErrNotOurs) {
+			fmt.Fprintf(os.Stderr, "latch lock: %s was replaced while CMD ran; left the new entry in place\n", path)
+		} else {
+			fmt.Fprintf(os.Stderr, "latch lock: %v\n", rerr)
+		}
+	}
+	unix.Close(fd) // after the removal, so that no flock(1) waiter wins an unlinked file
+	if err != nil {
+		return err
+	}
+	if status != 0 {
+		return &exitError{code: status}
+	}
+	return nil
+}
+
+// takeLock creates the lock at path, waiting as wait says. With withFlock it
+// also takes a flock(2) on the new file and returns its descriptor (else -1).
+func takeLock(ctx context.Context, path string, rec lock.Record, wait waitFlag, withFlock bool, sigc <-chan os.Signal) (*lock.Lock, int, error) {
+	var (
+		w        *lock.Watcher
+		deadline <-chan time.Time
+		ticker   *time.Ticker
+	)
+	defer func() {
+		if w != nil {
+			w.Close()
+			ticker.Stop()
+		}
+	}()
+	if wait.set && wait.d > 0 {
+		t := time.NewTimer(wait.d)
+		defer t.Stop()
+		deadline = t.C
+	}
+	for {
+		select {
+		case s := <-sigc:
+			return nil, -1, &exitError{code: 128 + int(s.(syscall.Signal)), msg: fmt.Sprintf("%v while waiting for %s", s, path)}
+		default:
+		}
+		lk, err := lock.Create(path, rec, -1, -1)
+		fd := -1
+		if err == nil && withFlock {
+			fd, err = flockLock(lk)
+		}
+		if err == nil {
+			return lk, fd, nil
+		}
+		if !errors.Is(err, lock.ErrHeld) {
+			return nil, -1, err
+		}
+		if !wait.set {
+			return nil, -1, &exitError{code: exitLocked, msg: err.Error()}
+		}
+		if w == nil {
+			// Watch first, then try again, so that no release is missed.
+			if w, err = (lock.Layout{Global: []string{path}}).Watch(); err != nil {
+				return nil, -1, err
+			}
+			ticker = time.NewTicker(recheckEvery)
+			continue
+		}
+		select {
+		case <-w.C:
+		case <-ticker.C:
+		case <-deadline:
+			return nil, -1, &exitError{code: exitTempFail, msg: fmt.Sprintf("gave up after %v: %v", wait.d, err)}
+		case s := <-sigc:
+			return nil, -1, &exitError{code: 128 + int(s.(syscall.Signal)), msg: fmt.Sprintf("%v while waiting for %s", s, path)}
+		case <-ctx.Done():
+			return nil, -1, &exitError{code: exitTempFail, msg: fmt.Sprintf("interrupted while waiting for %s", path)}
+		}
+	}
+}
+
+// flockLock takes flock(LOCK_EX) on the file lk created. If a flock(1) user
+// got it first, the lock is removed again and reported as held.
+func flockLock(lk *lock.Lock) (int, error) {
+	fd, err := unix.Open(lk.Path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		lk.Remove()
+		return -1, fmt.Errorf("flock %s: %w", lk.Path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || uint64(st.Dev) != lk.Dev || uint64(st.Ino) != lk.Ino {
+		unix.Close(fd)
+		lk.Remove()
+		return -1, &lock.HeldError{Entry: lock.Entry{Path: lk.Path, State: lock.StateHeld}}
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			e, _ := lock.Layout{}.Inspect(lk.Path)
+			lk.Remove()
+			if e.Path == "" {
+				e = lock.Entry{Path: lk.Path, State: lock.StateHeld}
+			}
+			return -1, &lock.HeldError{Entry: e}
+		}
+		lk.Remove()
+		return -1, fmt.Errorf("flock %s: %w", lk.Path, err)
+	}
+	return fd, nil
+}
+
+// runUnderLock runs CMD with the terminal, forwarding signals, and returns
+// its exit status (128+N for signal N).
+func runUnderLock(argv []string, sigc <-chan os.Signal) (int, error) {
+	select {
+	case s := <-sigc:
+		return 128 + int(s.(syscall.Signal)), nil
+	default:
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		code := 127
+		if errors.Is(err, os.ErrPermission) {
+			code = 126
+		}
+		return 0, &exitError{code: code, msg: fmt.Sprintf("run %s: %v", argv[0], err)}
+	}
+	done := make(chan struct{})
+	forwarded := make(chan struct{})
+	go func() {
+		defer close(forwarded)
+		for {
+			select {
+			case s := <-sigc:
+				if (s == syscall.SIGINT || s == syscall.SIGQUIT) && terminalForeground() {
+					continue // the terminal sent it to CMD's process group already
+				}
+				cmd.Process.Signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	err := cmd.Wait()
+	close(done)
+	<-forwarded
+	if err == nil {
+		return 0, nil
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return ee.ExitCode(), nil
+	}
+	return 0, fmt.Errorf("wait for %s: %w", argv[0], err)
+}
+
+// terminalForeground reports whether latch (and so CMD, in its process
+// group) is the foreground job of the terminal on stdin: then a terminal's
+// ^C or ^\ reaches CMD directly and forwarding it would deliver it twice.
+func terminalForeground() bool {
+	pg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP)
+	return err == nil && pg == unix.Getpgrp()
+}
+
+func procCmdline(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return ""
+	}
+	return strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")
+}
+
+func runUnlock(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("latch unlock", flag.ContinueOnError)
+	var lf lockFlags
+	lf.add(fs)
+	force := fs.Bool("force", false, "remove the entry even if latch lock did not create it (another tool's lock, a directory, a symlink, the agent's)")
+	fs.Usage = commandUsage(fs,
+		"  latch unlock [--service APP/SERVICE | --path FILE] [--force]",
+		"Remove a lock taken with 'latch lock --detach'. An entry that latch lock did not create (no holder\n"+
+			"record, or the agent's) is refused unless --force: removing another program's lock lets an\n"+
+			"update interrupt it.",
+		"  latch unlock --service kiosk/ui\n  latch unlock --path /tmp/balena/updates.lock --force")
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "latch unlock: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	path, layout, err := lf.target(false)
+	if err != nil {
+		return err
+	}
+	e, err := layout.Inspect(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no lock at %s", path)
+	}
+	if err != nil {
+		return err
+	}
+	if !*force {
+		switch {
+		case e.Record == nil:
+			return fmt.Errorf("%s (%s, uid %d) was not created by latch lock; if you are sure nobody holds it, use --force", path, e.Kind, e.UID)
+		case e.Record.Role != lock.RoleUser:
+			return fmt.Errorf("%s is the agent's lock (state %s); use 'latch release', or --force", path, e.State)
+		}
+	}
+	layout.Global = append(layout.Global, path)
+	return layout.RemoveEntry(e)
+}
+
+func runLocks(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("latch locks", flag.ContinueOnError)
+	var p paths
+	p.addFlags(fs)
+	asJSON := fs.Bool("json", false, "print a JSON array of lock objects (app, service, path, kind, uid, since, state, holder)")
+	fs.Usage = commandUsage(fs,
+		"  latch locks [--json]",
+		"List every lock entry that exists: the per-service locks under <lock-dir>/services and the\n"+
+			"device-wide locks, with kind, owner, age, state (held, stale, agent, hold) and the holder where it\n"+
+			"is known (a flock(2) holder from /proc/locks, or latch's holder record). Works without the agent.",
+		"  latch locks\n  latch locks --json | jq '.[] | select(.state == \"stale\")'")
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "latch locks: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	if err := p.resolve(); err != nil {
+		return &exitError{code: exitUsage, msg: err.Error()}
+	}
+	es, err := lock.Layout{Dir: p.lockDir, Global: p.globals}.Scan()
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if es == nil {
+			es = []lock.Entry{}
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(es)
+	}
+	printLocks(os.Stdout, es, time.Now())
+	return nil
+}
+
+func printLocks(out io.Writer, es []lock.Entry, now time.Time) {
+	if len(es) == 0 {
+		fmt.Fprintln(out, "no locks held")
+		return
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PATH\tAPP/SERVICE\tKIND\tUID\tAGE\tSTATE\tHOLDER")
+	for _, e := range es {
+		svc := "(device)"
+		if e.App != "" {
+			svc = e.App + "/" + e.Service
+		}
+		holder := "unknown"
+		if e.Holder != nil {
+			holder = "pid " + strconv.Itoa(e.Holder.PID)
+			if e.Holder.Command != "" {
+				holder += " (" + e.Holder.Command + ")"
+			}
+		} else if e.State == lock.StateStale && e.Record != nil {
+			holder = fmt.Sprintf("dead pid %d (%s)", e.Record.PID, e.Record.Command)
+		}
+		age := now.Sub(e.Since).Round(time.Second)
+		if age < 0 {
+			age = 0
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.Path, svc, e.Kind, e.UID, age, e.State, holder)
+	}
+	tw.Flush()
+}
