@@ -18,6 +18,10 @@ type Lock struct {
 	Path string
 	Dev  uint64
 	Ino  uint64
+	// ctime is the entry's change time once in place (zero when adopted):
+	// file systems reuse inode numbers at once, so a replacement can have
+	// the same device and inode but never the same change time.
+	ctime unix.Timespec
 }
 
 var tmpSeq atomic.Uint32
@@ -31,10 +35,10 @@ var tmpSeq atomic.Uint32
 // the parent directory must not be a symlink (ErrSymlink).
 func Create(path string, rec Record, uid, gid int) (*Lock, error) {
 	path = filepath.Clean(path)
-	dir, name := filepath.Split(path)
+	dir, name := filepath.Dir(path), filepath.Base(path)
 	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		if errors.Is(err, unix.ELOOP) {
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			return nil, fmt.Errorf("take lock %s: directory %s: %w", path, dir, ErrSymlink)
 		}
 		return nil, fmt.Errorf("take lock %s: open directory: %w", path, err)
@@ -57,18 +61,20 @@ func createAt(dirfd int, path, name string, rec Record, uid, gid int) (*Lock, er
 	if err == nil {
 		err = unix.Fchmod(fd, 0o644) // the umask may have narrowed it
 	}
-	var st unix.Stat_t
-	if err == nil {
-		err = unix.Fstat(fd, &st)
-	}
-	unix.Close(fd)
+	defer unix.Close(fd)
 	if err != nil {
 		return nil, fmt.Errorf("take lock %s: write record: %w", path, err)
 	}
 	for attempt := 0; ; attempt++ {
 		err = unix.Linkat(dirfd, tmp, dirfd, name, 0)
 		if err == nil {
-			return &Lock{Path: path, Dev: uint64(st.Dev), Ino: uint64(st.Ino)}, nil
+			// The link count is final once the temporary name is gone.
+			unix.Unlinkat(dirfd, tmp, 0)
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil {
+				return nil, fmt.Errorf("take lock %s: stat: %w", path, err)
+			}
+			return &Lock{Path: path, Dev: uint64(st.Dev), Ino: uint64(st.Ino), ctime: st.Ctim}, nil
 		}
 		if !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("take lock %s: link: %w", path, err)
@@ -109,7 +115,7 @@ func Adopt(path string) (*Lock, error) {
 // device and inode); otherwise it leaves it and returns an error wrapping
 // ErrNotOurs. An entry already gone is not an error.
 func (l *Lock) Remove() error {
-	dir, name := filepath.Split(l.Path)
+	dir, name := filepath.Dir(l.Path), filepath.Base(l.Path)
 	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -125,7 +131,8 @@ func (l *Lock) Remove() error {
 		}
 		return fmt.Errorf("remove lock %s: %w", l.Path, err)
 	}
-	if uint64(st.Dev) != l.Dev || uint64(st.Ino) != l.Ino || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+	if uint64(st.Dev) != l.Dev || uint64(st.Ino) != l.Ino || st.Mode&unix.S_IFMT == unix.S_IFDIR ||
+		l.ctime != (unix.Timespec{}) && st.Ctim != l.ctime {
 		return fmt.Errorf("remove lock %s: %w", l.Path, ErrNotOurs)
 	}
 	if err := unix.Unlinkat(dirfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
