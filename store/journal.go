@@ -99,7 +99,11 @@ func Open(path string, opts *Options) (*Journal, error) {
 	_, statErr := os.Lstat(path)
 	created := errors.Is(statErr, os.ErrNotExist)
 
-	var file *os.File // the file bbolt opened, to close it if bbolt panics
+	if err := precheck(path); err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+
+	var file *os.File // the file bbolt opened, to release it if bbolt panics
 	bopts := &bolt.Options{
 		Timeout:      timeout,
 		FreelistType: bolt.FreelistMapType,
@@ -124,7 +128,10 @@ func Open(path string, opts *Options) (*Journal, error) {
 		return nil, fmt.Errorf("open journal %s: %w (waited %s)", path, ErrInUse, timeout)
 	case errors.Is(err, ErrCorrupt):
 		if db == nil && file != nil {
-			file.Close() // bbolt panicked half-way: release the fd and its flock
+			// bbolt panicked half-way: release its mapping and fd, and with
+			// them the flock.
+			unmapFile(file)
+			file.Close()
 		}
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
