@@ -71,7 +71,7 @@ board_wait_marker() {
 # anything; what qemu already wrote to the image (cache=none) stays.
 board_cut() {
 	kill -KILL "$BOARD_PID" 2>/dev/null
-	wait "$BOARD_PID" 2>/dev/null
+	wait "$BOARD_PID" 2>/dev/null || true
 	return 0
 }
 
@@ -86,7 +86,7 @@ board_wait() {
 		fi
 		sleep 0.05
 	done
-	wait "$BOARD_PID" 2>/dev/null
+	wait "$BOARD_PID" 2>/dev/null || true
 	return 0
 }
 
