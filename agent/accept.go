@@ -1,0 +1,294 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"latch/agent/lock"
+	"latch/agent/target"
+	"latch/store"
+)
+
+// PushTarget hands a target document to the agent (the API's
+// POST /v2/local/target-state). It returns once the document is accepted or
+// rejected: a bad signature wraps target.ErrBadSignature or
+// target.ErrNoSignature, a bad document wraps target.ErrInvalid; in both cases
+// nothing changed.
+func (a *Agent) PushTarget(ctx context.Context, doc target.Doc, by string) error {
+	return a.do(ctx, func() error { return a.accept(doc, by) })
+}
+
+// accept verifies and parses a target document, applies its configuration,
+// and journals the update it asks for (if any).
+func (a *Agent) accept(doc target.Doc, by string) error {
+	if a.cfg.TrustKey != nil {
+		if err := target.Verify(a.cfg.TrustKey, doc.Data, doc.Sig); err != nil {
+			a.event("rejected", by, "target from %s rejected: %v", doc.Source, err)
+			return err
+		}
+	}
+	st, err := target.Parse(doc.Data)
+	if err != nil {
+		a.event("rejected", by, "target from %s rejected: %v", doc.Source, err)
+		return err
+	}
+	a.st.latest = st
+	// Every service gets its lock directory at once, so that its application
+	// can lock before the first update arrives.
+	for app, ta := range st.Apps {
+		for svc := range ta.Services {
+			if _, err := a.cfg.Layout.EnsureServiceDir(lock.Service{App: app, Service: svc}); err != nil {
+				a.logf("lock directory of %s/%s: %v", app, svc, err)
+			}
+		}
+	}
+	if err := a.applyConfig(st, by); err != nil {
+		return err
+	}
+	a.reconcileHolds()
+	if a.st.applying {
+		// Never disturb an apply in flight: take the newest target after it.
+		d := doc
+		a.st.queued, a.st.queuedBy = &d, by
+		return nil
+	}
+	id := target.Digest(doc.Data)
+	if p := a.st.pending; p != nil && p.ID == id {
+		return nil // the update already pending (or failed) for this document
+	}
+	plan := makePlan(st, a.st.apps, nil)
+	if len(plan) == 0 {
+		if p := a.st.pending; p != nil {
+			a.cancelPending(by, "the target now asks for the releases that run")
+		}
+		return nil
+	}
+	u := &store.Update{
+		ID:      id,
+		Target:  bytes.Clone(doc.Data),
+		State:   store.Downloading,
+		Created: time.Now(),
+		Updated: time.Now(),
+		By:      by,
+	}
+	changed := map[string]bool{}
+	for _, pl := range plan {
+		changed[pl.Svc.App] = true
+		for _, f := range pl.Spec.Files {
+			u.Files = append(u.Files, store.File{
+				App: pl.Svc.App, Service: pl.Svc.Service,
+				Source: f.Source, SHA256: f.SHA256, Path: f.Path,
+				Mode: uint32(f.FileMode().Perm()), Size: -1,
+			})
+		}
+	}
+	if a.st.cancelDownload != nil {
+		a.st.cancelDownload() // the old download's completion is ignored
+	}
+	var names []string
+	err = a.journal(func(tx *store.Tx) error {
+		if err := tx.PutPending(u); err != nil {
+			return err
+		}
+		for app := range changed {
+			ap := a.st.apps[app]
+			ap.Name, ap.Target, ap.Updated, ap.By = app, st.Apps[app].Release, time.Now(), by
+			if err := tx.PutApp(ap); err != nil {
+				return err
+			}
+			names = append(names, fmt.Sprintf("%s %s -> %s", app, orNone(a.st.apps[app].Current), ap.Target))
+		}
+		sort.Strings(names)
+		_, err := tx.Log(store.Event{Kind: "update", By: by, Message: fmt.Sprintf("new update %s from %s: %s", short(id), doc.Source, strings.Join(names, ", "))})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("journal the update: %w", err)
+	}
+	for app := range changed {
+		ap := a.st.apps[app]
+		ap.Name, ap.Target = app, st.Apps[app].Release
+		a.st.apps[app] = ap
+	}
+	hit(FPAccepted)
+	a.st.retryAt = time.Time{}
+	a.setPending(u, st)
+	a.logf("update %s accepted: %s", short(id), strings.Join(names, ", "))
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// cancelPending drops a pending update that is not being applied.
+func (a *Agent) cancelPending(by, why string) {
+	p := a.st.pending
+	if a.st.cancelDownload != nil {
+		a.st.cancelDownload()
+	}
+	a.journal(func(tx *store.Tx) error {
+		if err := tx.DeletePending(); err != nil {
+			return err
+		}
+		for _, pl := range a.st.plan {
+			ap := a.st.apps[pl.Svc.App]
+			ap.Target = ap.Current
+			a.st.apps[pl.Svc.App] = ap
+			if err := tx.PutApp(ap); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Log(store.Event{Kind: "cancelled", By: by, Message: "update " + short(p.ID) + " cancelled: " + why})
+		return err
+	})
+	a.setPending(nil, nil)
+}
+
+// applyConfig writes the target's configuration when it changed: the
+// EnvironmentFile first (atomically), then the hook, then the journal. A
+// changed value marked "reboot" makes a reboot pending.
+func (a *Agent) applyConfig(st *target.State, by string) error {
+	want := map[string]string{}
+	for k, v := range st.Config {
+		want[k] = v.Value
+	}
+	var have map[string]string
+	if err := a.j.View(func(tx *store.Tx) error {
+		var err error
+		have, err = tx.Config()
+		return err
+	}); err != nil {
+		return fmt.Errorf("read applied config: %w", err)
+	}
+	if maps.Equal(want, have) {
+		return nil
+	}
+	var changed []string
+	reboot := false
+	for k, v := range want {
+		if old, ok := have[k]; !ok || old != v {
+			changed = append(changed, k)
+			reboot = reboot || st.Config[k].Reboot
+		}
+	}
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			changed = append(changed, k)
+		}
+	}
+	sort.Strings(changed)
+	path := filepath.Join(a.cfg.StateDir, "config.env")
+	if err := writeFileAtomic(path, envFile(want), 0o644); err != nil {
+		a.event("failed", by, "write %s: %v", path, err)
+		return fmt.Errorf("write config: %w", err)
+	}
+	if a.cfg.ConfigHook != "" {
+		if err := runHook(a.ctx, a.cfg.ConfigHook, path, changed); err != nil {
+			a.event("failed", by, "config hook: %v", err)
+			a.logf("config hook: %v", err)
+		}
+	}
+	err := a.journal(func(tx *store.Tx) error {
+		if err := tx.PutConfig(want); err != nil {
+			return err
+		}
+		msg := "configuration changed: " + strings.Join(changed, ", ")
+		if reboot {
+			r := &store.Reboot{Kind: "reboot", BootID: a.bootID, Reason: "configuration " + strings.Join(changed, ", ") + " needs a reboot", Requested: time.Now(), By: by}
+			if err := tx.SetPendingReboot(r); err != nil {
+				return err
+			}
+			a.st.reboot = r
+			msg += " (reboot pending)"
+		}
+		_, err := tx.Log(store.Event{Kind: "config", By: by, Message: msg})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("journal config: %w", err)
+	}
+	for _, k := range changed {
+		if k == "LATCH_OVERRIDE_LOCK" {
+			on := want[k] == "1" || strings.EqualFold(want[k], "true")
+			if on != a.st.override.Enabled {
+				a.setOverride(on, "target-state config LATCH_OVERRIDE_LOCK")
+			}
+		}
+	}
+	return nil
+}
+
+// envFile renders values as a systemd EnvironmentFile.
+func envFile(m map[string]string) []byte {
+	var b bytes.Buffer
+	b.WriteString("# Written by latch from the target state; do not edit.\n")
+	for _, k := range sortedKeys(m) {
+		v := m[k]
+		v = strings.ReplaceAll(v, `\`, `\\`)
+		v = strings.ReplaceAll(v, `"`, `\"`)
+		v = strings.ReplaceAll(v, `$`, `\$`)
+		fmt.Fprintf(&b, "%s=\"%s\"\n", k, v)
+	}
+	return b.Bytes()
+}
+
+// runHook runs the --config-hook command with the config file's path as $1
+// and LATCH_CONFIG_CHANGED naming the changed keys.
+func runHook(ctx context.Context, hook, path string, changed []string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", hook, "latch-config-hook", path)
+	cmd.Env = append(os.Environ(), "LATCH_CONFIG_FILE="+path, "LATCH_CONFIG_CHANGED="+strings.Join(changed, " "))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%q: %w: %s", hook, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to path through a temporary file, fsync and
+// rename, so a crash leaves the old or the new content, never a mix.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

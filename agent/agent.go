@@ -1,0 +1,352 @@
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"latch/agent/lock"
+	"latch/agent/target"
+	"latch/store"
+)
+
+// Driver stops, starts and checks services and reboots the device. The exec
+// driver and the systemd driver satisfy it through small adapters in main.
+type Driver interface {
+	Stop(ctx context.Context, s Service) error
+	Start(ctx context.Context, s Service) error
+	// Health reports an error when the service did not stay up after Start.
+	Health(ctx context.Context, s Service) error
+	Reboot(ctx context.Context) error
+	Shutdown(ctx context.Context) error
+}
+
+// Service is what a driver needs to act on one service.
+type Service struct {
+	App, Name string
+	Spec      target.Service
+	LockDir   string // host path of the service's lock directory
+}
+
+// Notifier tells the service manager about the agent (systemd's sd_notify).
+type Notifier interface {
+	Ready() error
+	Status(line string) error
+	Stopping() error
+}
+
+// Config is everything the agent needs; main builds it from flags.
+type Config struct {
+	StateDir string
+	Layout   lock.Layout
+	// LockUID and LockGID own the agent's lock entries (spec: 65534).
+	LockUID, LockGID int
+	Driver           Driver
+	Notifier         Notifier // nil: none
+
+	TargetFile string        // --target-file
+	TargetURL  string        // --target-url
+	Poll       time.Duration // --poll, default 5 min
+	HTTPClient *http.Client
+	TrustKey   ed25519.PublicKey // nil: signatures are not required
+
+	HealthWait  time.Duration // --health-wait, default 10s
+	MaxAttempts int           // apply attempts per update, default 3
+	RetryDelay  time.Duration // first delay before retrying a failed apply or download, default 10s
+	ConfigHook  string        // --config-hook
+	BreakStale  bool          // --break-stale
+
+	Rescan time.Duration // fallback lock rescan, default 30s
+	Tick   time.Duration // heartbeat of the loop (watchdog), default 1s
+	Logf   func(format string, args ...any)
+}
+
+func (c *Config) setDefaults() {
+	if c.Poll <= 0 {
+		c.Poll = 5 * time.Minute
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{Transport: http.DefaultTransport}
+	}
+	if c.HealthWait < 0 {
+		c.HealthWait = 0
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 3
+	}
+	if c.RetryDelay <= 0 {
+		c.RetryDelay = 10 * time.Second
+	}
+	if c.Rescan <= 0 {
+		c.Rescan = 30 * time.Second
+	}
+	if c.Tick <= 0 {
+		c.Tick = time.Second
+	}
+	if c.Logf == nil {
+		c.Logf = log.Printf
+	}
+}
+
+// Agent is the update agent. Create it with New, run it with Run.
+type Agent struct {
+	cfg    Config
+	j      *store.Journal
+	bootID string
+
+	reqs   chan request    // closures run by the loop
+	docs   chan target.Doc // from the target sources
+	events chan any        // from the workers
+	ready  chan struct{}   // closed once the loop serves requests
+	done   chan struct{}   // closed when Run returns
+	ctx    context.Context // Run's context, for workers
+
+	status atomic.Pointer[Status]
+	beat   atomic.Int64 // unix nanoseconds of the loop's last iteration
+
+	// Everything below is owned by the event loop goroutine.
+	st loopState
+}
+
+// request is a closure that the loop runs on behalf of another goroutine.
+type request struct {
+	fn    func() error
+	reply chan error
+}
+
+// New returns an agent that uses the opened journal j. It changes nothing
+// until Run.
+func New(cfg Config, j *store.Journal) (*Agent, error) {
+	cfg.setDefaults()
+	if cfg.StateDir == "" || !filepath.IsAbs(cfg.StateDir) {
+		return nil, fmt.Errorf("%w: state dir %q must be an absolute path", ErrInvalid, cfg.StateDir)
+	}
+	if cfg.Layout.Dir == "" || !filepath.IsAbs(cfg.Layout.Dir) {
+		return nil, fmt.Errorf("%w: lock dir %q must be an absolute path", ErrInvalid, cfg.Layout.Dir)
+	}
+	if cfg.Driver == nil {
+		return nil, fmt.Errorf("%w: no service driver", ErrInvalid)
+	}
+	a := &Agent{
+		cfg:    cfg,
+		j:      j,
+		bootID: lock.NewRecord(lock.RoleAgent).BootID,
+		reqs:   make(chan request),
+		docs:   make(chan target.Doc, 4),
+		events: make(chan any, 64),
+		ready:  make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	a.status.Store(&Status{State: StateIdle, BlockedBy: []lock.Entry{}, Holds: []store.Hold{}})
+	return a, nil
+}
+
+// Status returns the latest snapshot published by the loop.
+func (a *Agent) Status() Status { return *a.status.Load() }
+
+// Alive reports whether the event loop has made progress recently: the
+// watchdog pings and /v1/healthy answers 200 only while it does.
+func (a *Agent) Alive() bool {
+	last := a.beat.Load()
+	if last == 0 {
+		return false
+	}
+	return time.Since(time.Unix(0, last)) < 3*a.cfg.Tick+2*time.Second
+}
+
+// Ready is closed once the agent has re-taken its locks, told the service
+// manager it is ready, and serves requests.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// do runs fn on the event loop and returns its error.
+func (a *Agent) do(ctx context.Context, fn func() error) error {
+	r := request{fn: fn, reply: make(chan error, 1)}
+	select {
+	case a.reqs <- r:
+	case <-a.done:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.reply:
+		return err
+	case <-a.done:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// send delivers a worker's event to the loop, or gives up when the agent stops.
+func (a *Agent) send(ev any) {
+	select {
+	case a.events <- ev:
+	case <-a.done:
+	}
+}
+
+func (a *Agent) logf(format string, args ...any) { a.cfg.Logf(format, args...) }
+
+// Run starts the agent: it recovers from the journal (re-taking holds and the
+// locks of an interrupted apply), tells the notifier it is ready, starts the
+// target sources, and runs the event loop until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	defer close(a.done)
+	a.ctx = ctx
+	a.st.init()
+	for _, d := range []string{a.cfg.StateDir, a.downloadDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("create state dir %s: %w", d, err)
+		}
+	}
+	if err := os.MkdirAll(a.cfg.Layout.Dir, 0o755); err != nil {
+		return fmt.Errorf("create lock dir %s: %w", a.cfg.Layout.Dir, err)
+	}
+	w, err := a.cfg.Layout.Watch()
+	if err != nil {
+		return fmt.Errorf("watch lock directories: %w", err)
+	}
+	defer w.Close()
+
+	if err := a.recover(); err != nil {
+		return err
+	}
+	a.beat.Store(time.Now().UnixNano())
+	a.publish()
+	if n := a.cfg.Notifier; n != nil {
+		if err := n.Ready(); err != nil {
+			a.logf("notify ready: %v", err)
+		}
+	}
+	close(a.ready)
+	a.logf("latch agent ready (state %s, locks %s)", a.cfg.StateDir, a.cfg.Layout.Dir)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	srcCtx, stopSources := context.WithCancel(ctx)
+	defer stopSources()
+	a.startSources(srcCtx, &wg)
+
+	a.resumeApply()
+	err = a.loop(ctx, w)
+	stopSources()
+	a.shutdown()
+	if n := a.cfg.Notifier; n != nil {
+		n.Stopping()
+	}
+	return err
+}
+
+// loop is the event loop: the only goroutine that changes the agent's state.
+// After every event it advances the state machine and publishes the status;
+// a heartbeat tick only proves the loop is alive, and costs one rescan every
+// Rescan as the watcher's fallback.
+func (a *Agent) loop(ctx context.Context, w *lock.Watcher) error {
+	stall := stallSignals()
+	tick := time.NewTicker(a.cfg.Tick)
+	defer tick.Stop()
+	lastScan := time.Now()
+	for {
+		a.advance()
+		a.publish()
+		a.beat.Store(time.Now().UnixNano())
+		for woke := false; !woke; {
+			var wake <-chan time.Time
+			var timer *time.Timer
+			if d, ok := a.st.nextWake(time.Now()); ok {
+				timer = time.NewTimer(d)
+				wake = timer.C
+			}
+			woke = true
+			select {
+			case <-ctx.Done():
+				return nil
+			case r := <-a.reqs:
+				r.reply <- r.fn()
+			case doc := <-a.docs:
+				if err := a.accept(doc, "target:"+doc.Source); err != nil {
+					a.logf("target from %s rejected: %v", doc.Source, err)
+				}
+			case <-w.C:
+				lastScan = time.Now() // a lock appeared or disappeared: advance() rescans
+			case ev := <-a.events:
+				a.handle(ev)
+			case <-wake:
+			case <-tick.C:
+				a.beat.Store(time.Now().UnixNano())
+				if time.Since(lastScan) < a.cfg.Rescan {
+					woke = false
+				} else {
+					lastScan = time.Now()
+				}
+			case <-stall:
+				a.logf("LATCH_TEST_STALL: stalling the event loop")
+				select {}
+			}
+			if timer != nil {
+				timer.Stop()
+			}
+		}
+	}
+}
+
+// startSources starts the goroutines that deliver target documents.
+func (a *Agent) startSources(ctx context.Context, wg *sync.WaitGroup) {
+	if a.cfg.TargetFile != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := target.WatchFile(ctx, a.cfg.TargetFile, a.docs); err != nil && !errors.Is(err, context.Canceled) {
+				a.logf("watch target file %s: %v", a.cfg.TargetFile, err)
+			}
+		}()
+	}
+	if a.cfg.TargetURL != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := target.PollURL(ctx, a.cfg.HTTPClient, a.cfg.TargetURL, a.cfg.Poll, a.docs, func(err error) {
+				a.logf("poll %s: %v", a.cfg.TargetURL, err)
+			})
+			if err != nil && !errors.Is(err, context.Canceled) {
+				a.logf("poll target url %s: %v", a.cfg.TargetURL, err)
+			}
+		}()
+	}
+}
+
+// shutdown stops the workers in order: the download is cancelled (its partial
+// file stays for the resume), the apply finishes the step in flight and
+// leaves the rest journalled.
+func (a *Agent) shutdown() {
+	if a.st.cancelDownload != nil {
+		a.st.cancelDownload()
+	}
+	for a.st.downloading || a.st.applying {
+		ev := <-a.events
+		a.handle(ev)
+	}
+}
+
+// publish stores a fresh status snapshot and tells the notifier.
+func (a *Agent) publish() {
+	s := a.snapshot()
+	a.status.Store(&s)
+	if n := a.cfg.Notifier; n != nil {
+		n.Status(s.Line())
+	}
+}
+
+func (a *Agent) downloadDir() string { return filepath.Join(a.cfg.StateDir, "downloads") }
+
+// staged is where a file with the given digest is downloaded to.
+func (a *Agent) staged(sha string) string { return filepath.Join(a.downloadDir(), sha) }

@@ -1,0 +1,479 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"latch/agent/fetch"
+	"latch/agent/lock"
+	"latch/store"
+)
+
+// The phases of one service in an apply, in order. Each is journalled before
+// its side effect ("stopping") and after it ("stopped"), so that a resume
+// knows what may have happened.
+const (
+	phasePending    = "pending"
+	phaseStopping   = "stopping"
+	phaseStopped    = "stopped"
+	phaseInstalling = "installing"
+	phaseInstalled  = "installed"
+	phaseStarting   = "starting"
+	phaseStarted    = "started"
+	phaseHealthy    = "healthy"
+	phaseRestoring  = "restoring"
+	phaseRestored   = "restored"
+)
+
+var phaseRank = map[string]int{
+	phasePending: 0, phaseStopping: 1, phaseStopped: 2, phaseInstalling: 3, phaseInstalled: 4,
+	phaseStarting: 5, phaseStarted: 6, phaseHealthy: 7, phaseRestoring: 8, phaseRestored: 9,
+}
+
+// applyDone is the apply worker's report.
+type applyDone struct {
+	id          string
+	err         error // nil: applied and healthy
+	interrupted bool  // the agent is stopping; the journal says where to resume
+}
+
+// tryApply takes the locks of every service the pending update touches, all
+// or nothing, and starts the apply; when a lock is held (and neither force
+// nor override says otherwise) it records what blocks and waits for the
+// watcher to report a change.
+func (a *Agent) tryApply() {
+	p := a.st.pending
+	svcs := services(a.st.plan)
+	force := p.Forced || a.st.override.Enabled
+	blocking, err := a.blockers(svcs, force)
+	if err != nil {
+		a.logf("scan locks: %v", err)
+		return
+	}
+	if len(blocking) > 0 {
+		a.setBlocked(blocking)
+		return
+	}
+	if force {
+		why, by := "override", "override"
+		if p.Forced {
+			why, by = "forced update", p.By
+		}
+		a.removeUserLocks(svcs, why, by)
+	}
+	locks, err := a.cfg.Layout.Acquire(svcs, []string{lock.UpdatesName, lock.ResinName}, lock.NewRecord(lock.RoleAgent), a.cfg.LockUID, a.cfg.LockGID)
+	if err != nil {
+		var he *lock.HeldError
+		if errors.As(err, &he) {
+			a.setBlocked([]lock.Entry{he.Entry}) // taken in between: wait for the watcher
+			return
+		}
+		p.Reason = "cannot take the locks: " + err.Error()
+		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
+		a.logf("take locks for update %s: %v", short(p.ID), err)
+		return
+	}
+	ap := &store.Apply{UpdateID: p.ID, Locks: lockRefs(locks), Started: time.Now()}
+	for _, pl := range a.st.plan {
+		ap.Steps = append(ap.Steps, store.Step{App: pl.Svc.App, Service: pl.Svc.Service, Phase: phasePending, At: time.Now()})
+	}
+	forced := p.Forced
+	err = a.journal(func(tx *store.Tx) error {
+		p.State, p.Attempts, p.Forced, p.Reason, p.Updated = store.Applying, p.Attempts+1, false, "", time.Now()
+		if err := tx.PutPending(p); err != nil {
+			return err
+		}
+		if err := tx.PutApply(ap); err != nil {
+			return err
+		}
+		msg := fmt.Sprintf("locks taken for update %s (attempt %d): %s", short(p.ID), p.Attempts, svcList(svcs))
+		if forced {
+			msg += " (forced)"
+		} else if a.st.override.Enabled {
+			msg += " (override on)"
+		}
+		_, err := tx.Log(store.Event{Kind: "lock-taken", Message: msg})
+		return err
+	})
+	if err != nil {
+		lock.ReleaseAll(locks)
+		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
+		return
+	}
+	hit(FPLocksTaken)
+	a.st.blockedBy, a.st.blockedSince, a.st.blockKey = nil, time.Time{}, ""
+	a.startApply(ap, locks, false)
+}
+
+func svcList(svcs []lock.Service) string {
+	names := make([]string, len(svcs))
+	for i, s := range svcs {
+		names[i] = s.String()
+	}
+	return strings.Join(names, ", ")
+}
+
+func lockRefs(locks []*lock.Lock) []store.LockRef {
+	refs := make([]store.LockRef, len(locks))
+	for i, l := range locks {
+		refs[i] = store.LockRef{Path: l.Path, Dev: l.Dev, Ino: l.Ino}
+	}
+	return refs
+}
+
+// startApply runs the apply worker beside the loop.
+func (a *Agent) startApply(ap *store.Apply, locks []*lock.Lock, rollback bool) {
+	a.st.applying, a.st.applyLocks, a.st.applyStarted = true, locks, time.Now()
+	w := &applyWorker{
+		a:        a,
+		ap:       cloneApply(ap),
+		plan:     slices.Clone(a.st.plan),
+		files:    slices.Clone(a.st.pending.Files),
+		rollback: rollback,
+	}
+	go func() { a.send(w.run(a.ctx)) }()
+}
+
+func cloneApply(ap *store.Apply) *store.Apply {
+	c := *ap
+	c.Steps = slices.Clone(ap.Steps)
+	c.Locks = slices.Clone(ap.Locks)
+	return &c
+}
+
+// applyWorker performs the side effects of one apply. It owns its copy of the
+// apply record and journals each phase itself; it touches no loop state.
+type applyWorker struct {
+	a        *Agent
+	ap       *store.Apply
+	plan     []planned
+	files    []store.File
+	rollback bool // resume straight into the rollback
+}
+
+// setPhase journals the phase of service i, then hits its failpoint.
+func (w *applyWorker) setPhase(i int, phase string) error {
+	w.ap.Steps[i].Phase, w.ap.Steps[i].At = phase, time.Now()
+	if err := w.a.j.Update(func(tx *store.Tx) error { return tx.PutApply(w.ap) }); err != nil {
+		return fmt.Errorf("journal %s of %s: %w", phase, w.plan[i].Svc, err)
+	}
+	hit(phase, w.plan[i].Svc.String())
+	return nil
+}
+
+func (w *applyWorker) service(i int) Service {
+	pl := w.plan[i]
+	return Service{App: pl.Svc.App, Name: pl.Svc.Service, Spec: pl.Spec, LockDir: w.a.cfg.Layout.ServiceDir(pl.Svc)}
+}
+
+// run applies every service: stop, install, start; then waits --health-wait
+// and checks each. On failure it restores every service it touched. A side
+// effect runs with a context that shutdown does not cancel, so the step in
+// flight finishes; the worker stops between steps when ctx ends.
+func (w *applyWorker) run(ctx context.Context) applyDone {
+	id := w.ap.UpdateID
+	if w.rollback || w.inRollback() {
+		err := w.restore(ctx, errors.New("apply interrupted during its rollback"))
+		return applyDone{id: id, err: err, interrupted: errors.Is(err, errInterrupted)}
+	}
+	err := w.forward(ctx)
+	if errors.Is(err, errInterrupted) {
+		return applyDone{id: id, err: err, interrupted: true}
+	}
+	if err != nil {
+		err = w.restore(ctx, err)
+		return applyDone{id: id, err: err, interrupted: errors.Is(err, errInterrupted)}
+	}
+	return applyDone{id: id}
+}
+
+func (w *applyWorker) inRollback() bool {
+	for _, s := range w.ap.Steps {
+		if s.Phase == phaseRestoring || s.Phase == phaseRestored {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *applyWorker) forward(ctx context.Context) error {
+	a, drv := w.a, w.a.cfg.Driver
+	step := context.WithoutCancel(ctx)
+	for i := range w.plan {
+		rank := phaseRank[w.ap.Steps[i].Phase]
+		svc := w.service(i)
+		if rank < phaseRank[phaseStopped] {
+			if err := w.do(ctx, i, phaseStopping, phaseStopped, func() error { return drv.Stop(step, svc) }); err != nil {
+				return fmt.Errorf("stop %s: %w", w.plan[i].Svc, err)
+			}
+		}
+		if rank < phaseRank[phaseInstalled] {
+			if err := w.do(ctx, i, phaseInstalling, phaseInstalled, func() error { return w.install(i) }); err != nil {
+				return fmt.Errorf("install %s: %w", w.plan[i].Svc, err)
+			}
+		}
+		if rank < phaseRank[phaseStarted] {
+			if err := w.do(ctx, i, phaseStarting, phaseStarted, func() error { return drv.Start(step, svc) }); err != nil {
+				return fmt.Errorf("start %s: %w", w.plan[i].Svc, err)
+			}
+		}
+	}
+	// Check that every service stays up for --health-wait.
+	if a.cfg.HealthWait > 0 {
+		t := time.NewTimer(a.cfg.HealthWait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errInterrupted
+		case <-t.C:
+		}
+	}
+	for i := range w.plan {
+		if phaseRank[w.ap.Steps[i].Phase] >= phaseRank[phaseHealthy] {
+			continue
+		}
+		if err := drv.Health(step, w.service(i)); err != nil {
+			return fmt.Errorf("health check of %s: %w", w.plan[i].Svc, err)
+		}
+		if err := w.setPhase(i, phaseHealthy); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// do journals before, runs fn, journals after; it refuses to start a new
+// step once ctx has ended.
+func (w *applyWorker) do(ctx context.Context, i int, before, after string, fn func() error) error {
+	if ctx.Err() != nil {
+		return errInterrupted
+	}
+	if err := w.setPhase(i, before); err != nil {
+		return err
+	}
+	if err := fn(); err != nil {
+		return err
+	}
+	return w.setPhase(i, after)
+}
+
+// install puts the service's staged files in place (idempotent: a file that
+// already has the new content is left alone).
+func (w *applyWorker) install(i int) error {
+	for _, fi := range w.plan[i].Files {
+		f := w.files[fi]
+		if err := fetch.Install(w.a.staged(f.SHA256), f.Path, modeOf(f), f.SHA256); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restore undoes the apply after cause: in reverse order, every service that
+// was touched is stopped, its previous files restored, and started again.
+// It returns cause (with the rollback's own failures appended).
+func (w *applyWorker) restore(ctx context.Context, cause error) error {
+	drv := w.a.cfg.Driver
+	step := context.WithoutCancel(ctx)
+	var problems []string
+	for i := len(w.plan) - 1; i >= 0; i-- {
+		ph := w.ap.Steps[i].Phase
+		if ph == phasePending || ph == phaseRestored {
+			continue
+		}
+		if ctx.Err() != nil {
+			return errInterrupted
+		}
+		if err := w.setPhase(i, phaseRestoring); err != nil {
+			return err
+		}
+		svc := w.service(i)
+		if err := drv.Stop(step, svc); err != nil {
+			problems = append(problems, fmt.Sprintf("stop %s: %v", w.plan[i].Svc, err))
+		}
+		for _, fi := range w.plan[i].Files {
+			f := w.files[fi]
+			if err := fetch.Restore(f.Path, f.SHA256); err != nil {
+				problems = append(problems, fmt.Sprintf("restore %s: %v", f.Path, err))
+			}
+		}
+		if err := drv.Start(step, svc); err != nil {
+			problems = append(problems, fmt.Sprintf("restart %s: %v", w.plan[i].Svc, err))
+		}
+		if err := w.setPhase(i, phaseRestored); err != nil {
+			return err
+		}
+	}
+	hit(FPRolledBack)
+	if len(problems) > 0 {
+		return fmt.Errorf("%w; rolled back with problems: %s", cause, strings.Join(problems, "; "))
+	}
+	return fmt.Errorf("%w; rolled back to the previous release", cause)
+}
+
+// onApplied records the outcome of an apply and removes the agent's locks.
+func (a *Agent) onApplied(ev applyDone) {
+	s := &a.st
+	s.applying = false
+	if ev.interrupted {
+		return // the journal and the locks stay as they are, for the next start
+	}
+	p := s.pending
+	dur := time.Since(s.applyStarted).Seconds()
+	s.lastApplySeconds = dur
+	s.applySecondsTotal += dur
+	if ev.err == nil {
+		err := a.journal(func(tx *store.Tx) error {
+			seen := map[string]bool{}
+			for _, pl := range s.plan {
+				if seen[pl.Svc.App] {
+					continue
+				}
+				seen[pl.Svc.App] = true
+				ap := s.apps[pl.Svc.App]
+				ap.Name, ap.Current, ap.Target, ap.Updated = pl.Svc.App, pl.Release, pl.Release, time.Now()
+				if err := tx.PutApp(ap); err != nil {
+					return err
+				}
+			}
+			if err := tx.DeleteApply(); err != nil {
+				return err
+			}
+			if err := tx.DeletePending(); err != nil {
+				return err
+			}
+			_, err := tx.Log(store.Event{Kind: "applied", Message: fmt.Sprintf("update %s applied in %.1fs: %s", short(p.ID), dur, releases(s.plan))})
+			return err
+		})
+		if err != nil {
+			return // try again from the journal at the next start
+		}
+		for _, pl := range s.plan {
+			ap := s.apps[pl.Svc.App]
+			ap.Name, ap.Current, ap.Target = pl.Svc.App, pl.Release, pl.Release
+			s.apps[pl.Svc.App] = ap
+		}
+		hit(FPFinished)
+		s.appliesOK++
+		a.logf("update %s applied: %s", short(p.ID), releases(s.plan))
+		a.releaseApplyLocks()
+		a.setPending(nil, nil)
+	} else {
+		s.appliesFailed++
+		final := p.Attempts >= a.cfg.MaxAttempts
+		a.journal(func(tx *store.Tx) error {
+			p.Reason, p.Updated = ev.err.Error(), time.Now()
+			p.State = store.Downloaded
+			if final {
+				p.State = store.Failed
+			}
+			if err := tx.PutPending(p); err != nil {
+				return err
+			}
+			if err := tx.DeleteApply(); err != nil {
+				return err
+			}
+			msg := fmt.Sprintf("update %s failed (attempt %d of %d): %v", short(p.ID), p.Attempts, a.cfg.MaxAttempts, ev.err)
+			if !final {
+				msg += "; will retry"
+			}
+			_, err := tx.Log(store.Event{Kind: "failed", Message: msg})
+			return err
+		})
+		a.logf("update %s failed (attempt %d of %d): %v", short(p.ID), p.Attempts, a.cfg.MaxAttempts, ev.err)
+		a.releaseApplyLocks()
+		if !final {
+			s.retryAt = time.Now().Add(a.cfg.RetryDelay << min(p.Attempts-1, 6))
+		}
+	}
+	if q := s.queued; q != nil {
+		s.queued = nil
+		if err := a.accept(*q, s.queuedBy); err != nil {
+			a.logf("queued target rejected: %v", err)
+		}
+	}
+}
+
+func releases(plan []planned) string {
+	var out []string
+	seen := map[string]bool{}
+	for _, pl := range plan {
+		if !seen[pl.Svc.App] {
+			seen[pl.Svc.App] = true
+			out = append(out, pl.Svc.App+"="+pl.Release)
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// releaseApplyLocks removes the apply's lock entries (only those still the
+// ones the agent created).
+func (a *Agent) releaseApplyLocks() {
+	if len(a.st.applyLocks) == 0 {
+		return
+	}
+	if err := lock.ReleaseAll(a.st.applyLocks); err != nil {
+		a.logf("release locks: %v", err)
+	}
+	a.event("lock-released", "", "locks released: %s", lockPaths(a.st.applyLocks))
+	a.st.applyLocks = nil
+}
+
+func lockPaths(locks []*lock.Lock) string {
+	var paths []string
+	for _, l := range locks {
+		paths = append(paths, l.Path)
+	}
+	return strings.Join(paths, ", ")
+}
+
+// resumeApply restarts an apply that the journal says was interrupted, once
+// its locks are re-taken (recover did that, or retakeApplyLocks will).
+func (a *Agent) resumeApply() {
+	var ap *store.Apply
+	err := a.j.View(func(tx *store.Tx) error {
+		var err error
+		ap, err = tx.Apply()
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) || ap == nil || len(a.st.retake) > 0 {
+		return
+	}
+	if err != nil {
+		a.logf("read apply record: %v", err)
+		return
+	}
+	p := a.st.pending
+	if p == nil || p.ID != ap.UpdateID || len(ap.Steps) != len(a.st.plan) {
+		a.logf("apply record of %s does not match the pending update: dropping it", short(ap.UpdateID))
+		a.journal(func(tx *store.Tx) error { return tx.DeleteApply() })
+		a.releaseApplyLocks()
+		return
+	}
+	rollback := p.Attempts >= a.cfg.MaxAttempts
+	a.journal(func(tx *store.Tx) error {
+		p.State, p.Attempts, p.Updated = store.Applying, p.Attempts+1, time.Now()
+		if err := tx.PutPending(p); err != nil {
+			return err
+		}
+		msg := fmt.Sprintf("resuming interrupted apply of %s (attempt %d)", short(p.ID), p.Attempts)
+		if rollback {
+			msg = fmt.Sprintf("rolling back interrupted apply of %s: %d attempts used", short(p.ID), p.Attempts-1)
+		}
+		_, err := tx.Log(store.Event{Kind: "resumed", Message: msg})
+		return err
+	})
+	a.startApply(ap, a.st.applyLocks, rollback)
+}
+
+func modeOf(f store.File) os.FileMode {
+	if f.Mode == 0 {
+		return 0o644
+	}
+	return os.FileMode(f.Mode) & os.ModePerm
+}

@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"slices"
+	"time"
+
+	"latch/agent/fetch"
+	"latch/store"
+)
+
+// Events from the download worker.
+type (
+	dlProgress struct {
+		id          string
+		file        int
+		done, total int64
+		complete    bool
+	}
+	dlDone struct {
+		id  string
+		err error
+	}
+)
+
+// progressEvery throttles progress events and the journal writes they cause.
+const progressEvery = 500 * time.Millisecond
+
+// startDownload fetches every file of the pending update that is not staged
+// yet, one after the other, in a worker beside the loop. Locks do not matter
+// here.
+func (a *Agent) startDownload() {
+	p := a.st.pending
+	ctx, cancel := context.WithCancel(a.ctx)
+	a.st.downloading, a.st.cancelDownload = true, cancel
+	files := slices.Clone(p.Files)
+	id, client := p.ID, a.cfg.HTTPClient
+	go func() {
+		defer cancel()
+		for i, f := range files {
+			dest := a.staged(f.SHA256)
+			if f.Complete {
+				if _, err := os.Stat(dest); err == nil {
+					continue
+				}
+			}
+			var last time.Time
+			err := fetch.Fetch(ctx, client, f.Source, f.SHA256, dest, func(done, total int64) {
+				if time.Since(last) < progressEvery {
+					return
+				}
+				last = time.Now()
+				select { // progress may be dropped when the loop is busy; completion never is
+				case a.events <- dlProgress{id: id, file: i, done: done, total: total}:
+				default:
+				}
+			})
+			if err != nil {
+				a.send(dlDone{id: id, err: err})
+				return
+			}
+			size := int64(-1)
+			if fi, err := os.Stat(dest); err == nil {
+				size = fi.Size()
+			}
+			a.send(dlProgress{id: id, file: i, done: size, total: size, complete: true})
+		}
+		a.send(dlDone{id: id})
+	}()
+}
+
+func (a *Agent) onProgress(ev dlProgress) {
+	s := &a.st
+	if s.pending == nil || s.pending.ID != ev.id || ev.file >= len(s.fileDone) {
+		return
+	}
+	if d := ev.done - s.fileDone[ev.file]; d > 0 {
+		s.downloadedBytes += d
+	}
+	s.fileDone[ev.file], s.fileTotal[ev.file] = ev.done, ev.total
+	if !ev.complete && time.Since(s.lastJournalled) < 2*time.Second {
+		return
+	}
+	s.lastJournalled = time.Now()
+	f := &s.pending.Files[ev.file]
+	f.Done, f.Size, f.Complete = ev.done, ev.total, ev.complete
+	a.journal(func(tx *store.Tx) error {
+		if err := tx.SetFileProgress(ev.file, ev.done, ev.complete); err != nil {
+			return err
+		}
+		if ev.complete {
+			// The size is part of the file record; rewrite it once, when known.
+			return tx.PutPending(s.pending)
+		}
+		return nil
+	})
+	if ev.complete {
+		hit("file-staged")
+	}
+}
+
+func (a *Agent) onDownloaded(ev dlDone) {
+	s := &a.st
+	s.downloading, s.cancelDownload = false, nil
+	p := s.pending
+	if p == nil || p.ID != ev.id || p.State != store.Downloading {
+		return // superseded by a newer target
+	}
+	switch {
+	case ev.err == nil:
+		err := a.journal(func(tx *store.Tx) error {
+			p.State, p.Reason, p.Updated = store.Downloaded, "", time.Now()
+			if err := tx.PutPending(p); err != nil {
+				return err
+			}
+			_, err := tx.Log(store.Event{Kind: "downloaded", Message: "update " + short(p.ID) + " downloaded and verified"})
+			return err
+		})
+		if err == nil {
+			hit(FPDownloaded)
+		}
+		s.retryAt = time.Time{}
+	case errors.Is(ev.err, context.Canceled):
+		// Shutting down or superseded: the partial file stays for the resume.
+	case errors.Is(ev.err, fetch.ErrChecksum):
+		// A file that does not match the signed digest rejects the update.
+		a.journal(func(tx *store.Tx) error {
+			p.State, p.Reason, p.Updated = store.Failed, ev.err.Error(), time.Now()
+			if err := tx.PutPending(p); err != nil {
+				return err
+			}
+			_, err := tx.Log(store.Event{Kind: "failed", Message: "update " + short(p.ID) + " rejected: " + ev.err.Error()})
+			return err
+		})
+		s.appliesFailed++
+	default:
+		p.Reason = "download failed, will retry: " + ev.err.Error()
+		s.retryAt = time.Now().Add(a.cfg.RetryDelay)
+		a.logf("download of update %s: %v (retrying at %s)", short(p.ID), ev.err, s.retryAt.Format(time.TimeOnly))
+	}
+}

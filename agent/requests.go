@@ -1,0 +1,325 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"latch/agent/lock"
+	"latch/store"
+)
+
+// Update asks for the pending update to be applied now. With force, the
+// update is applied once regardless of locks: the user locks in its way are
+// removed, and a force that arrives while the apply waits takes effect at
+// once. With cancel, a pending update that is not being applied is dropped.
+// It reports whether there was anything to do.
+func (a *Agent) Update(ctx context.Context, force, cancel bool, by string) (bool, error) {
+	var triggered bool
+	err := a.do(ctx, func() error {
+		p := a.st.pending
+		if p == nil {
+			return nil
+		}
+		if cancel {
+			if a.st.applying {
+				return fmt.Errorf("%w: update %s is being applied and cannot be cancelled", ErrInvalid, short(p.ID))
+			}
+			a.cancelPending(by, "cancelled on request")
+			triggered = true
+			return nil
+		}
+		if a.st.applying {
+			return nil // already under way
+		}
+		triggered = true
+		a.st.retryAt = time.Time{}
+		return a.journal(func(tx *store.Tx) error {
+			msg := "update " + short(p.ID) + " requested"
+			if p.State == store.Failed {
+				p.State, p.Attempts = store.Downloaded, 0 // an operator's retry starts afresh
+				if !downloaded(p) {
+					p.State = store.Downloading
+				}
+				msg += " again after failure"
+			}
+			if force {
+				p.Forced = true
+				msg += " with force"
+			}
+			if err := tx.PutPending(p); err != nil {
+				return err
+			}
+			kind := "update"
+			if force {
+				kind = "forced"
+			}
+			_, err := tx.Log(store.Event{Kind: kind, By: by, Message: msg})
+			return err
+		})
+	})
+	return triggered, err
+}
+
+func downloaded(p *store.Update) bool {
+	for _, f := range p.Files {
+		if !f.Complete {
+			return false
+		}
+	}
+	return true
+}
+
+// rebootDone is the outcome of a reboot or shutdown request to the driver.
+type rebootDone struct {
+	kind  string
+	locks []*lock.Lock
+	err   error
+}
+
+// Reboot reboots the device through the driver once it holds the locks of
+// every service (and no device-wide lock exists); a held lock refuses it
+// with a *LockedError unless force (or the override) is on.
+func (a *Agent) Reboot(ctx context.Context, force bool, by string) error {
+	return a.powerRequest(ctx, "reboot", force, by)
+}
+
+// Shutdown powers the device off, with the same rules as Reboot.
+func (a *Agent) Shutdown(ctx context.Context, force bool, by string) error {
+	return a.powerRequest(ctx, "shutdown", force, by)
+}
+
+func (a *Agent) powerRequest(ctx context.Context, kind string, force bool, by string) error {
+	return a.do(ctx, func() error {
+		if a.st.rebooting {
+			return nil
+		}
+		if a.st.applying {
+			return &LockedError{Action: kind, Entries: lockEntries(a.st.applyLocks)}
+		}
+		return a.power(kind, "requested", force, by)
+	})
+}
+
+// power takes every lock of every service and calls the driver.
+func (a *Agent) power(kind, reason string, force bool, by string) error {
+	svcs := a.knownServices()
+	ignore := force || a.st.override.Enabled
+	blocking, err := a.blockers(svcs, ignore)
+	if err != nil {
+		return err
+	}
+	if len(blocking) > 0 {
+		return &LockedError{Action: kind, Entries: blocking}
+	}
+	if ignore {
+		why := "forced " + kind
+		if !force {
+			why = "override"
+		}
+		a.removeUserLocks(svcs, why, by)
+	}
+	locks, err := a.cfg.Layout.Acquire(svcs, []string{lock.UpdatesName, lock.ResinName}, lock.NewRecord(lock.RoleAgent), a.cfg.LockUID, a.cfg.LockGID)
+	if err != nil {
+		var he *lock.HeldError
+		if errors.As(err, &he) {
+			return &LockedError{Action: kind, Entries: []lock.Entry{he.Entry}}
+		}
+		return fmt.Errorf("take the locks for %s: %w", kind, err)
+	}
+	r := &store.Reboot{Kind: kind, BootID: a.bootID, Reason: reason, Requested: time.Now(), By: by}
+	if a.st.reboot != nil {
+		r.Reason = a.st.reboot.Reason
+	}
+	err = a.journal(func(tx *store.Tx) error {
+		if err := tx.SetPendingReboot(r); err != nil {
+			return err
+		}
+		msg := fmt.Sprintf("%s issued (%s); locks taken: %s", kind, r.Reason, svcList(svcs))
+		if force {
+			msg += " (forced)"
+		}
+		_, err := tx.Log(store.Event{Kind: kind, By: by, Message: msg})
+		return err
+	})
+	if err != nil {
+		lock.ReleaseAll(locks)
+		return err
+	}
+	a.st.reboot, a.st.rebooting = r, true
+	drv := a.cfg.Driver
+	go func() {
+		ctx := context.WithoutCancel(a.ctx)
+		var err error
+		if kind == "shutdown" {
+			err = drv.Shutdown(ctx)
+		} else {
+			err = drv.Reboot(ctx)
+		}
+		a.send(rebootDone{kind: kind, locks: locks, err: err})
+	}()
+	return nil
+}
+
+// onRebootDone runs when the driver returned from a reboot or shutdown. On a
+// real device the agent is stopped before or soon after; if the command failed,
+// the locks are released and a config reboot stays pending for a retry.
+func (a *Agent) onRebootDone(ev rebootDone) {
+	a.st.rebooting = false
+	if ev.err != nil {
+		a.event("failed", "", "%s failed: %v", ev.kind, ev.err)
+		a.logf("%s: %v", ev.kind, ev.err)
+		lock.ReleaseAll(ev.locks)
+		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
+		return
+	}
+	a.journal(func(tx *store.Tx) error { return tx.SetPendingReboot(nil) })
+	a.st.reboot = nil
+	lock.ReleaseAll(ev.locks)
+	a.event(ev.kind, "", "%s command returned", ev.kind)
+}
+
+// tryPendingReboot reboots for a configuration change once no lock is held.
+func (a *Agent) tryPendingReboot() {
+	if time.Now().Before(a.st.retryAt) {
+		return
+	}
+	err := a.power(a.st.reboot.Kind, a.st.reboot.Reason, false, a.st.reboot.By)
+	var le *LockedError
+	if errors.As(err, &le) {
+		a.st.blockedBy = le.Entries
+		return
+	}
+	if err != nil {
+		a.logf("pending %s: %v", a.st.reboot.Kind, err)
+	}
+}
+
+func lockEntries(locks []*lock.Lock) []lock.Entry {
+	out := make([]lock.Entry, len(locks))
+	for i, l := range locks {
+		out[i] = lock.Entry{Path: l.Path, State: lock.StateAgent}
+	}
+	return out
+}
+
+// RestartService restarts one service of the current target under its lock
+// (a held lock refuses it with a *LockedError unless force).
+func (a *Agent) RestartService(ctx context.Context, app, service string, force bool, by string) error {
+	var svc Service
+	var locks []*lock.Lock
+	err := a.do(ctx, func() error {
+		st := a.st.latest
+		if st == nil {
+			return fmt.Errorf("%w: no target state known yet", ErrNotFound)
+		}
+		ta, ok := st.Apps[app]
+		if !ok {
+			return fmt.Errorf("%w: app %q", ErrNotFound, app)
+		}
+		spec, ok := ta.Services[service]
+		if !ok {
+			return fmt.Errorf("%w: service %q of app %q", ErrNotFound, service, app)
+		}
+		ls := lock.Service{App: app, Service: service}
+		ignore := force || a.st.override.Enabled
+		blocking, err := a.blockers([]lock.Service{ls}, ignore)
+		if err != nil {
+			return err
+		}
+		if len(blocking) > 0 {
+			return &LockedError{Action: "restart of " + ls.String(), Entries: blocking}
+		}
+		if ignore {
+			a.removeUserLocks([]lock.Service{ls}, "forced restart", by)
+		}
+		locks, err = a.cfg.Layout.Acquire([]lock.Service{ls}, []string{lock.UpdatesName, lock.ResinName}, lock.NewRecord(lock.RoleAgent), a.cfg.LockUID, a.cfg.LockGID)
+		if err != nil {
+			var he *lock.HeldError
+			if errors.As(err, &he) {
+				return &LockedError{Action: "restart of " + ls.String(), Entries: []lock.Entry{he.Entry}}
+			}
+			return err
+		}
+		svc = Service{App: app, Name: service, Spec: spec, LockDir: a.cfg.Layout.ServiceDir(ls)}
+		a.event("restart", by, "restarting %s", ls)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// The driver runs outside the loop, under the locks just taken.
+	defer lock.ReleaseAll(locks)
+	if err := a.cfg.Driver.Stop(ctx, svc); err != nil {
+		return fmt.Errorf("stop %s/%s: %w", app, service, err)
+	}
+	if err := a.cfg.Driver.Start(ctx, svc); err != nil {
+		return fmt.Errorf("start %s/%s: %w", app, service, err)
+	}
+	return nil
+}
+
+// SetOverride turns the persistent lock override on or off. Turning it on
+// removes the existing user locks.
+func (a *Agent) SetOverride(ctx context.Context, on bool, by string) error {
+	return a.do(ctx, func() error { return a.setOverride(on, by) })
+}
+
+func (a *Agent) setOverride(on bool, by string) error {
+	o := store.Override{Enabled: on, By: by, At: time.Now()}
+	err := a.journal(func(tx *store.Tx) error {
+		if err := tx.SetOverride(o); err != nil {
+			return err
+		}
+		state := "off: locks are respected again"
+		if on {
+			state = "on: locks are ignored and user locks removed"
+		}
+		_, err := tx.Log(store.Event{Kind: "override", By: by, Message: "lock override " + state})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	a.st.override = o
+	if on {
+		a.removeUserLocks(a.knownServices(), "override", by)
+	}
+	return nil
+}
+
+// Override reports the persistent lock override.
+func (a *Agent) Override(ctx context.Context) (store.Override, error) {
+	var o store.Override
+	err := a.do(ctx, func() error { o = a.st.override; return nil })
+	return o, err
+}
+
+// Locks lists every lock entry (spec section 3).
+func (a *Agent) Locks(ctx context.Context) ([]lock.Entry, error) {
+	entries, err := a.cfg.Layout.Scan()
+	if entries == nil {
+		entries = []lock.Entry{}
+	}
+	return entries, err
+}
+
+// Events returns the journal's event log, newest first (limit <= 0: all).
+func (a *Agent) Events(ctx context.Context, limit int) ([]store.Event, error) {
+	var evs []store.Event
+	err := a.j.View(func(tx *store.Tx) error {
+		var err error
+		evs, err = tx.Events(limit)
+		return err
+	})
+	if evs == nil {
+		evs = []store.Event{}
+	}
+	return evs, err
+}
+
+// Holds lists the holds.
+func (a *Agent) Holds(ctx context.Context) ([]store.Hold, error) {
+	return a.Status().Holds, nil
+}

@@ -1,0 +1,418 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"latch/agent/lock"
+	"latch/agent/target"
+	"latch/store"
+)
+
+// loopState is the agent's state. It is owned by the event loop goroutine:
+// nothing else reads or writes it (requests run on the loop through do).
+type loopState struct {
+	apps     map[string]store.App // cache of the journal's app records
+	pending  *store.Update        // the journal's pending update, nil when none
+	tgt      *target.State        // pending.Target, parsed
+	plan     []planned            // what pending changes, in apply order
+	latest   *target.State        // the latest accepted target
+	queued   *target.Doc          // a target that arrived during an apply
+	queuedBy string
+	override store.Override
+	holds    []store.Hold
+	reboot   *store.Reboot // pending reboot or shutdown
+
+	holdLocks map[string]*lock.Lock // service dir -> the hold entry we keep there
+
+	downloading    bool
+	cancelDownload context.CancelFunc
+	fileDone       []int64 // bytes done per pending file
+	fileTotal      []int64 // size per pending file, -1 unknown
+	lastJournalled time.Time
+
+	applying     bool
+	applyLocks   []*lock.Lock
+	applyStarted time.Time
+	retake       []store.LockRef // apply locks still to re-take after a crash
+
+	rebooting    bool
+	blockedBy    []lock.Entry
+	blockedSince time.Time
+	blockKey     string    // paths of blockedBy, to journal a deferral once per change
+	retryAt      time.Time // earliest next download or apply attempt
+
+	downloadedBytes   int64
+	appliesOK         int
+	appliesFailed     int
+	lastApplySeconds  float64
+	applySecondsTotal float64
+}
+
+// planned is one service that the pending update touches.
+type planned struct {
+	Svc     lock.Service
+	Release string // the app's new release
+	Spec    target.Service
+	Files   []int // indexes into pending.Files
+}
+
+func (s *loopState) init() {
+	s.apps = map[string]store.App{}
+	s.holdLocks = map[string]*lock.Lock{}
+}
+
+// nextWake is how long the loop may sleep before a timer-driven action
+// (a retry, a hold expiry) is due.
+func (s *loopState) nextWake(now time.Time) (time.Duration, bool) {
+	var next time.Time
+	consider := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	if s.pending != nil && (s.pending.State == store.Downloading || s.pending.State == store.Downloaded || s.pending.State == store.Waiting) {
+		consider(s.retryAt)
+	}
+	for _, h := range s.holds {
+		consider(h.Expires)
+	}
+	if next.IsZero() {
+		return 0, false
+	}
+	d := next.Sub(now)
+	if d < 0 {
+		d = 0
+	}
+	return d, true
+}
+
+// setPending caches the pending update and what it changes.
+func (a *Agent) setPending(u *store.Update, st *target.State) {
+	s := &a.st
+	s.pending, s.tgt = u, st
+	s.plan = nil
+	s.fileDone, s.fileTotal = nil, nil
+	s.blockedBy, s.blockedSince, s.blockKey = nil, time.Time{}, ""
+	if u == nil {
+		return
+	}
+	s.plan = makePlan(st, s.apps, u.Files)
+	for _, f := range u.Files {
+		s.fileDone = append(s.fileDone, f.Done)
+		s.fileTotal = append(s.fileTotal, f.Size)
+	}
+}
+
+// makePlan lists the services of every app whose release differs from the
+// one running, in a fixed order (app, then service), with their files.
+func makePlan(st *target.State, apps map[string]store.App, files []store.File) []planned {
+	var plan []planned
+	for _, app := range sortedKeys(st.Apps) {
+		ta := st.Apps[app]
+		if cur, ok := apps[app]; ok && cur.Current == ta.Release {
+			continue
+		}
+		for _, svc := range sortedKeys(ta.Services) {
+			p := planned{Svc: lock.Service{App: app, Service: svc}, Release: ta.Release, Spec: ta.Services[svc]}
+			for i, f := range files {
+				if f.App == app && f.Service == svc {
+					p.Files = append(p.Files, i)
+				}
+			}
+			plan = append(plan, p)
+		}
+	}
+	return plan
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// services returns the lock services of a plan.
+func services(plan []planned) []lock.Service {
+	out := make([]lock.Service, len(plan))
+	for i, p := range plan {
+		out[i] = p.Svc
+	}
+	return out
+}
+
+// knownServices is every service the agent knows of: those of the latest and
+// the pending target, and every service lock directory that exists.
+func (a *Agent) knownServices() []lock.Service {
+	seen := map[lock.Service]bool{}
+	add := func(st *target.State) {
+		if st == nil {
+			return
+		}
+		for app, ta := range st.Apps {
+			for svc := range ta.Services {
+				seen[lock.Service{App: app, Service: svc}] = true
+			}
+		}
+	}
+	add(a.st.latest)
+	add(a.st.tgt)
+	for _, s := range a.existingServiceDirs() {
+		seen[s] = true
+	}
+	out := make([]lock.Service, 0, len(seen))
+	for s := range seen {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(x, y lock.Service) int { return strings.Compare(x.String(), y.String()) })
+	return out
+}
+
+// journal runs fn in one journal transaction; a failure is logged and
+// returned. Every state change of the agent is journalled before it is
+// acted upon.
+func (a *Agent) journal(fn func(tx *store.Tx) error) error {
+	err := a.j.Update(fn)
+	if err != nil {
+		a.logf("journal: %v", err)
+	}
+	return err
+}
+
+// event appends one event to the journal's log (best effort).
+func (a *Agent) event(kind, by, format string, args ...any) {
+	a.journal(func(tx *store.Tx) error {
+		_, err := tx.Log(store.Event{Kind: kind, By: by, Message: fmt.Sprintf(format, args...)})
+		return err
+	})
+}
+
+// snapshot builds the status from the loop's state.
+func (a *Agent) snapshot() Status {
+	s := &a.st
+	st := Status{
+		State:             StateIdle,
+		BlockedBy:         []lock.Entry{},
+		Holds:             slices.Clone(s.holds),
+		OverrideLock:      s.override.Enabled,
+		PendingReboot:     s.reboot,
+		DownloadTotal:     -1,
+		DownloadedBytes:   s.downloadedBytes,
+		AppliesSucceeded:  s.appliesOK,
+		AppliesFailed:     s.appliesFailed,
+		LastApplySeconds:  s.lastApplySeconds,
+		ApplySecondsTotal: s.applySecondsTotal,
+	}
+	if st.Holds == nil {
+		st.Holds = []store.Hold{}
+	}
+	var rel []string
+	for _, name := range sortedKeys(s.apps) {
+		ap := s.apps[name]
+		st.Apps = append(st.Apps, AppStatus{Name: name, Current: ap.Current, Target: ap.Target})
+		if ap.Current != "" {
+			rel = append(rel, name+"="+ap.Current)
+		}
+	}
+	st.Release = strings.Join(rel, ",")
+	if p := s.pending; p != nil {
+		st.UpdateID, st.Attempts, st.Reason = p.ID, p.Attempts, p.Reason
+		var done, total int64
+		known := true
+		for i := range s.fileDone {
+			done += s.fileDone[i]
+			if s.fileTotal[i] < 0 {
+				known = false
+			} else {
+				total += s.fileTotal[i]
+			}
+		}
+		st.DownloadDone = done
+		if known {
+			st.DownloadTotal = total
+		}
+		switch p.State {
+		case store.Downloading:
+			st.State, st.UpdatePending = StateDownloading, true
+			if known && total > 0 {
+				st.DownloadProgress = int(done * 100 / total)
+			}
+		case store.Downloaded, store.Waiting:
+			st.State, st.UpdatePending, st.UpdateDownloaded, st.DownloadProgress = StateWaiting, true, true, 100
+		case store.Applying:
+			st.State, st.UpdatePending, st.UpdateDownloaded, st.DownloadProgress = StateApplying, true, true, 100
+		case store.Failed:
+			st.State, st.UpdateFailed = StateFailed, true
+		}
+		if st.State == StateWaiting && len(s.blockedBy) > 0 {
+			st.BlockedBy = slices.Clone(s.blockedBy)
+			st.BlockedSince = s.blockedSince
+		}
+	}
+	if s.applying {
+		st.State = StateApplying
+	}
+	if s.rebooting {
+		st.State = StateRebooting
+	}
+	return st
+}
+
+// handle applies a worker's event to the state.
+func (a *Agent) handle(ev any) {
+	switch ev := ev.(type) {
+	case dlProgress:
+		a.onProgress(ev)
+	case dlDone:
+		a.onDownloaded(ev)
+	case applyDone:
+		a.onApplied(ev)
+	case rebootDone:
+		a.onRebootDone(ev)
+	default:
+		panic(fmt.Sprintf("agent: unknown event %T", ev))
+	}
+}
+
+// advance moves the state machine on as far as it can without waiting.
+func (a *Agent) advance() {
+	now := time.Now()
+	a.expireHolds(now)
+	if a.st.rebooting {
+		return
+	}
+	if len(a.st.retake) > 0 {
+		a.retakeApplyLocks()
+		return
+	}
+	if a.cfg.BreakStale {
+		a.breakStale()
+	}
+	p := a.st.pending
+	if p != nil && !a.st.applying {
+		switch p.State {
+		case store.Downloading:
+			if !a.st.downloading && !now.Before(a.st.retryAt) {
+				a.startDownload()
+			}
+		case store.Downloaded, store.Waiting:
+			if p.Forced || a.st.override.Enabled || !now.Before(a.st.retryAt) {
+				a.tryApply()
+			}
+		}
+	}
+	busy := a.st.applying || (p != nil && p.State != store.Failed)
+	if a.st.reboot != nil && !busy {
+		a.tryPendingReboot()
+	}
+}
+
+// blockers returns the entries that keep the agent from taking the locks of
+// svcs, minus the ones a force or an override may ignore when ignore is set:
+// with ignore, only the agent's own entries of another action in flight
+// still block (they go away by themselves).
+func (a *Agent) blockers(svcs []lock.Service, ignore bool) ([]lock.Entry, error) {
+	entries, err := a.cfg.Layout.Blocking(svcs)
+	if err != nil {
+		return nil, err
+	}
+	var out []lock.Entry
+	for _, e := range entries {
+		if ignore && e.State != lock.StateAgent {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// removeUserLocks removes the user entries (not the agent's own, not holds)
+// that stand where the agent must create its locks for svcs: forced or
+// overridden. It journals what it removed and why.
+func (a *Agent) removeUserLocks(svcs []lock.Service, why, by string) {
+	entries, err := a.cfg.Layout.Blocking(svcs)
+	if err != nil {
+		a.logf("scan locks: %v", err)
+		return
+	}
+	for _, e := range entries {
+		if e.State == lock.StateAgent || e.State == lock.StateHold {
+			continue
+		}
+		if err := a.cfg.Layout.RemoveEntry(e); err != nil {
+			a.logf("remove lock %s (%s): %v", e.Path, why, err)
+			continue
+		}
+		a.event("lock-removed", by, "%s: removed %s (%s)", why, e.Path, holderText(e))
+	}
+}
+
+func holderText(e lock.Entry) string {
+	if e.Holder != nil && e.Holder.PID > 0 {
+		if e.Holder.Command != "" {
+			return fmt.Sprintf("held by pid %d, %s", e.Holder.PID, e.Holder.Command)
+		}
+		return fmt.Sprintf("held by pid %d", e.Holder.PID)
+	}
+	return fmt.Sprintf("uid %d, holder unknown", e.UID)
+}
+
+// setBlocked records what blocks the pending update, journalling a deferral
+// once per change of the blocking set.
+func (a *Agent) setBlocked(entries []lock.Entry) {
+	s := &a.st
+	paths := make([]string, len(entries))
+	for i, e := range entries {
+		paths[i] = e.Path
+	}
+	key := strings.Join(paths, "\x00")
+	if s.blockedSince.IsZero() {
+		s.blockedSince = time.Now()
+	}
+	s.blockedBy = entries
+	if key == s.blockKey {
+		return
+	}
+	s.blockKey = key
+	p := s.pending
+	reason := "waiting for " + describe(entries[0])
+	a.journal(func(tx *store.Tx) error {
+		p.State, p.Reason, p.Updated = store.Waiting, reason, time.Now()
+		if err := tx.PutPending(p); err != nil {
+			return err
+		}
+		_, err := tx.Log(store.Event{Kind: "deferred", Message: "update " + short(p.ID) + " deferred: " + reason})
+		return err
+	})
+}
+
+// breakStale removes stale entries (latch's own record naming a dead
+// process) when --break-stale is set.
+func (a *Agent) breakStale() {
+	entries, err := a.cfg.Layout.Scan()
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.State != lock.StateStale {
+			continue
+		}
+		if err := a.cfg.Layout.RemoveEntry(e); err != nil {
+			a.logf("break stale lock %s: %v", e.Path, err)
+			continue
+		}
+		a.event("lock-removed", "break-stale", "removed stale lock %s (%s)", e.Path, holderText(e))
+	}
+}
+
+// errInterrupted: an apply stopped between steps because the agent is
+// shutting down; the journal says where to resume.
+var errInterrupted = errors.New("interrupted by shutdown")
