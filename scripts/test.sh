@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# latch's whole test suite, on a fresh Debian 12 machine (run as root: the
+# tests take locks as other users, mount private tmpfs, boot containers and
+# emulated boards). Stages:
+#   deps     install the lock tools, QEMU, nspawn (scripts/deps.sh)
+#   lint     gofmt, go vet
+#   unit     go test ./... (native amd64; includes the real-systemd test in nspawn)
+#   build    the five static binaries (build/build.sh)
+#   cross    the suite for arm64, armv7, armv6 under qemu-user and 386 natively
+#   board    power cuts on emulated arm64 and armv7 boards (qemu-system)
+# Usage: scripts/test.sh [stage...]   (default: all, in that order)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:/usr/local/go/bin CGO_ENABLED=0
+
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(deps lint unit build cross board)
+log=$(mktemp -d "${TMPDIR:-/tmp}/latch-test.XXXXXX")
+failed=() passed=()
+t0=$(date +%s)
+
+stage() {
+  local name=$1; shift
+  local s; s=$(date +%s)
+  printf '\n### stage %s\n' "$name"
+  if "$@"; then passed+=("$name"); r=ok; else failed+=("$name"); r=FAILED; fi
+  printf '### stage %s: %s in %ss\n' "$name" "$r" $(( $(date +%s) - s ))
+}
+
+lint() {
+  local bad; bad=$(gofmt -l . | grep -v '^vendor/')
+  if [ -n "$bad" ]; then echo "gofmt would change: $bad"; return 1; fi
+  go vet ./...
+}
+
+unit() {
+  if [ -x scripts/nspawn/rootfs.sh ] && [ "$(id -u)" = 0 ]; then
+    scripts/nspawn/rootfs.sh || echo "warning: the nspawn rootfs could not be built: the real-systemd tests will skip"
+  fi
+  go test -count=1 -timeout 45m -v ./... 2>&1 | tee "$log/unit.txt" | grep -E '^(=== RUN|--- |ok |FAIL|PASS|panic:|\s+\S+_test.go:[0-9]+:)' | grep -v '^=== RUN'
+  local rc=${PIPESTATUS[0]}
+  grep -E -- '--- SKIP' "$log/unit.txt" | sed 's/^/  /' | head -40
+  return "$rc"
+}
+
+for s in "${stages[@]}"; do
+  case $s in
+    deps)  stage deps scripts/deps.sh ;;
+    lint)  stage lint lint ;;
+    unit)  stage unit unit ;;
+    build) stage build build/build.sh ;;
+    cross) stage cross scripts/cross-test.sh ;;
+    board) stage board scripts/board/powercut.sh ;;
+    *) echo "unknown stage $s"; exit 2 ;;
+  esac
+done
+
+pass=$(grep -c -- '--- PASS' "$log/unit.txt" 2>/dev/null || true)
+fail=$(grep -c -- '--- FAIL' "$log/unit.txt" 2>/dev/null || true)
+skip=$(grep -c -- '--- SKIP' "$log/unit.txt" 2>/dev/null || true)
+printf '\nstages passed: %s\n' "${passed[*]:-none}"
+printf 'stages failed: %s\n' "${failed[*]:-none}"
+printf 'total time: %ss; full go test output in %s/unit.txt\n' $(( $(date +%s) - t0 )) "$log"
+printf 'tests: %d passed, %d failed, %d skipped\n' "${pass:-0}" "${fail:-0}" "${skip:-0}"
+[ ${#failed[@]} -eq 0 ]
