@@ -57,3 +57,19 @@ func BenchmarkScan100(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBaselineExcl is the floor that BenchmarkCreateRemove is compared
+// with: a bare O_CREAT|O_EXCL create and unlink, as lockfile(1) does.
+func BenchmarkBaselineExcl(b *testing.B) {
+	path := filepath.Join(b.TempDir(), UpdatesName)
+	for b.Loop() {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o444)
+		if err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+		if err := os.Remove(path); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
