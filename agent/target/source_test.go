@@ -1,0 +1,244 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recv waits for the next Doc, failing the test if none comes in 10 s (a
+// bound for a hung test, not a timing assertion).
+func recv(t *testing.T, ch <-chan Doc) Doc {
+	t.Helper()
+	select {
+	case d := <-ch:
+		return d
+	case <-time.After(10 * time.Second):
+		t.Fatal("no document within 10s")
+		return Doc{}
+	}
+}
+
+func TestWatchFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "target.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan Doc)
+	done := make(chan error, 1)
+	go func() { done <- WatchFile(ctx, path, ch) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WatchFile returned %v at cancel, want nil", err)
+		}
+	}()
+
+	// The file appears by atomic rename (how editors and deploy tools write).
+	tmp := filepath.Join(dir, ".target.json.tmp")
+	if err := os.WriteFile(tmp, []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	if d := recv(t, ch); string(d.Data) != "one" || d.Sig != nil || d.Source != "file:"+path {
+		t.Errorf("after rename: got %q sig %q source %q, want \"one\", no sig, file:%s", d.Data, d.Sig, d.Source, path)
+	}
+
+	// An unrelated file in the directory wakes nothing that reaches out;
+	// then an in-place write with a signature next to it.
+	if err := os.WriteFile(filepath.Join(dir, "other"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".sig", []byte("SIG"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("tw"))
+	f.Write([]byte("o"))
+	f.Close()
+	// The sig may arrive before the in-place write, and a slow machine may
+	// read between the writes: skip such intermediate states, wait for the final one.
+	for {
+		d := recv(t, ch)
+		if strings.HasPrefix("two", string(d.Data)) && string(d.Data) != "two" || string(d.Data) == "one" {
+			continue
+		}
+		if string(d.Data) != "two" || string(d.Sig) != "SIG" {
+			t.Fatalf("after in-place write: got %q sig %q, want \"two\" sig \"SIG\"", d.Data, d.Sig)
+		}
+		break
+	}
+}
+
+func TestWatchFileExistingAtStart(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "t.json")
+	os.WriteFile(path, []byte("start"), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan Doc, 1)
+	go WatchFile(ctx, path, ch)
+	if d := recv(t, ch); string(d.Data) != "start" {
+		t.Errorf("got %q, want \"start\"", d.Data)
+	}
+}
+
+func TestWatchFileMissingDir(t *testing.T) {
+	err := WatchFile(context.Background(), filepath.Join(t.TempDir(), "no", "t.json"), make(chan Doc))
+	if err == nil {
+		t.Errorf("WatchFile in a missing directory: got nil, want an error")
+	}
+}
+
+func TestPollURL(t *testing.T) {
+	type step struct {
+		status int
+		etag   string
+		sig    string
+		body   string
+	}
+	script := []step{
+		{200, `"v1"`, "SIG1", "doc1"},
+		{304, "", "", ""},
+		{500, "", "", "boom"},
+		{200, `"v2"`, "", "doc2"},
+		{200, `"v2"`, "", "doc2"}, // same content, no 304: sends nothing either
+		{200, `"v3"`, "SIG3", "doc3"},
+	}
+	var (
+		mu   sync.Mutex
+		seen []string // If-None-Match of each request
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n := len(seen)
+		seen = append(seen, r.Header.Get("If-None-Match"))
+		mu.Unlock()
+		if n >= len(script) {
+			w.WriteHeader(304)
+			return
+		}
+		s := script[n]
+		if s.etag != "" {
+			w.Header().Set("ETag", s.etag)
+		}
+		if s.sig != "" {
+			w.Header().Set("X-Latch-Signature", s.sig)
+		}
+		w.WriteHeader(s.status)
+		w.Write([]byte(s.body))
+	}))
+	defer srv.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan Doc)
+	errs := make(chan error, 100)
+	done := make(chan error, 1)
+	go func() {
+		done <- PollURL(ctx, srv.Client(), srv.URL+"/t", time.Millisecond, ch, func(err error) { errs <- err })
+	}()
+	for _, want := range []struct{ data, sig string }{{"doc1", "SIG1"}, {"doc2", ""}, {"doc3", "SIG3"}} {
+		d := recv(t, ch)
+		if string(d.Data) != want.data || string(d.Sig) != want.sig || d.Source != srv.URL+"/t" {
+			t.Errorf("got doc %q sig %q source %q, want %q sig %q source %s", d.Data, d.Sig, d.Source, want.data, want.sig, srv.URL+"/t")
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("PollURL at cancel: got %v, want nil", err)
+	}
+	if len(errs) != 1 {
+		t.Errorf("onErr called %d times, want 1 (the 500)", len(errs))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"", `"v1"`, `"v1"`, `"v1"`, `"v2"`, `"v2"`}
+	for i, w := range want {
+		if i >= len(seen) || seen[i] != w {
+			t.Fatalf("If-None-Match of the requests: got %q, want it to start with %q", seen, want)
+		}
+	}
+}
+
+func TestPollURLFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "t.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan Doc)
+	errs := make(chan error, 1)
+	go PollURL(ctx, nil, "file://"+path, time.Millisecond, ch, func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	})
+	// Missing at first: an error through onErr, never fatal.
+	select {
+	case err := <-errs:
+		if !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("missing file: onErr got %v, want ErrNotExist", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no error reported for a missing file")
+	}
+	os.WriteFile(path+".sig", []byte("S"), 0o644)
+	os.WriteFile(path, []byte("file doc"), 0o644)
+	d := recv(t, ch)
+	if string(d.Data) != "file doc" || string(d.Sig) != "S" || d.Source != "file://"+path {
+		t.Errorf("got %q sig %q source %q, want \"file doc\" sig \"S\" source file://%s", d.Data, d.Sig, d.Source, path)
+	}
+	os.WriteFile(path, []byte("second"), 0o644)
+	if d := recv(t, ch); string(d.Data) != "second" {
+		t.Errorf("after change: got %q, want \"second\"", d.Data)
+	}
+}
+
+func TestPollURLRejects(t *testing.T) {
+	for _, u := range []string{"ftp://h/x", "file://host/x", "file:rel", "::"} {
+		if err := PollURL(context.Background(), nil, u, time.Second, nil, nil); err == nil {
+			t.Errorf("PollURL(%q): got nil, want an error", u)
+		}
+	}
+	if err := PollURL(context.Background(), nil, "http://h/", 0, nil, nil); err == nil {
+		t.Errorf("PollURL with interval 0: got nil, want an error")
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	tests := []struct {
+		interval time.Duration
+		failures int
+		want     time.Duration
+	}{
+		{time.Second, 0, time.Second},
+		{time.Second, 1, 2 * time.Second},
+		{time.Second, 3, 8 * time.Second},
+		{time.Second, 5, 32 * time.Second},
+		{time.Second, 50, 32 * time.Second},
+		{5 * time.Minute, 1, 10 * time.Minute},
+		{5 * time.Minute, 10, time.Hour},
+		{2 * time.Hour, 3, 2 * time.Hour},
+	}
+	for _, tt := range tests {
+		if got := backoff(tt.interval, tt.failures); got != tt.want {
+			t.Errorf("backoff(%v, %d): got %v, want %v", tt.interval, tt.failures, got, tt.want)
+		}
+	}
+	for i := 0; i < 1000; i++ {
+		if j := jitter(time.Second); j < 900*time.Millisecond || j > 1100*time.Millisecond {
+			t.Fatalf("jitter(1s): got %v, want within ±10%%", j)
+		}
+	}
+}
