@@ -1,0 +1,73 @@
+package systemd
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// buildDeb runs build/deb.sh for arch into a temporary dist folder and returns the .deb. It skips
+// when dpkg-deb is missing or when the latch binary cannot be built (the tree does not compile),
+// saying so.
+func buildDeb(t *testing.T, arch string) string {
+	t.Helper()
+	if _, err := exec.LookPath("dpkg-deb"); err != nil {
+		t.Skip("package test not run: dpkg-deb missing (apt-get install -y dpkg-dev)")
+	}
+	dist := t.TempDir()
+	cmd := exec.Command("sh", filepath.Join("..", "build", "deb.sh"), arch)
+	cmd.Env = append(os.Environ(), "DIST="+dist)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "build latch for") {
+			t.Skipf("package test not run: the latch binary does not build:\n%s", out)
+		}
+		t.Fatalf("build/deb.sh %s: %v\n%s", arch, err, out)
+	}
+	t.Logf("build/deb.sh %s:\n%s", arch, out)
+	debs, _ := filepath.Glob(filepath.Join(dist, "latch_*_"+arch+".deb"))
+	if len(debs) != 1 {
+		t.Fatalf("got .debs %q in %s, want one latch_*_%s.deb", debs, dist, arch)
+	}
+	return debs[0]
+}
+
+func TestDeb(t *testing.T) {
+	deb := buildDeb(t, "amd64")
+	contents, err := exec.Command("dpkg-deb", "--contents", deb).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`-rwxr-xr-x root/root .* \./usr/bin/latch\n`,
+		`-rw-r--r-- root/root .* \./lib/systemd/system/latch\.service\n`,
+	} {
+		if !regexp.MustCompile(want).Match(contents) {
+			t.Errorf("dpkg-deb --contents: no line matching %q in\n%s", want, contents)
+		}
+	}
+	info, err := exec.Command("dpkg-deb", "--info", deb).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Package: latch", "Architecture: amd64", "Installed-Size: ", "postinst", "prerm", "postrm"} {
+		if !strings.Contains(string(info), want) {
+			t.Errorf("dpkg-deb --info: got\n%s\nwant it to contain %q", info, want)
+		}
+	}
+	shipped, err := os.ReadFile(filepath.Join("..", "build", "systemd", "latch.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := exec.Command("sh", "-c", "dpkg-deb --fsys-tarfile \"$1\" | tar -xOf - ./lib/systemd/system/latch.service", "sh", deb)
+	got, err := x.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(shipped) {
+		t.Error("latch.service in the .deb differs from build/systemd/latch.service")
+	}
+}
