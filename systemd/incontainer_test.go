@@ -287,4 +287,3 @@ func TestInContainerWatchdog(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
