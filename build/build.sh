@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# build.sh: cross-compile latch's release binaries into dist/.
+#
+# Static, stripped binaries of the module's root package for every target
+# board, dist/SHA256SUMS over them, a check that each is statically linked,
+# and a table of their sizes. VERSION (from the environment, else
+# `git describe --always --dirty`, else "devel") is stamped into main.version.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+version=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo devel)}
+dist=$root/dist
+mkdir -p "$dist"
+
+# name GOARCH GOARM
+targets=(
+	"amd64 amd64 -"
+	"arm64 arm64 -"
+	"armv7 arm 7"
+	"armv6 arm 6"
+	"386 386 -"
+)
+names=()
+for t in "${targets[@]}"; do
+	read -r name goarch goarm <<<"$t"
+	out=latch-linux-$name
+	env=(CGO_ENABLED=0 GOOS=linux GOARCH="$goarch")
+	[[ $goarm != - ]] && env+=(GOARM="$goarm")
+	env "${env[@]}" go build -trimpath -ldflags "-s -w -X main.version=$version" -o "$dist/$out.tmp" .
+	mv "$dist/$out.tmp" "$dist/$out"
+	names+=("$out")
+done
+
+(cd "$dist" && sha256sum "${names[@]}" >SHA256SUMS)
+
+bad=0
+printf '%-20s %10s %8s  %s\n' binary bytes MiB linkage
+for out in "${names[@]}"; do
+	desc=$(file -b "$dist/$out")
+	link=static
+	if [[ $desc != *"statically linked"* ]]; then
+		link="NOT STATIC: $desc"
+		bad=1
+	fi
+	size=$(stat -c %s "$dist/$out")
+	printf '%-20s %10d %8s  %s\n' "$out" "$size" "$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1048576 }')" "$link"
+done
+echo "version $version; checksums in dist/SHA256SUMS"
+exit "$bad"
