@@ -32,9 +32,9 @@ wl_append() {
 wl_after_cut() {
 	local s
 	s=$(sed -n 's/^PROBE: synced \([0-9]*\).*/\1/p' "$1" | tail -1)
-	wl_synced=${s:-0}
+	wl_synced=${s:-$wl_synced} # nothing new: what an earlier boot made durable stays
 	s=$(sed -n 's/^PROBE: state \([0-9]*\).*/\1/p' "$1" | tail -1)
-	wl_state=${s:-0}
+	wl_state=${s:-$wl_state}
 	wl_durable="synced=$wl_synced state=$wl_state"
 }
 
