@@ -37,6 +37,9 @@ const EnvCache = "LATCH_NSPAWN_CACHE"
 // DefaultCache is where scripts/nspawn/rootfs.sh keeps its rootfs trees.
 const DefaultCache = "/var/cache/latch/nspawn"
 
+// ErrNoRootfs means no rootfs is available and none can be built here.
+var ErrNoRootfs = errors.New("no rootfs to boot")
+
 // exitReboot is nspawn's exit status when the container asked for a reboot.
 const exitReboot = 133
 
@@ -46,7 +49,7 @@ const exitReboot = 133
 func Rootfs(arch string) (string, error) {
 	if dir := os.Getenv(EnvRootfs); dir != "" {
 		if _, err := os.Stat(filepath.Join(dir, "lib/systemd/systemd")); err != nil {
-			return "", fmt.Errorf("%s=%s: no systemd in it: %w", EnvRootfs, dir, err)
+			return "", fmt.Errorf("%w: %s=%s: no systemd in it: %v", ErrNoRootfs, EnvRootfs, dir, err)
 		}
 		return dir, nil
 	}
@@ -56,9 +59,53 @@ func Rootfs(arch string) (string, error) {
 	}
 	dir := filepath.Join(cache, "bookworm-"+arch)
 	if _, err := os.Stat(filepath.Join(dir, ".latch-rootfs-ok")); err != nil {
-		return "", fmt.Errorf("no cached rootfs at %s (build it with scripts/nspawn/rootfs.sh %s, or set %s)", dir, arch, EnvRootfs)
+		return "", fmt.Errorf("%w: no cached rootfs at %s (build it with scripts/nspawn/rootfs.sh %s, or set %s)", ErrNoRootfs, dir, arch, EnvRootfs)
 	}
 	return dir, nil
+}
+
+// EnsureRootfs returns Rootfs(arch), building the cache first with scripts/nspawn/rootfs.sh when
+// it is missing and debootstrap is installed (a few minutes, once per machine), so that a fresh
+// machine still runs the tests. LATCH_NSPAWN_NO_BUILD=1 turns the build off.
+func EnsureRootfs(ctx context.Context, arch string) (string, error) {
+	dir, err := Rootfs(arch)
+	if err == nil || os.Getenv(EnvRootfs) != "" || os.Getenv("LATCH_NSPAWN_NO_BUILD") == "1" {
+		return dir, err
+	}
+	if _, lerr := exec.LookPath("debootstrap"); lerr != nil {
+		return "", fmt.Errorf("%w; debootstrap is not installed to build it (apt-get install -y debootstrap)", err)
+	}
+	script, serr := findScript("scripts/nspawn/rootfs.sh")
+	if serr != nil {
+		return "", fmt.Errorf("%w; %v", err, serr)
+	}
+	cmd := exec.CommandContext(ctx, "sh", script, arch)
+	var out syncBuffer
+	cmd.Stderr = &out
+	if berr := cmd.Run(); berr != nil {
+		return "", fmt.Errorf("build rootfs %s: %w\n%s", arch, berr, out.String())
+	}
+	return Rootfs(arch)
+}
+
+// findScript looks for rel in the current folder and its parents (tests run in their package's
+// folder inside the module).
+func findScript(rel string) (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		p := filepath.Join(dir, rel)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("%s not found above the current folder", rel)
+		}
+		dir = parent
+	}
 }
 
 // Available reports why containers cannot run here, or nil.
@@ -90,16 +137,22 @@ type Container struct {
 	closing bool
 }
 
-// ForTest boots a container from the cached rootfs of arch for t, and powers it off at the end
+// ForTest boots a container from the cached rootfs of arch (built when missing, see EnsureRootfs)
+// for t, and powers it off at the end
 // of the test. It skips t, saying what was not tested, when containers cannot run here.
 func ForTest(t testing.TB, arch string) *Container {
 	t.Helper()
 	if err := Available(); err != nil {
 		t.Skipf("real-systemd test not run: %v", err)
 	}
-	rootfs, err := Rootfs(arch)
-	if err != nil {
+	bctx, bcancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer bcancel()
+	rootfs, err := EnsureRootfs(bctx, arch)
+	if errors.Is(err, ErrNoRootfs) {
 		t.Skipf("real-systemd test not run: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
