@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# cross-test.sh [ARCH...]: run latch's whole test suite for the boards' CPUs.
+#
+# ARCH is arm64, armv7, armv6 (under qemu-user) or 386 (natively); default all
+# four. Each package's test binary is cross-compiled (`go test -c`) and run
+# from the package's directory; armv6 runs with QEMU_CPU=arm1176, a CPU without
+# ARMv7 instructions, which the script proves once by checking that a GOARM=7
+# binary dies there with SIGILL while the GOARM=6 one runs.
+#
+# The test binaries see:
+#   LATCH_EMULATED=1   set under qemu-user: a test that needs the host's own
+#                      tools (systemd-nspawn, qemu-system, ...) must t.Skip with a
+#                      message saying what was not tested
+#   LATCH_BIN=PATH     the latch binary built for the same ARCH: a test that
+#                      runs the latch binary must use it when set (there is no Go
+#                      toolchain for a foreign ARCH under emulation), and build
+#                      it only when LATCH_BIN is unset
+# binfmt_misc gets qemu-aarch64 and qemu-arm registered (kernel-wide) when they
+# are not, so that a test can exec a foreign binary or /proc/self/exe.
+#
+# Prints a table: arch, packages passed / failed / without tests, tests skipped,
+# time. Exits non-zero if any package fails. Logs stay in the work directory
+# printed at the start when something fails.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+arches=("$@")
+((${#arches[@]})) || arches=(arm64 armv7 armv6 386)
+work=$(mktemp -d "${TMPDIR:-/tmp}/latch-cross.XXXXXX")
+echo "cross-test: ${arches[*]}; logs in $work"
+go=$(command -v go)
+
+# binfmt registers the qemu-user interpreters for ARM with the kernel.
+binfmt() {
+	local d=/proc/sys/fs/binfmt_misc name
+	mountpoint -q "$d" || mount -t binfmt_misc binfmt_misc "$d"
+	for name in qemu-aarch64 qemu-arm; do
+		[[ -e $d/$name ]] && continue
+		cat "/usr/lib/binfmt.d/$name.conf" >"$d/register"
+	done
+}
+
+# goenv ARCH: the go environment for ARCH.
+goenv() {
+	case $1 in
+	arm64) echo "GOARCH=arm64" ;;
+	armv7) echo "GOARCH=arm GOARM=7" ;;
+	armv6) echo "GOARCH=arm GOARM=6" ;;
+	386) echo "GOARCH=386" ;;
+	*) echo "cross-test: unknown ARCH $1 (want arm64, armv7, armv6 or 386)" >&2; return 2 ;;
+	esac
+}
+
+# runner ARCH: the command prefix that runs an ARCH binary.
+runner() {
+	case $1 in
+	arm64) echo "qemu-aarch64-static" ;;
+	armv7) echo "qemu-arm-static" ;;
+	armv6) echo "qemu-arm-static -cpu arm1176" ;;
+	386) echo "" ;;
+	esac
+}
+
+# prove_armv6 proves that armv6 runs on a CPU without ARMv7 instructions: a
+# GOARM=7 binary must die with SIGILL where the GOARM=6 build of it runs.
+prove_armv6() {
+	local d=$work/armv6-proof rc
+	mkdir -p "$d"
+	cat >"$d/main.go" <<'GO'
+package main
+
+import (
+	"fmt"
+	"sync/atomic"
+)
+
+func main() {
+	var n atomic.Int32
+	n.Add(1)
+	fmt.Println("ran", n.Load())
+}
+GO
+	printf 'module proof\n\ngo 1.21\n' >"$d/go.mod"
+	(cd "$d" && CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 "$go" build -o v7 . &&
+		CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=6 "$go" build -o v6 .)
+	rc=0
+	qemu-arm-static -cpu arm1176 "$d/v7" >/dev/null 2>&1 || rc=$?
+	if ((rc != 128 + 4)); then
+		echo "cross-test: FAIL: a GOARM=7 binary under -cpu arm1176 exited $rc, want SIGILL ($((128 + 4)))" >&2
+		return 1
+	fi
+	if ! out=$(qemu-arm-static -cpu arm1176 "$d/v6" 2>&1) || [[ $out != "ran 1" ]]; then
+		echo "cross-test: FAIL: a GOARM=6 binary under -cpu arm1176: $out" >&2
+		return 1
+	fi
+	echo "cross-test: armv6 CPU checked: GOARM=7 dies with SIGILL under arm1176, GOARM=6 runs"
+}
+
+for a in "${arches[@]}"; do goenv "$a" >/dev/null; done
+if [[ " ${arches[*]} " == *" arm"* ]]; then
+	binfmt
+fi
+mapfile -t pkgs < <("$go" list ./...)
+failed=0
+rows=()
+for a in "${arches[@]}"; do
+	t0=$EPOCHREALTIME
+	read -ra genv <<<"$(goenv "$a")"
+	read -ra run <<<"$(runner "$a")"
+	dir=$work/$a
+	mkdir -p "$dir"
+	pass=0 fail=0 none=0 skips=0
+	if [[ $a == armv6 ]] && ! prove_armv6; then
+		fail=$((fail + 1))
+	fi
+	testenv=()
+	if [[ $a != 386 ]]; then
+		testenv+=(LATCH_EMULATED=1)
+	fi
+	[[ $a == armv6 ]] && testenv+=(QEMU_CPU=arm1176)
+	if env CGO_ENABLED=0 GOOS=linux "${genv[@]}" "$go" build -trimpath -o "$dir/latch" . >"$dir/latch.build.log" 2>&1; then
+		testenv+=(LATCH_BIN="$dir/latch")
+	else
+		echo "cross-test: $a: the latch binary does not build (LATCH_BIN unset); see $dir/latch.build.log" >&2
+	fi
+	for p in "${pkgs[@]}"; do
+		name=${p//\//_}
+		bin=$dir/$name.test
+		log=$dir/$name.log
+		if ! env CGO_ENABLED=0 GOOS=linux "${genv[@]}" "$go" test -c -o "$bin" "$p" >"$log" 2>&1; then
+			echo "FAIL $a $p (build)"
+			sed 's/^/    /' "$log"
+			fail=$((fail + 1))
+			continue
+		fi
+		if [[ ! -e $bin ]]; then
+			none=$((none + 1))
+			continue
+		fi
+		pdir=$("$go" list -f '{{.Dir}}' "$p")
+		rc=0
+		(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout=10m) >"$log" 2>&1 || rc=$?
+		skips=$((skips + $(grep -c -- '--- SKIP' "$log" || true)))
+		if ((rc == 0)); then
+			pass=$((pass + 1))
+		else
+			echo "FAIL $a $p (exit $rc)"
+			grep -E -- '^(--- FAIL|FAIL|panic|\s+\S+_test\.go:)' "$log" | head -40 | sed 's/^/    /'
+			fail=$((fail + 1))
+		fi
+	done
+	((fail)) && failed=1
+	rows+=("$(printf '%-6s %6d %6d %8d %13d %8ss' "$a" "$pass" "$fail" "$none" "$skips" \
+		"$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')")")
+done
+
+echo
+printf '%-6s %6s %6s %8s %13s %9s\n' arch passed failed no-tests tests-skipped time
+printf '%s\n' "${rows[@]}"
+if ((failed)); then
+	echo "cross-test: FAIL; logs in $work" >&2
+	exit 1
+fi
+rm -rf "$work"
