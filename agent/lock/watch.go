@@ -140,8 +140,18 @@ func clen(b []byte) int {
 	return len(b)
 }
 
-// sync computes the directories to watch and adds or removes watches.
+// sync computes the directories to watch and adds or removes watches. It
+// repeats until no watch is new: a directory created between listing its
+// parent and watching the parent is then seen by the next listing, since
+// the parent's watch is in place before it.
 func (w *Watcher) sync() {
+	for i := 0; i < 64 && w.syncOnce(); i++ {
+	}
+}
+
+// syncOnce adds and removes watches once and reports whether it added one.
+func (w *Watcher) syncOnce() bool {
+	added := false
 	want := map[string]map[string]bool{}
 	add := func(dir string, name string) {
 		names, seen := want[dir]
@@ -220,8 +230,10 @@ func (w *Watcher) sync() {
 		}
 		w.paths[dir] = wd
 		w.wds[wd] = dir
+		added = true
 	}
 	w.want = want
+	return added
 }
 
 // isDir reports whether path is a directory, not following a final symlink.
