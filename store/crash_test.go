@@ -179,9 +179,7 @@ func TestCrashConsistency(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
 		cmd.Env = append(os.Environ(), "LATCH_STORE_HELPER=crash", "LATCH_STORE_JOURNAL="+path)
 		cmd.Stdout, cmd.Stderr = w, os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		startHelper(t, cmd)
 		w.Close()
 		first := make(chan struct{})
 		reported := make(chan int, 1)

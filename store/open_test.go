@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,10 +55,20 @@ func helper(t *testing.T, kind, path string) (*exec.Cmd, io.WriteCloser, *bufio.
 	if err != nil {
 		t.Fatal(err)
 	}
+	startHelper(t, cmd)
+	return cmd, stdin, bufio.NewReader(stdout)
+}
+
+// startHelper starts cmd, skipping the test when this (foreign) test binary
+// cannot be executed again: under qemu-user without binfmt_misc.
+func startHelper(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
 	if err := cmd.Start(); err != nil {
+		if errors.Is(err, syscall.ENOEXEC) {
+			t.Skipf("cannot re-execute the test binary %s (%v): register qemu in binfmt_misc; the two-process test did not run", os.Args[0], err)
+		}
 		t.Fatal(err)
 	}
-	return cmd, stdin, bufio.NewReader(stdout)
 }
 
 // openWithin runs Open and fails the test if it has not returned after a
