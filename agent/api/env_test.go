@@ -42,8 +42,12 @@ func (d *recDriver) Calls() []string {
 	return append([]string(nil), d.calls...)
 }
 
-func (d *recDriver) Stop(ctx context.Context, s agent.Service) error   { return d.record("stop " + s.App + "/" + s.Name) }
-func (d *recDriver) Start(ctx context.Context, s agent.Service) error  { return d.record("start " + s.App + "/" + s.Name) }
+func (d *recDriver) Stop(ctx context.Context, s agent.Service) error {
+	return d.record("stop " + s.App + "/" + s.Name)
+}
+func (d *recDriver) Start(ctx context.Context, s agent.Service) error {
+	return d.record("start " + s.App + "/" + s.Name)
+}
 func (d *recDriver) Health(ctx context.Context, s agent.Service) error { return nil }
 func (d *recDriver) Reboot(ctx context.Context) error                  { return d.record("reboot") }
 func (d *recDriver) Shutdown(ctx context.Context) error                { return d.record("shutdown") }

@@ -113,7 +113,7 @@ func TestSlowClient(t *testing.T) {
 			t.Fatal(err)
 		}
 		io.WriteString(c, "GET /v1/device HTTP/1.1\r\nHost: latch\r\n") // and never the blank line
-		c.SetReadDeadline(time.Now().Add(20 * time.Second))              // a bound for a broken server, not a timing assertion
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))             // a bound for a broken server, not a timing assertion
 		_, err = io.ReadAll(bufio.NewReader(c))
 		c.Close()
 		var ne net.Error
