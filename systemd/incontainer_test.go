@@ -304,3 +304,27 @@ func TestInContainerWatchdog(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// envInContainerPower enables the tests that reboot or power off the container; TestNspawn sets it
+// for one test at a time.
+const envInContainerPower = "LATCH_SYSTEMD_INCONTAINER_POWER"
+
+func TestInContainerReboot(t *testing.T) {
+	if os.Getenv(envInContainerPower) != "1" {
+		t.Skipf("reboots the container: runs only when TestNspawn sets %s=1", envInContainerPower)
+	}
+	ctx, u := inContainer(t, nil)
+	if err := u.Reboot(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInContainerPowerOff(t *testing.T) {
+	if os.Getenv(envInContainerPower) != "1" {
+		t.Skipf("powers the container off: runs only when TestNspawn sets %s=1", envInContainerPower)
+	}
+	ctx, u := inContainer(t, nil)
+	if err := u.PowerOff(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -65,6 +65,49 @@ func TestNspawn(t *testing.T) {
 		}
 	}
 
+	t.Run("reboot", func(t *testing.T) {
+		// The helper the end-to-end test relies on: a reboot keeps the disk and clears /tmp.
+		if _, err := c.Exec(ctx, "sh", "-c", "touch /var/latch-t-kept /tmp/latch-t-cleared"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := c.Reboot(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("container reboot to running: %v", time.Since(start).Round(time.Millisecond))
+		if _, err := c.Exec(ctx, "test", "-e", "/var/latch-t-kept"); err != nil {
+			t.Errorf("after reboot: /var/latch-t-kept is gone: %v", err)
+		}
+		if _, err := c.Exec(ctx, "test", "-e", "/tmp/latch-t-cleared"); err == nil {
+			t.Error("after reboot: /tmp/latch-t-cleared still exists, want /tmp cleared")
+		}
+	})
+
+	// Units.Reboot and Units.PowerOff, called by the test binary inside the container.
+	inside := func(t *testing.T, test string) {
+		t.Helper()
+		cmd, err := c.Command(ctx, []string{envInContainer + "=1", envInContainerPower + "=1"},
+			"/latch-test/systemd.test", "-test.run", "^"+test+"$", "-test.v", "-test.timeout=60s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.WaitDelay = 5 * time.Second
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: "+test) {
+			t.Fatalf("%s in the container: %v\n%s", test, err, out)
+		}
+	}
+	t.Run("Units.Reboot", func(t *testing.T) {
+		before, err := c.PID1()
+		if err != nil {
+			t.Fatal(err)
+		}
+		inside(t, "TestInContainerReboot")
+		if err := c.WaitRebooted(ctx, before); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("deb", func(t *testing.T) {
 		deb := buildDeb(t, "amd64")
 		if err := c.CopyIn(deb, "/latch-test/latch.deb"); err != nil {
@@ -89,6 +132,15 @@ func TestNspawn(t *testing.T) {
 			if !strings.Contains(out, want) {
 				t.Errorf("systemctl show latch.service: got %q, want it to contain %s", out, want)
 			}
+		}
+	})
+
+	t.Run("Units.PowerOff", func(t *testing.T) {
+		inside(t, "TestInContainerPowerOff")
+		select {
+		case <-c.Exited():
+		case <-ctx.Done():
+			t.Fatalf("container still running after Units.PowerOff: %v", ctx.Err())
 		}
 	})
 }

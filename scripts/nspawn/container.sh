@@ -7,6 +7,7 @@
 #   ct_exec NAME CMD...      run CMD inside (nsenter into the container's PID 1)
 #   ct_copy NAME SRC DST     copy a host file into the container
 #   ct_wait NAME             wait until systemd is running or degraded (60 s at most)
+#   ct_reboot NAME           systemctl reboot inside, wait until it runs again
 #   ct_stop NAME             power off, wait, unmount and delete the container's folder
 #
 #   scripts/nspawn/container.sh boot NAME    (same names without ct_)
@@ -60,6 +61,19 @@ ct_wait() {
 	done
 	echo "container $1 did not come up; console: $(ct_dir "$1")/console.log" >&2
 	return 1
+}
+
+ct_reboot() {
+	d=$(ct_dir "$1")
+	before=$(cat "$d/nspawn.pid")
+	ct_exec "$1" systemctl reboot || true
+	i=0
+	while [ "$(cat "$d/nspawn.pid")" = "$before" ]; do
+		[ $i -lt 600 ] || { echo "container $1 did not reboot" >&2; return 1; }
+		sleep 0.1
+		i=$((i + 1))
+	done
+	ct_wait "$1"
 }
 
 ct_exec() {

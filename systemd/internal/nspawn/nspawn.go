@@ -370,6 +370,16 @@ func (c *Container) Reboot(ctx context.Context) error {
 		return err
 	}
 	_, _ = c.Exec(ctx, "systemctl", "reboot") // may be cut off by the reboot itself
+	return c.WaitRebooted(ctx, before)
+}
+
+// Exited is closed when the container has stopped for good (powered off, or nspawn failed); a
+// reboot does not close it.
+func (c *Container) Exited() <-chan struct{} { return c.exited }
+
+// WaitRebooted waits until the container runs again with a PID 1 other than before (read with
+// PID1 before triggering the reboot).
+func (c *Container) WaitRebooted(ctx context.Context, before int) error {
 	for {
 		if pid, err := c.PID1(); err == nil && pid != before {
 			return c.WaitRunning(ctx)
