@@ -308,7 +308,7 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 		}
 		if st.UpdateFailed {
 			u += ", FAILED: " + st.Reason
-		} else if st.Reason != "" {
+		} else if st.Reason != "" && len(st.BlockedBy) == 0 {
 			u += " (" + st.Reason + ")"
 		}
 		fmt.Fprintf(tw, "Update:\t%s\n", u)

@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"latch/agent"
+	"latch/agent/api"
+	"latch/agent/lock"
+	"latch/store"
+)
+
+// clientDriver records what the agent asks of the services: the fake at the
+// boundary of real services and power.
+type clientDriver struct {
+	mu    sync.Mutex
+	calls []string // guarded by mu
+}
+
+func (d *clientDriver) rec(s string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.calls = append(d.calls, s)
+	return nil
+}
+func (d *clientDriver) Stop(ctx context.Context, s agent.Service) error   { return d.rec("stop " + s.App) }
+func (d *clientDriver) Start(ctx context.Context, s agent.Service) error  { return d.rec("start " + s.App) }
+func (d *clientDriver) Health(ctx context.Context, s agent.Service) error { return nil }
+func (d *clientDriver) Reboot(ctx context.Context) error                  { return d.rec("reboot") }
+func (d *clientDriver) Shutdown(ctx context.Context) error                { return d.rec("shutdown") }
+
+// clientEnv is a real agent serving its API on <runDir>/api.sock and TCP.
+type clientEnv struct {
+	runDir, keyFile, tcpURL string
+	a                       *agent.Agent
+	layout                  lock.Layout
+	c                       *api.Client
+}
+
+func newClientEnv(t *testing.T) *clientEnv {
+	t.Helper()
+	dir := t.TempDir()
+	run, err := os.MkdirTemp("", "latchcli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(run) })
+	e := &clientEnv{runDir: run, keyFile: filepath.Join(dir, "key")}
+	os.WriteFile(e.keyFile, []byte("k3y\n"), 0o600)
+	e.layout = lock.Layout{Dir: filepath.Join(dir, "locks"), Global: []string{filepath.Join(dir, "balena", "updates.lock")}}
+	j, err := store.Open(filepath.Join(dir, "journal.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(agent.Config{StateDir: filepath.Join(dir, "state"), Layout: e.layout, LockUID: os.Getuid(), LockGID: os.Getgid(),
+		Driver: &clientDriver{}, Tick: 50 * time.Millisecond, Logf: t.Logf}, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.a = a
+	ctx, cancel := context.WithCancel(context.Background())
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- a.Run(ctx) }()
+	<-a.Ready()
+	srv, err := api.Listen(api.Config{Socket: filepath.Join(run, "api.sock"), Listen: "127.0.0.1:0", APIKey: "k3y", Logf: t.Logf})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	e.tcpURL = "http://" + srv.Addr().String()
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve(ctx, a) }()
+	t.Cleanup(func() {
+		cancel()
+		<-serveDone
+		<-agentDone
+		j.Close()
+	})
+	e.c = api.NewClient(filepath.Join(run, "api.sock"))
+	return e
+}
+
+// latch runs the built binary against the env's socket.
+func (e *clientEnv) latch(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	a := append([]string{args[0], "--run-dir", e.runDir}, args[1:]...)
+	cmd := exec.Command(testLatchBin, a...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run latch %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func clientTarget(rel string) []byte {
+	return []byte(`{"apps":{"kiosk":{"release":"` + rel + `","services":{"ui":{"unit":"kiosk-ui.service"}}}}}`)
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestClientCommands(t *testing.T) {
+	e := newClientEnv(t)
+	ctx := t.Context()
+	holdPath := filepath.Join(e.layout.Dir, "services", "kiosk", "ui", lock.HoldName)
+	type step struct {
+		args     []string
+		code     int
+		out, err string // substrings of stdout, stderr
+		json     func(t *testing.T, b []byte)
+	}
+	run := func(t *testing.T, steps []step) {
+		t.Helper()
+		for _, s := range steps {
+			out, errs, code := e.latch(t, s.args...)
+			if code != s.code || !strings.Contains(out, s.out) || !strings.Contains(errs, s.err) {
+				t.Errorf("latch %s: got status %d, stdout %q, stderr %q; want %d, stdout with %q, stderr with %q",
+					strings.Join(s.args, " "), code, out, errs, s.code, s.out, s.err)
+				continue
+			}
+			if s.json != nil {
+				s.json(t, []byte(out))
+			}
+		}
+	}
+	decode := func(v any) func(t *testing.T, b []byte) {
+		return func(t *testing.T, b []byte) {
+			if err := json.Unmarshal(b, v); err != nil {
+				t.Errorf("decode %q: %v", b, err)
+			}
+		}
+	}
+	var st struct {
+		Status string        `json:"status"`
+		Events []store.Event `json:"events"`
+	}
+	var h store.Hold
+	var o store.Override
+	var evs []store.Event
+	var refusal struct {
+		Message   string       `json:"message"`
+		BlockedBy []lock.Entry `json:"blocked_by"`
+	}
+	run(t, []step{
+		{args: []string{"status"}, out: "none pending"},
+		{args: []string{"status", "--json"}, json: decode(&st)},
+		{args: []string{"update"}, out: "nothing to do"},
+		{args: []string{"hold", "kiosk/ui", "--reason", "trade show", "--for", "1h"}, out: "holding kiosk/ui until"},
+		{args: []string{"hold", "kiosk/ui", "--json"}, json: decode(&h)},
+		{args: []string{"hold"}, code: 2, err: "give one APP/SERVICE or --all"},
+		{args: []string{"hold", "kiosk"}, code: 2, err: "APP/SERVICE"},
+	})
+	if st.Status != "idle" || st.Events == nil {
+		t.Errorf("status --json: got %+v, want idle with an events array", st)
+	}
+	if h.App != "kiosk" || h.Service != "ui" || !strings.HasPrefix(h.By, "api:unix uid=") {
+		t.Errorf("hold --json: got %+v, want kiosk/ui by api:unix uid=...", h)
+	}
+	if err := e.c.PushTarget(ctx, clientTarget("1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the update to wait", func() bool { return e.a.Status().State == agent.StateWaiting })
+	run(t, []step{
+		{args: []string{"status"}, out: "kiosk/ui: " + holdPath + ", held by pid"},
+		{args: []string{"status"}, out: "runs - -> 1 pending"},
+		{args: []string{"reboot"}, code: 73, err: holdPath},
+		{args: []string{"shutdown"}, code: 73, err: holdPath},
+		{args: []string{"reboot", "--json"}, code: 73, json: decode(&refusal)},
+		{args: []string{"update", "--no-wait"}, out: "requested"},
+		{args: []string{"override"}, out: "lock override off"},
+		{args: []string{"override", "bogus"}, code: 2, err: "unknown action"},
+		{args: []string{"journal", "--limit", "2", "--json"}, json: decode(&evs)},
+		{args: []string{"journal"}, out: "hold on kiosk/ui"},
+	})
+	if len(refusal.BlockedBy) != 1 || refusal.BlockedBy[0].Path != holdPath {
+		t.Errorf("reboot --json: got %+v, want blocked_by %s", refusal, holdPath)
+	}
+	if len(evs) != 2 || evs[0].Seq < evs[1].Seq {
+		t.Errorf("journal --limit 2 --json: got %+v, want 2 events newest first", evs)
+	}
+	run(t, []step{
+		{args: []string{"release", "kiosk/ui"}, out: "released the hold on kiosk/ui"},
+		{args: []string{"release", "kiosk/ui"}, code: 1, err: "no hold on kiosk/ui"},
+	})
+	waitUntil(t, "the update to apply", func() bool { return e.a.Status().Release == "kiosk=1" })
+	run(t, []step{
+		{args: []string{"override", "on", "--json"}, json: decode(&o)},
+		{args: []string{"override", "status"}, out: "lock override ON"},
+		{args: []string{"override", "off"}, out: "lock override off"},
+		{args: []string{"status"}, out: "runs 1"},
+	})
+	if !o.Enabled {
+		t.Errorf("override on --json: got %+v, want enabled", o)
+	}
+	// Over TCP with the key; without the right key the server's message.
+	run(t, []step{
+		{args: []string{"status", "--api", e.tcpURL, "--api-key-file", e.keyFile}, out: "runs 1"},
+		{args: []string{"status", "--api", e.tcpURL}, code: 2, err: "--api-key-file"},
+	})
+	bad := filepath.Join(t.TempDir(), "bad")
+	os.WriteFile(bad, []byte("nope"), 0o600)
+	run(t, []step{{args: []string{"journal", "--api", e.tcpURL, "--api-key-file", bad}, code: 1, err: "API key"}})
+}
+
+// TestClientUpdateWaits: `latch update` waits for the lock in its way,
+// saying which it is, and returns once the update is applied.
+func TestClientUpdateWaits(t *testing.T) {
+	e := newClientEnv(t)
+	dir, err := e.layout.EnsureServiceDir(lock.Service{App: "kiosk", Service: "ui"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := lock.Create(filepath.Join(dir, lock.UpdatesName), lock.NewRecord(lock.RoleUser), os.Getuid(), os.Getgid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.PushTarget(t.Context(), clientTarget("2"), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the update to wait", func() bool { return e.a.Status().State == agent.StateWaiting })
+	cmd := exec.Command(testLatchBin, "update", "--run-dir", e.runDir)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var lines []string
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if strings.Contains(sc.Text(), "waiting for lock "+l.Path) {
+			break
+		}
+	}
+	if len(lines) == 0 || !strings.Contains(lines[len(lines)-1], "held by pid") {
+		t.Fatalf("latch update: got stderr %q, want a line naming %s and its holder", lines, l.Path)
+	}
+	if err := l.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	for sc.Scan() {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("latch update: %v (stdout %q)", err, out.String())
+	}
+	if !strings.Contains(out.String(), "update applied: kiosk=2") {
+		t.Errorf("latch update: got %q, want update applied: kiosk=2", out.String())
+	}
+}
+
+func TestClientNotRunning(t *testing.T) {
+	run := t.TempDir()
+	for _, c := range []string{"status", "hold", "release", "update", "reboot", "shutdown", "override", "journal"} {
+		args := []string{c, "--run-dir", run}
+		if c == "hold" || c == "release" {
+			args = append(args, "--all")
+		}
+		out, err := exec.Command(testLatchBin, args...).CombinedOutput()
+		if code := exitCode(err); code != 1 || !strings.Contains(string(out), "agent is not running") || !strings.Contains(string(out), "latch agent") {
+			t.Errorf("latch %s with no agent: got %d %q, want 1 and a message saying it is not running and how to start it", c, code, out)
+		}
+	}
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func TestClientHelp(t *testing.T) {
+	for _, c := range []string{"hold", "release", "status", "update", "reboot", "shutdown", "override", "journal"} {
+		out, err := exec.Command(testLatchBin, c, "-h").Output()
+		s := string(out)
+		if exitCode(err) != 0 || !strings.Contains(s, "Usage:\n  latch "+c) || !strings.Contains(s, "Example:") || !strings.Contains(s, "-api-key-file") || !strings.Contains(s, "-json") {
+			t.Errorf("latch %s -h: got %d %q, want usage, description, flags and an example", c, exitCode(err), s)
+		}
+	}
+}
