@@ -33,8 +33,12 @@ func (d *clientDriver) rec(s string) error {
 	d.calls = append(d.calls, s)
 	return nil
 }
-func (d *clientDriver) Stop(ctx context.Context, s agent.Service) error   { return d.rec("stop " + s.App) }
-func (d *clientDriver) Start(ctx context.Context, s agent.Service) error  { return d.rec("start " + s.App) }
+func (d *clientDriver) Stop(ctx context.Context, s agent.Service) error {
+	return d.rec("stop " + s.App)
+}
+func (d *clientDriver) Start(ctx context.Context, s agent.Service) error {
+	return d.rec("start " + s.App)
+}
 func (d *clientDriver) Health(ctx context.Context, s agent.Service) error { return nil }
 func (d *clientDriver) Reboot(ctx context.Context) error                  { return d.rec("reboot") }
 func (d *clientDriver) Shutdown(ctx context.Context) error                { return d.rec("shutdown") }
