@@ -183,3 +183,40 @@ func TestOneLine(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkStatus compares a status line that changed (one datagram to systemd) with an
+// unchanged one (deduplicated, nothing sent): the agent may call Status on every loop turn.
+func BenchmarkStatus(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "notify.sock")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	go func() { // keep the socket's queue from filling
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	b.Setenv("NOTIFY_SOCKET", path)
+	lines := [2]string{"waiting for lock kiosk/ui held by pid 42 for 3m", "idle: release 2026.11.2 running"}
+	b.Run("changed", func(b *testing.B) {
+		n := NewNotifier()
+		for i := 0; i < b.N; i++ {
+			if err := n.Status(lines[i%2]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("unchanged", func(b *testing.B) {
+		n := NewNotifier()
+		for i := 0; i < b.N; i++ {
+			if err := n.Status(lines[0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
