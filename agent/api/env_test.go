@@ -66,11 +66,12 @@ type env struct {
 type envOpts struct {
 	trust ed25519.PublicKey
 	tune  func(*Server)
+	quiet bool // no agent log (benchmarks)
 }
 
 // newEnv starts an agent and serves the API on a unix socket and on
 // 127.0.0.1 with testKey; both stop when the test ends.
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	dir := t.TempDir()
 	// A short run dir: unix socket paths are limited to 108 bytes.
@@ -84,6 +85,10 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if err := os.MkdirAll(filepath.Join(dir, "balena"), 0o1777); err != nil {
 		t.Fatal(err)
 	}
+	logf := t.Logf
+	if o.quiet {
+		logf = func(string, ...any) {}
+	}
 	j, err := store.Open(filepath.Join(dir, "journal.db"), nil)
 	if err != nil {
 		t.Fatalf("open journal: %v", err)
@@ -96,7 +101,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		TrustKey:   o.trust,
 		HealthWait: 0,
 		Tick:       50 * time.Millisecond,
-		Logf:       t.Logf,
+		Logf:       logf,
 	}, j)
 	if err != nil {
 		t.Fatalf("agent.New: %v", err)
@@ -111,7 +116,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		cancel()
 		t.Fatalf("agent stopped before ready: %v", err)
 	}
-	srv, err := Listen(Config{Socket: e.socket, Listen: "127.0.0.1:0", APIKey: testKey, Logf: t.Logf})
+	srv, err := Listen(Config{Socket: e.socket, Listen: "127.0.0.1:0", APIKey: testKey, Logf: logf})
 	if err != nil {
 		cancel()
 		t.Fatalf("Listen: %v", err)
