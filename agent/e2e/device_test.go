@@ -122,14 +122,24 @@ func (d *device) serve(w http.ResponseWriter, r *http.Request) {
 	d.mu.Unlock()
 }
 
+// countingWriter counts the bytes of file content sent (the bodies of 200
+// and 206 answers; an error page is not a download).
 type countingWriter struct {
 	http.ResponseWriter
-	n int64
+	status int
+	n      int64
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	c.status = code
+	c.ResponseWriter.WriteHeader(code)
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(p)
-	c.n += int64(n)
+	if c.status == 0 || c.status == http.StatusOK || c.status == http.StatusPartialContent {
+		c.n += int64(n)
+	}
 	return n, err
 }
 
