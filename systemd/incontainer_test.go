@@ -74,7 +74,7 @@ func TestInContainerStartStopRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s1.ActiveState != "active" || s1.SubState != "running" || s1.MainPID == 0 {
+	if s1.LoadState != "loaded" || s1.ActiveState != "active" || s1.SubState != "running" || s1.MainPID == 0 {
 		t.Fatalf("after Start: got %+v, want active/running with a MainPID", s1)
 	}
 	if err := u.Restart(ctx, unit); err != nil {
@@ -191,6 +191,9 @@ func TestInContainerHealth(t *testing.T) {
 	if err := u.Health(ctx, unit, before.NRestarts+1); !errors.Is(err, ErrUnhealthy) || !strings.Contains(err.Error(), "inactive") {
 		t.Errorf("Health of a stopped unit: got %v, want ErrUnhealthy saying inactive", err)
 	}
+	if err := u.Health(ctx, "latch-t-missing.service", 0); !errors.Is(err, ErrUnhealthy) || !strings.Contains(err.Error(), "not-found") {
+		t.Errorf("Health of a missing unit: got %v, want ErrUnhealthy saying not-found", err)
+	}
 }
 
 func TestInContainerDropIn(t *testing.T) {
@@ -245,6 +248,35 @@ func TestInContainerReconnect(t *testing.T) {
 	if err := u.Start(ctx, unit); err != nil {
 		t.Fatalf("Start after the connection dropped: %v", err)
 	}
+	// The bus drops while a Stop job runs: the wait notices, dials again and re-issues the job.
+	const slow, gate = "latch-t-reconnect-slow.service", "/run/latch-t-reconnect-go"
+	if err := os.WriteFile("/etc/systemd/system/"+slow, []byte("[Service]\nExecStart=/bin/sleep infinity\n"+
+		"ExecStop=/bin/sh -c 'while [ ! -e "+gate+" ]; do sleep 0.05; done'\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(gate)
+	if err := u.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Start(ctx, slow); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		waitState(ctx, t, u, slow, func(s UnitState) bool { return s.ActiveState == "deactivating" })
+		u.mu.Lock()
+		u.conn.Close()
+		u.mu.Unlock()
+		os.WriteFile(gate, nil, 0o644)
+	}()
+	stopCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := u.Stop(stopCtx, slow); err != nil {
+		t.Fatalf("Stop while the bus dropped: %v", err)
+	}
+	if s, _ := u.State(ctx, slow); s.ActiveState != "inactive" {
+		t.Errorf("after Stop across a dropped bus: got %+v, want inactive", s)
+	}
+
 	if out, err := exec.Command("systemctl", "daemon-reexec").CombinedOutput(); err != nil {
 		t.Fatalf("daemon-reexec: %v %s", err, out)
 	}

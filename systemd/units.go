@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	sdbus "github.com/coreos/go-systemd/v22/dbus"
 )
@@ -30,6 +31,7 @@ type Units struct {
 // UnitState is what systemd says of a unit. NRestarts and MainPID are zero for units that are not
 // services.
 type UnitState struct {
+	LoadState   string // loaded, not-found, masked, error, ...
 	ActiveState string // active, inactive, failed, activating, deactivating, reloading
 	SubState    string // running, dead, exited, auto-restart, ...
 	Result      string // success, exit-code, signal, watchdog, ... ("" when the unit type has none)
@@ -76,7 +78,10 @@ func (u *Units) Close() {
 	}
 }
 
-var errClosed = errors.New("systemd connection closed")
+var (
+	errClosed     = errors.New("systemd connection closed")
+	errBusDropped = errors.New("bus connection dropped while waiting for the job")
+)
 
 // connection returns a live connection, dialling again when the previous one dropped.
 func (u *Units) connection(ctx context.Context) (*sdbus.Conn, error) {
@@ -129,14 +134,24 @@ func (u *Units) job(ctx context.Context, op string, unit string, mode string, st
 		if _, err := start(c, ctx, unit, mode, ch); err != nil {
 			return err
 		}
-		select {
-		case res := <-ch:
-			if res != "done" {
-				return fmt.Errorf("%w: job result %q", ErrJobFailed, res)
+		// A bus that drops while the job runs never delivers the result: look at the
+		// connection now and then, and let call dial again and re-issue the (idempotent) job.
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case res := <-ch:
+				if res != "done" {
+					return fmt.Errorf("%w: job result %q", ErrJobFailed, res)
+				}
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-tick.C:
+				if !c.Connected() {
+					return errBusDropped
+				}
 			}
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
 		}
 	})
 	if err != nil {
@@ -194,6 +209,7 @@ func (u *Units) State(ctx context.Context, unit string) (UnitState, error) {
 			return err
 		}
 		s = UnitState{}
+		s.LoadState, _ = p["LoadState"].(string)
 		s.ActiveState, _ = p["ActiveState"].(string)
 		s.SubState, _ = p["SubState"].(string)
 		tp, err := c.GetUnitTypePropertiesContext(ctx, unit, unitType(unit))
@@ -217,6 +233,9 @@ func (u *Units) Health(ctx context.Context, unit string, restartsBefore uint32) 
 	s, err := u.State(ctx, unit)
 	if err != nil {
 		return err
+	}
+	if s.LoadState != "loaded" {
+		return fmt.Errorf("health of unit %s: %w: load state %s", unit, ErrUnhealthy, s.LoadState)
 	}
 	if s.ActiveState != "active" {
 		return fmt.Errorf("health of unit %s: %w: state %s/%s, result %s", unit, ErrUnhealthy, s.ActiveState, s.SubState, s.Result)
