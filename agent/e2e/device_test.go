@@ -54,7 +54,7 @@ func TestMain(m *testing.M) {
 // device is one simulated board: everything under root, an HTTP server for
 // the releases, a target file, and the agent as a child process.
 type device struct {
-	t        *testing.T
+	t        testing.TB
 	root     string
 	lockDir  string
 	stateDir string
@@ -76,7 +76,7 @@ type device struct {
 	wrap    []string // command prefix (e.g. unshare)
 }
 
-func newDevice(t *testing.T) *device {
+func newDevice(t testing.TB) *device {
 	t.Helper()
 	root := t.TempDir()
 	d := &device{
