@@ -25,9 +25,13 @@ func TestNspawn(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real-systemd test not run in -short mode")
 	}
-	bin := buildTestBinary(t)
+	a, ok := nspawnArchs[os.Getenv("LATCH_NSPAWN_ARCH")]
+	if !ok {
+		t.Fatalf("LATCH_NSPAWN_ARCH=%q: want one of amd64 (default), arm64, armhf", os.Getenv("LATCH_NSPAWN_ARCH"))
+	}
+	bin := buildTestBinary(t, a.goarch, a.goarm)
 	booted := time.Now()
-	c := nspawn.ForTest(t, "amd64")
+	c := nspawn.ForTest(t, a.debian)
 	t.Logf("container booted to running in %v", time.Since(booted).Round(time.Millisecond))
 	if err := c.CopyIn(bin, "/latch-test/systemd.test"); err != nil {
 		t.Fatal(err)
@@ -109,7 +113,7 @@ func TestNspawn(t *testing.T) {
 	})
 
 	t.Run("deb", func(t *testing.T) {
-		deb := buildDeb(t, "amd64")
+		deb := buildDeb(t, a.deb)
 		if err := c.CopyIn(deb, "/latch-test/latch.deb"); err != nil {
 			t.Fatal(err)
 		}
@@ -145,15 +149,24 @@ func TestNspawn(t *testing.T) {
 	})
 }
 
+// nspawnArchs are the rootfs architectures TestNspawn can boot (LATCH_NSPAWN_ARCH; foreign ones
+// run through qemu-user and binfmt_misc).
+var nspawnArchs = map[string]struct{ debian, goarch, goarm, deb string }{
+	"":      {"amd64", "amd64", "", "amd64"},
+	"amd64": {"amd64", "amd64", "", "amd64"},
+	"arm64": {"arm64", "arm64", "", "arm64"},
+	"armhf": {"armhf", "arm", "7", "armv7"},
+}
+
 // buildTestBinary builds this package's tests as a static binary that runs in the container.
-func buildTestBinary(t *testing.T) string {
+func buildTestBinary(t *testing.T, goarch, goarm string) string {
 	t.Helper()
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("real-systemd test not run: no go tool to build the test binary")
 	}
 	bin := filepath.Join(t.TempDir(), "systemd.test")
 	cmd := exec.Command("go", "test", "-c", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch, "GOARM="+goarm)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go test -c: %v\n%s", err, out)
 	}
