@@ -1,0 +1,366 @@
+// Package fetch downloads release files into latch's state directory and
+// installs them, crash-safely.
+//
+// Fetch streams a file from an http, https or file URL into DEST.part while
+// hashing it, in constant memory whatever the size; it resumes a partial
+// download with an HTTP Range request, and DEST appears (fsync, atomic
+// rename, directory fsync) only with the expected sha256. Install, Restore
+// and Commit put a staged file at its install path atomically, keep the
+// previous version, and can be called again after a crash at any point with
+// the same result.
+//
+// The package imports nothing from the rest of latch.
+package fetch
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Errors of this package. Callers test them with errors.Is.
+var (
+	// ErrChecksum: the content does not have the sha256 the target state
+	// names. The partial download is removed; nothing is installed.
+	ErrChecksum = errors.New("checksum mismatch")
+	// ErrBusy: another Fetch is downloading to the same destination.
+	ErrBusy = errors.New("download already in progress")
+)
+
+// bufSize is the copy buffer: the only memory a download uses for its data.
+const bufSize = 128 << 10
+
+// progressStep is how many bytes arrive between two progress calls.
+const progressStep = 64 << 10
+
+// Fetch downloads src (an http, https or file URL) to dest and checks that
+// its sha256 is sha256hex, streaming in constant memory:
+//   - it writes into dest+".part"; if a .part exists it is hashed first and
+//     the download resumes from its size (HTTP Range; a seek for file URLs).
+//     A 200 instead of 206, a 416, or a .part larger than the file restarts
+//     from zero;
+//   - progress(done, total) is called as bytes arrive, every 64 KiB or so
+//     and at the end (total is -1 when unknown); progress may be nil;
+//   - at the end the sha256 is checked (a mismatch removes the .part and
+//     returns an error wrapping ErrChecksum naming both digests), the file
+//     is fsynced and renamed to dest, and the directory fsynced;
+//   - if dest already has the right sha256, Fetch returns at once;
+//   - ctx cancels promptly; a cancelled or interrupted download keeps the
+//     .part for the next call to resume.
+func Fetch(ctx context.Context, client *http.Client, src, sha256hex, dest string, progress func(done, total int64)) error {
+	want, err := normHex(sha256hex)
+	if err != nil {
+		return fmt.Errorf("fetch %s: %w", src, err)
+	}
+	u, err := url.Parse(src)
+	if err != nil {
+		return fmt.Errorf("fetch %s: %w", src, err)
+	}
+	switch u.Scheme {
+	case "http", "https", "file":
+	default:
+		return fmt.Errorf("fetch %s: want an http, https or file URL", src)
+	}
+	if got, err := FileSHA256(dest); err == nil && got == want {
+		return nil
+	}
+	part := dest + ".part"
+	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("fetch %s: %w", src, err)
+	}
+	defer f.Close()
+	// Two downloads into one .part would interleave; the lock ends with f.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return fmt.Errorf("fetch %s to %s: %w", src, dest, ErrBusy)
+	}
+	d := &download{ctx: ctx, f: f, h: sha256.New(), progress: progress, part: part}
+	if err := d.hashExisting(); err != nil {
+		return fmt.Errorf("fetch %s: resume %s: %w", src, part, err)
+	}
+	if u.Scheme == "file" {
+		err = d.fromFile(u.Path)
+	} else {
+		if client == nil {
+			client = http.DefaultClient
+		}
+		err = d.fromHTTP(client, src)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return fmt.Errorf("fetch %s (%d bytes kept in %s): %w", src, d.done, part, err)
+	}
+	got := hex.EncodeToString(d.h.Sum(nil))
+	if got != want {
+		f.Close()
+		os.Remove(part)
+		return fmt.Errorf("fetch %s: sha256 %s, want %s: %w", src, got, want, ErrChecksum)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fetch %s: sync %s: %w", src, part, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("fetch %s: close %s: %w", src, part, err)
+	}
+	if err := os.Rename(part, dest); err != nil {
+		return fmt.Errorf("fetch %s: %w", src, err)
+	}
+	if err := syncDir(filepath.Dir(dest)); err != nil {
+		return fmt.Errorf("fetch %s: %w", src, err)
+	}
+	return nil
+}
+
+// download is one Fetch in progress: the .part file, the running hash of
+// everything in it, and how many bytes that is.
+type download struct {
+	ctx      context.Context
+	f        *os.File
+	h        hash.Hash
+	done     int64 // bytes in the .part, all hashed
+	total    int64 // size of the whole file, -1 when unknown
+	reported int64 // done at the last progress call
+	started  bool  // progress was called since the last restart
+	progress func(done, total int64)
+	part     string
+	buf      []byte
+}
+
+// hashExisting hashes what a previous Fetch left in the .part.
+func (d *download) hashExisting() error {
+	if _, err := d.f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	n, err := io.CopyBuffer(d.h, d.f, d.buffer())
+	d.done = n
+	return err
+}
+
+// restart empties the .part and the hash.
+func (d *download) restart() error {
+	if err := d.f.Truncate(0); err != nil {
+		return fmt.Errorf("truncate %s: %w", d.part, err)
+	}
+	if _, err := d.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("seek %s: %w", d.part, err)
+	}
+	d.h.Reset()
+	d.done, d.reported, d.started = 0, 0, false
+	return nil
+}
+
+func (d *download) buffer() []byte {
+	if d.buf == nil {
+		d.buf = make([]byte, bufSize)
+	}
+	return d.buf
+}
+
+// copyFrom appends r to the .part and the hash, reporting progress and
+// checking ctx between chunks.
+func (d *download) copyFrom(r io.Reader) error {
+	buf := d.buffer()
+	d.report(false)
+	for {
+		if err := d.ctx.Err(); err != nil {
+			return err
+		}
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			if _, err := d.f.Write(buf[:n]); err != nil {
+				return fmt.Errorf("write %s: %w", d.part, err)
+			}
+			d.h.Write(buf[:n])
+			d.done += int64(n)
+			d.report(false)
+		}
+		if rerr == io.EOF {
+			d.report(true)
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// report calls progress at the start, every progressStep bytes, and when
+// forced (the end).
+func (d *download) report(force bool) {
+	if d.progress == nil || !force && d.started && d.done-d.reported < progressStep {
+		return
+	}
+	d.started, d.reported = true, d.done
+	d.progress(d.done, d.total)
+}
+
+func (d *download) fromFile(path string) error {
+	src, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	d.total = st.Size()
+	if d.done > d.total {
+		if err := d.restart(); err != nil {
+			return err
+		}
+	}
+	if _, err := src.Seek(d.done, io.SeekStart); err != nil {
+		return err
+	}
+	return d.copyFrom(src)
+}
+
+func (d *download) fromHTTP(client *http.Client, src string) error {
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(d.ctx, http.MethodGet, src, nil)
+		if err != nil {
+			return err
+		}
+		// Transparent gzip would make byte ranges meaningless.
+		req.Header.Set("Accept-Encoding", "identity")
+		if d.done > 0 {
+			req.Header.Set("Range", "bytes="+strconv.FormatInt(d.done, 10)+"-")
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		retry, err := d.response(resp)
+		resp.Body.Close()
+		if !retry || attempt > 0 {
+			return err
+		}
+	}
+}
+
+// response handles one HTTP answer; retry says to ask again from zero.
+func (d *download) response(resp *http.Response) (retry bool, err error) {
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if d.done > 0 { // the server ignored Range: start over
+			if err := d.restart(); err != nil {
+				return false, err
+			}
+		}
+		d.total = resp.ContentLength
+		return false, d.copyFrom(resp.Body)
+	case http.StatusPartialContent:
+		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if !ok || start != d.done {
+			if err := d.restart(); err != nil {
+				return false, err
+			}
+			return true, fmt.Errorf("server answered range %q to a request from byte %d", resp.Header.Get("Content-Range"), d.done)
+		}
+		d.total = total
+		return false, d.copyFrom(resp.Body)
+	case http.StatusRequestedRangeNotSatisfiable:
+		// The .part is as long as the file or longer. If exactly as long it
+		// may be complete: the hash check decides. Otherwise start over.
+		_, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if ok && total == d.done {
+			d.total = total
+			d.report(true)
+			return false, nil
+		}
+		if err := d.restart(); err != nil {
+			return false, err
+		}
+		return true, fmt.Errorf("server refused range from byte %d (%s)", d.done, resp.Status)
+	default:
+		return false, fmt.Errorf("server answered %s", resp.Status)
+	}
+}
+
+// parseContentRange reads "bytes START-END/TOTAL" or "bytes */TOTAL";
+// total is -1 when the server wrote "*".
+func parseContentRange(s string) (start, total int64, ok bool) {
+	rest, found := strings.CutPrefix(s, "bytes ")
+	if !found {
+		return 0, 0, false
+	}
+	rng, tot, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, false
+	}
+	total = -1
+	if tot != "*" {
+		t, err := strconv.ParseInt(tot, 10, 64)
+		if err != nil || t < 0 {
+			return 0, 0, false
+		}
+		total = t
+	}
+	if rng == "*" {
+		return -1, total, true
+	}
+	first, _, found := strings.Cut(rng, "-")
+	if !found {
+		return 0, 0, false
+	}
+	start, err := strconv.ParseInt(first, 10, 64)
+	if err != nil || start < 0 {
+		return 0, 0, false
+	}
+	return start, total, true
+}
+
+// FileSHA256 hashes a file, streaming, and returns lowercase hex.
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, f, make([]byte, 64<<10)); err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// normHex checks a sha256 hex digest and lowercases it.
+func normHex(s string) (string, error) {
+	if len(s) != 64 {
+		return "", fmt.Errorf("sha256 %q: want 64 hex digits", s)
+	}
+	if _, err := hex.DecodeString(s); err != nil {
+		return "", fmt.Errorf("sha256 %q: want 64 hex digits", s)
+	}
+	return strings.ToLower(s), nil
+}
+
+// syncDir makes a rename or removal in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
