@@ -308,7 +308,7 @@ func parseContentRange(s string) (start, total int64, ok bool) {
 	total = -1
 	if tot != "*" {
 		t, err := strconv.ParseInt(tot, 10, 64)
-		if err != nil || t < 0 {
+		if err != nil || !digits(tot) {
 			return 0, 0, false
 		}
 		total = t
@@ -321,10 +321,19 @@ func parseContentRange(s string) (start, total int64, ok bool) {
 		return 0, 0, false
 	}
 	start, err := strconv.ParseInt(first, 10, 64)
-	if err != nil || start < 0 {
+	if err != nil || !digits(first) {
 		return 0, 0, false
 	}
 	return start, total, true
+}
+
+func digits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // FileSHA256 hashes a file, streaming, and returns lowercase hex.
