@@ -1,7 +1,7 @@
 package fetch
 
 import (
-	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -19,8 +19,8 @@ func FuzzParseContentRange(f *testing.F) {
 		if start < -1 || total < -1 {
 			t.Fatalf("parseContentRange(%q) = %d, %d: negative", s, start, total)
 		}
-		if start >= 0 && total >= 0 && s != "bytes "+strconv.FormatInt(start, 10)+s[len("bytes ")+len(strconv.FormatInt(start, 10)):] {
-			t.Fatalf("parseContentRange(%q): start %d is not what the header says", s, start)
+		if start >= 0 && total >= 0 && !strings.HasPrefix(s, "bytes ") {
+			t.Fatalf("parseContentRange(%q): accepted without the bytes unit", s)
 		}
 	})
 }
