@@ -223,7 +223,7 @@ func (l Layout) Acquire(svcs []Service, names []string, rec Record, uid, gid int
 				if slices.Contains(names, n) {
 					continue
 				}
-				e, err := describe(dirfd, filepath.Join(dir, n), n, nil)
+				e, err := describe(dirfd, filepath.Join(dir, n), n, readProcLocks())
 				if err == nil {
 					unix.Close(dirfd)
 					return locks, &HeldError{Entry: e}
