@@ -64,3 +64,21 @@ func benchContent(b *testing.B) ([]byte, string) {
 	s := sha256.Sum256(content)
 	return content, hex.EncodeToString(s[:])
 }
+
+// TestFetchFromEnv is the Fetch half of scripts/bench-fetch.sh: it downloads
+// $LATCH_BENCH_URL (sha256 $LATCH_BENCH_SHA256) to $LATCH_BENCH_DEST and
+// prints the throughput. Skipped unless the script sets those variables.
+func TestFetchFromEnv(t *testing.T) {
+	url, sum, dest := os.Getenv("LATCH_BENCH_URL"), os.Getenv("LATCH_BENCH_SHA256"), os.Getenv("LATCH_BENCH_DEST")
+	if url == "" || sum == "" || dest == "" {
+		t.Skip("LATCH_BENCH_URL, LATCH_BENCH_SHA256, LATCH_BENCH_DEST not set: run scripts/bench-fetch.sh")
+	}
+	var size int64
+	start := time.Now()
+	err := Fetch(context.Background(), http.DefaultClient, url, sum, dest, func(done, total int64) { size = done })
+	if err != nil {
+		t.Fatal(err)
+	}
+	secs := time.Since(start).Seconds()
+	t.Logf("fetched %d bytes in %.3fs: %.1f MB/s", size, secs, float64(size)/secs/1e6)
+}
