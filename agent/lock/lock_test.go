@@ -8,9 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -713,7 +713,8 @@ func TestWatcher(t *testing.T) {
 	}
 }
 
-// TestWatcherOverflow: an inotify queue overflow asks for a rescan.
+// TestWatcherOverflow: after an inotify queue overflow the watcher rescans
+// and watches directories whose creation events were lost.
 func TestWatcherOverflow(t *testing.T) {
 	b, err := os.ReadFile("/proc/sys/fs/inotify/max_queued_events")
 	if err != nil {
@@ -721,23 +722,50 @@ func TestWatcherOverflow(t *testing.T) {
 	}
 	var max int
 	fmt.Sscan(string(b), &max)
-	if max > 100000 {
+	if max > 200000 {
 		t.Skipf("max_queued_events is %d: overflow too costly to provoke", max)
 	}
 	l := testLayout(t)
 	dir, _ := l.EnsureServiceDir(Service{"a", "b"})
-	w, err := l.Watch()
+	w, err := l.newWatcher() // not reading yet: the kernel queue fills
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
-	// Stop the reader so that the queue fills: the kernel queues events
-	// until read. Fill it with more events than it holds.
 	p := filepath.Join(dir, UpdatesName)
 	for i := 0; i < max/2+10; i++ {
 		os.WriteFile(p, nil, 0o644)
 		os.Remove(p)
 	}
+	// Its creation event is dropped: the queue is full.
+	late, err := l.EnsureServiceDir(Service{"late", "svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read the whole queue here, so that its end is known.
+	buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
+	overflowed := false
+	for {
+		n, err := unix.Read(w.fd, buf)
+		if err != nil {
+			if !errors.Is(err, unix.EAGAIN) {
+				t.Fatal(err)
+			}
+			break
+		}
+		for off := 0; off < n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			overflowed = overflowed || ev.Mask&unix.IN_Q_OVERFLOW != 0
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+		w.handle(buf[:n])
+	}
+	if !overflowed {
+		t.Fatalf("the queue of %d events did not overflow", max)
+	}
+	go w.loop()
+	defer w.Close()
 	waitEvent(t, w, "an overflow")
-	_ = syscall.Getpid
+	// The rescan after the overflow watches the late service directory.
+	os.WriteFile(filepath.Join(late, UpdatesName), nil, 0o644)
+	waitEvent(t, w, "a lock in a directory created during the overflow")
 }

@@ -41,6 +41,16 @@ const watchMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN
 
 // Watch starts watching the lock directories and device-wide paths of l.
 func (l Layout) Watch() (*Watcher, error) {
+	w, err := l.newWatcher()
+	if err != nil {
+		return nil, err
+	}
+	go w.loop()
+	return w, nil
+}
+
+// newWatcher sets up the watches without starting the reading goroutine.
+func (l Layout) newWatcher() (*Watcher, error) {
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("watch locks: inotify: %w", err)
@@ -54,7 +64,6 @@ func (l Layout) Watch() (*Watcher, error) {
 		paths: map[string]int{},
 	}
 	w.sync()
-	go w.loop()
 	return w, nil
 }
 
@@ -86,48 +95,54 @@ func (w *Watcher) loop() {
 			}
 			continue
 		}
-		relevant, resync := false, false
-		for off := 0; off+unix.SizeofInotifyEvent <= n; {
-			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
-			nameb := buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)]
-			off += unix.SizeofInotifyEvent + int(ev.Len)
-			name := string(nameb[:clen(nameb)])
-			switch {
-			case ev.Mask&unix.IN_Q_OVERFLOW != 0:
-				relevant, resync = true, true
-			case ev.Mask&unix.IN_IGNORED != 0:
-				if p, ok := w.wds[int(ev.Wd)]; ok {
-					delete(w.wds, int(ev.Wd))
-					if w.paths[p] == int(ev.Wd) {
-						delete(w.paths, p)
-					}
+		w.handle(buf[:n])
+	}
+}
+
+// handle processes one read's worth of inotify events.
+func (w *Watcher) handle(buf []byte) {
+	n := len(buf)
+	relevant, resync := false, false
+	for off := 0; off+unix.SizeofInotifyEvent <= n; {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+		nameb := buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)]
+		off += unix.SizeofInotifyEvent + int(ev.Len)
+		name := string(nameb[:clen(nameb)])
+		switch {
+		case ev.Mask&unix.IN_Q_OVERFLOW != 0:
+			relevant, resync = true, true
+		case ev.Mask&unix.IN_IGNORED != 0:
+			if p, ok := w.wds[int(ev.Wd)]; ok {
+				delete(w.wds, int(ev.Wd))
+				if w.paths[p] == int(ev.Wd) {
+					delete(w.paths, p)
 				}
-				resync = true
-			case ev.Mask&(unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0:
-				relevant, resync = true, true
-			default:
-				dir, ok := w.wds[int(ev.Wd)]
-				if !ok {
-					continue
+			}
+			resync = true
+		case ev.Mask&(unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0:
+			relevant, resync = true, true
+		default:
+			dir, ok := w.wds[int(ev.Wd)]
+			if !ok {
+				continue
+			}
+			names, ok := w.want[dir]
+			if ok && (names == nil || names[name]) {
+				relevant = true
+				if ev.Mask&unix.IN_ISDIR != 0 || names != nil && !slices.Contains(HeldNames, name) {
+					resync = true
 				}
-				names, ok := w.want[dir]
-				if ok && (names == nil || names[name]) {
-					relevant = true
-					if ev.Mask&unix.IN_ISDIR != 0 || names != nil && !slices.Contains(HeldNames, name) {
-						resync = true
-					}
-					if names == nil { // lock root tree: a new app or service
-						resync = true
-					}
+				if names == nil { // lock root tree: a new app or service
+					resync = true
 				}
 			}
 		}
-		if resync {
-			w.sync()
-		}
-		if relevant {
-			w.notify()
-		}
+	}
+	if resync {
+		w.sync()
+	}
+	if relevant {
+		w.notify()
 	}
 }
 
