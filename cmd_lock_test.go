@@ -560,3 +560,58 @@ func TestMutualExclusion(t *testing.T) {
 		t.Errorf("lock left at the end")
 	}
 }
+
+// TestLockSymlinkAttack: a lock path or lock directory planted as a symlink
+// to a file outside is refused, and the file is left as it was.
+func TestLockSymlinkAttack(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		plant   func(root, target string) error
+		args    []string
+		want    int
+		wantErr string
+	}{
+		{"lock path", func(root, target string) error {
+			return os.Symlink(target, filepath.Join(root, "x.lock"))
+		}, []string{"--path", "x.lock"}, exitLocked, "(symlink)"},
+		{"device-wide lock", func(root, target string) error {
+			os.MkdirAll(filepath.Join(root, "tmp/balena"), 0o1777)
+			return os.Symlink(target, filepath.Join(root, "tmp/balena/updates.lock"))
+		}, nil, exitLocked, "(symlink)"},
+		{"service lock dir", func(root, target string) error {
+			os.MkdirAll(filepath.Join(root, "tmp/latch/services/app"), 0o1777)
+			return os.Symlink(filepath.Dir(target), filepath.Join(root, "tmp/latch/services/app/svc"))
+		}, []string{"--service", "app/svc"}, exitFailure, "services/app/svc: path component is a symlink"},
+		{"lock root", func(root, target string) error {
+			os.MkdirAll(filepath.Join(root, "tmp"), 0o1777)
+			return os.Symlink(filepath.Dir(target), filepath.Join(root, "tmp/latch"))
+		}, []string{"--service", "app/svc"}, exitFailure, "tmp/latch: path component is a symlink"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := lockTestRoot(t)
+			outside := t.TempDir()
+			target := filepath.Join(outside, "updates.lock")
+			os.WriteFile(target, []byte("precious"), 0o600)
+			before, _ := os.Lstat(target)
+			if err := tc.plant(root, target); err != nil {
+				t.Fatal(err)
+			}
+			args := append([]string{"lock"}, tc.args...)
+			args = append(args, "--", "touch", target+".ran")
+			cmd := latchCmd(root, args...)
+			cmd.Dir = root
+			out, _ := cmd.CombinedOutput()
+			if code := cmd.ProcessState.ExitCode(); code != tc.want || !strings.Contains(string(out), tc.wantErr) {
+				t.Errorf("got status %d %q, want %d and %q", code, out, tc.want, tc.wantErr)
+			}
+			after, _ := os.Lstat(target)
+			b, _ := os.ReadFile(target)
+			if string(b) != "precious" || after.Mode() != before.Mode() || after.Sys().(*syscall.Stat_t).Uid != before.Sys().(*syscall.Stat_t).Uid || !after.ModTime().Equal(before.ModTime()) {
+				t.Errorf("target changed: %q mode %v", b, after.Mode())
+			}
+			if ents, _ := os.ReadDir(outside); len(ents) != 1 {
+				t.Errorf("outside dir holds %d entries, want 1 (CMD must not have run)", len(ents))
+			}
+		})
+	}
+}
