@@ -359,6 +359,11 @@ func (a *Agent) onApplied(ev applyDone) {
 			s.apps[pl.Svc.App] = ap
 		}
 		hit(FPFinished)
+		for _, f := range p.Files {
+			if err := fetch.Commit(f.Path); err != nil {
+				a.logf("forget the install markers of %s: %v", f.Path, err)
+			}
+		}
 		s.appliesOK++
 		a.logf("update %s applied: %s", short(p.ID), releases(s.plan))
 		a.releaseApplyLocks()

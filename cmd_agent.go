@@ -1,0 +1,288 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"latch/agent"
+	"latch/agent/api"
+	"latch/agent/execdriver"
+	"latch/agent/lock"
+	"latch/agent/target"
+	"latch/store"
+	"latch/systemd"
+)
+
+func init() {
+	register("agent", "run the update agent (the daemon)", runAgent)
+}
+
+const agentUsage = `Usage: latch agent [--target-file FILE | --target-url URL] [--driver systemd|exec] [flags]
+
+Runs the update agent. It takes target states (which release each app should
+run) from a file, a URL or the API, downloads new releases in the background,
+and applies them only when it can take the update locks of every service they
+touch: a service whose lock is held is never stopped, replaced or restarted
+unless an operator forces it (latch update --force) or turns the override on.
+
+Pending updates, holds and the apply in progress live in <state-dir>/journal.db
+and survive crashes, power cuts and reboots. Under systemd (Type=notify) the
+agent reports READY=1 once it has re-taken its locks, STATUS= lines, and
+watchdog pings while its main loop makes progress.
+
+Example (no root, the exec driver, everything under one folder):
+  latch agent --root /tmp/dev --driver exec --target-file examples/target.json
+
+Flags:
+`
+
+func runAgent(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("latch agent", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), agentUsage)
+		fs.PrintDefaults()
+	}
+	var p paths
+	p.addFlags(fs)
+	var (
+		targetFile  = fs.String("target-file", "", "read the target state from FILE (re-read when it changes); FILE.sig is its signature")
+		targetURL   = fs.String("target-url", "", "poll the target state from an http, https or file URL")
+		poll        = fs.Duration("poll", 5*time.Minute, "how often --target-url is polled")
+		driverName  = fs.String("driver", "systemd", "how services are stopped and started: systemd (units over D-Bus) or exec (shell commands from the target state)")
+		listen      = fs.String("listen", "", "also serve the API on this TCP address (needs --api-key-file)")
+		apiKeyFile  = fs.String("api-key-file", "", "file holding the API key that TCP clients must send")
+		trustKey    = fs.String("trust-key", "", "ed25519 public key: accept only target states signed with it")
+		breakStale  = fs.Bool("break-stale", false, "remove stale locks (latch's own record naming a dead process)")
+		healthWait  = fs.Duration("health-wait", 10*time.Second, "how long a started service must stay up before the update counts as healthy")
+		maxAttempts = fs.Int("max-attempts", 3, "apply attempts per update before it is marked failed")
+		retryDelay  = fs.Duration("retry-delay", 10*time.Second, "first delay before retrying a failed download or apply (doubles each time)")
+		lockUID     = fs.Int("lock-uid", 65534, "owner of the agent's lock entries (when not run as root: the agent's own uid)")
+		configHook  = fs.String("config-hook", "", "command run (sh -c) with config.env's path as $1 after the configuration changes")
+		rebootCmd   = fs.String("reboot-command", "", "exec driver: command that reboots the device")
+		shutdownCmd = fs.String("shutdown-command", "", "exec driver: command that powers the device off")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		return &exitError{code: exitUsage, msg: fmt.Sprintf("unexpected argument %q (see latch agent -h)", fs.Arg(0))}
+	}
+	if err := p.resolve(); err != nil {
+		return &exitError{code: exitUsage, msg: err.Error()}
+	}
+	if *targetFile != "" && *targetURL != "" {
+		return &exitError{code: exitUsage, msg: "give --target-file or --target-url, not both"}
+	}
+	if *listen != "" && *apiKeyFile == "" {
+		return &exitError{code: exitUsage, msg: "--listen needs --api-key-file: the TCP API is always authenticated"}
+	}
+	if *maxAttempts < 1 {
+		return &exitError{code: exitUsage, msg: "--max-attempts must be at least 1"}
+	}
+	logger := log.New(os.Stderr, "", 0)
+	if os.Getenv("INVOCATION_ID") == "" { // not under systemd: journald adds its own time stamps
+		logger.SetFlags(log.LstdFlags)
+	}
+	logf := logger.Printf
+
+	uid, gid := *lockUID, *lockUID
+	if os.Geteuid() != 0 {
+		if uid != os.Geteuid() {
+			logf("warning: not running as root: the agent's locks are owned by uid %d instead of %d", os.Geteuid(), uid)
+		}
+		uid, gid = os.Geteuid(), os.Getegid()
+	}
+
+	var key []byte
+	if *apiKeyFile != "" {
+		b, err := os.ReadFile(*apiKeyFile)
+		if err != nil {
+			return fmt.Errorf("read --api-key-file: %w", err)
+		}
+		key = []byte(strings.TrimSpace(string(b)))
+		if len(key) < 16 {
+			return &exitError{code: exitUsage, msg: fmt.Sprintf("API key in %s is shorter than 16 characters", *apiKeyFile)}
+		}
+	}
+	cfg := agent.Config{
+		StateDir:    p.stateDir,
+		Layout:      lock.Layout{Dir: p.lockDir, Global: p.globals},
+		LockUID:     uid,
+		LockGID:     gid,
+		TargetFile:  absOrEmpty(*targetFile),
+		TargetURL:   *targetURL,
+		Poll:        *poll,
+		HealthWait:  *healthWait,
+		MaxAttempts: *maxAttempts,
+		RetryDelay:  *retryDelay,
+		ConfigHook:  *configHook,
+		BreakStale:  *breakStale,
+		Logf:        logf,
+	}
+	if *trustKey != "" {
+		pub, err := target.LoadPublicKey(*trustKey)
+		if err != nil {
+			return &exitError{code: exitUsage, msg: err.Error()}
+		}
+		cfg.TrustKey = pub
+	}
+	switch *driverName {
+	case "exec":
+		cfg.Driver = &execAdapter{d: &execdriver.Driver{
+			RebootCommand:   *rebootCmd,
+			ShutdownCommand: *shutdownCmd,
+			Env:             []string{"LATCH_CONFIG_FILE=" + filepath.Join(p.stateDir, "config.env")},
+			Log:             logf,
+		}}
+	case "systemd":
+		units, err := systemd.Connect(ctx)
+		if err != nil {
+			return fmt.Errorf("connect to systemd: %w (on a board without systemd use --driver exec)", err)
+		}
+		defer units.Close()
+		cfg.Driver = &systemdAdapter{u: units, restarts: map[string]uint32{}}
+	default:
+		return &exitError{code: exitUsage, msg: fmt.Sprintf("--driver %q: want systemd or exec", *driverName)}
+	}
+
+	// The journal first: a corrupt one is moved aside and replaced, never a crash loop.
+	j, aside, err := store.OpenOrReset(p.journal(), nil)
+	if err != nil {
+		return fmt.Errorf("open journal: %w", err)
+	}
+	defer j.Close() // closed last
+	if aside != "" {
+		logf("journal %s was corrupt: moved aside to %s and started afresh", p.journal(), aside)
+	}
+	notifier := systemd.NewNotifier()
+	cfg.Notifier = notifier
+	a, err := agent.New(cfg, j)
+	if err != nil {
+		return err
+	}
+	if aside != "" {
+		j.Update(func(tx *store.Tx) error {
+			_, err := tx.Log(store.Event{Kind: "journal", Message: "previous journal was corrupt, moved aside to " + aside})
+			return err
+		})
+	}
+
+	srv, err := api.Listen(api.Config{Socket: p.socket(), Listen: *listen, APIKey: string(key), Logf: logf})
+	if err != nil {
+		return fmt.Errorf("API: %w", err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ctx, a); err != nil && !errors.Is(err, context.Canceled) {
+			logf("API: %v", err)
+		}
+	}()
+	if iv, ok := systemd.WatchdogInterval(); ok {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			notifier.RunWatchdog(ctx, iv, a.Alive)
+		}()
+	}
+	err = a.Run(ctx)
+	cancel()
+	return err
+}
+
+func absOrEmpty(p string) string {
+	if p == "" {
+		return ""
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
+}
+
+// execAdapter drives services with the exec driver's shell commands.
+type execAdapter struct{ d *execdriver.Driver }
+
+func (x *execAdapter) svc(s agent.Service) execdriver.Service {
+	return execdriver.Service{
+		App: s.App, Service: s.Name,
+		Stop: s.Spec.Stop, Start: s.Spec.Start, Health: s.Spec.Health,
+		LockPath: filepath.Join(s.LockDir, lock.UpdatesName),
+	}
+}
+
+func (x *execAdapter) Stop(ctx context.Context, s agent.Service) error   { return x.d.Stop(ctx, x.svc(s)) }
+func (x *execAdapter) Start(ctx context.Context, s agent.Service) error  { return x.d.Start(ctx, x.svc(s)) }
+func (x *execAdapter) Health(ctx context.Context, s agent.Service) error { return x.d.Health(ctx, x.svc(s)) }
+func (x *execAdapter) Reboot(ctx context.Context) error                  { return x.d.Reboot(ctx) }
+func (x *execAdapter) Shutdown(ctx context.Context) error                { return x.d.Shutdown(ctx) }
+
+// systemdAdapter drives services as systemd units over D-Bus. Before a unit
+// starts it gets the drop-in that shows it its own lock at /tmp/balena.
+type systemdAdapter struct {
+	u        *systemd.Units
+	mu       sync.Mutex
+	restarts map[string]uint32 // guarded by mu: NRestarts of each unit when it was started
+}
+
+func unitOf(s agent.Service) (string, error) {
+	if s.Spec.Unit == "" {
+		return "", fmt.Errorf("service %s/%s has no \"unit\" in the target state (needed by the systemd driver)", s.App, s.Name)
+	}
+	return s.Spec.Unit, nil
+}
+
+func (x *systemdAdapter) Stop(ctx context.Context, s agent.Service) error {
+	unit, err := unitOf(s)
+	if err != nil {
+		return err
+	}
+	return x.u.Stop(ctx, unit)
+}
+
+func (x *systemdAdapter) Start(ctx context.Context, s agent.Service) error {
+	unit, err := unitOf(s)
+	if err != nil {
+		return err
+	}
+	if err := x.u.WriteDropIn(ctx, unit, s.LockDir); err != nil {
+		return err
+	}
+	st, err := x.u.State(ctx, unit)
+	if err != nil {
+		return err
+	}
+	x.mu.Lock()
+	x.restarts[unit] = st.NRestarts
+	x.mu.Unlock()
+	return x.u.Start(ctx, unit)
+}
+
+func (x *systemdAdapter) Health(ctx context.Context, s agent.Service) error {
+	unit, err := unitOf(s)
+	if err != nil {
+		return err
+	}
+	x.mu.Lock()
+	before := x.restarts[unit]
+	x.mu.Unlock()
+	return x.u.Health(ctx, unit, before)
+}
+
+func (x *systemdAdapter) Reboot(ctx context.Context) error   { return x.u.Reboot(ctx) }
+func (x *systemdAdapter) Shutdown(ctx context.Context) error { return x.u.PowerOff(ctx) }
