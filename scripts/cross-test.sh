@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# cross-test.sh [ARCH...]: run latch's whole test suite for the boards' CPUs.
+# cross-test.sh [ARCH...] [-- PKG...]: run latch's whole test suite for the boards' CPUs.
 #
 # ARCH is arm64, armv7, armv6 (under qemu-user) or 386 (natively); default all
-# four. Each package's test binary is cross-compiled (`go test -c`) and run
+# four. PKG (default ./...) narrows the packages, as `go list` takes them. Each package's test binary is cross-compiled (`go test -c`) and run
 # from the package's directory; armv6 runs with QEMU_CPU=arm1176, a CPU without
 # ARMv7 instructions, which the script proves once by checking that a GOARM=7
 # binary dies there with SIGILL while the GOARM=6 one runs.
@@ -18,6 +18,8 @@
 # binfmt_misc gets qemu-aarch64 and qemu-arm registered (kernel-wide) when they
 # are not, so that a test can exec a foreign binary or /proc/self/exe.
 #
+# LATCH_CROSS_TIMEOUT (default 10m) is each test binary's -test.timeout.
+#
 # Prints a table: arch, packages passed / failed / without tests, tests skipped,
 # time. Exits non-zero if any package fails. Logs stay in the work directory
 # printed at the start when something fails.
@@ -25,8 +27,18 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-arches=("$@")
+arches=() pkgargs=()
+while (($#)); do
+	if [[ $1 == -- ]]; then
+		shift
+		pkgargs=("$@")
+		break
+	fi
+	arches+=("$1")
+	shift
+done
 ((${#arches[@]})) || arches=(arm64 armv7 armv6 386)
+((${#pkgargs[@]})) || pkgargs=(./...)
 work=$(mktemp -d "${TMPDIR:-/tmp}/latch-cross.XXXXXX")
 echo "cross-test: ${arches[*]}; logs in $work"
 go=$(command -v go)
@@ -85,7 +97,7 @@ GO
 	(cd "$d" && CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 "$go" build -o v7 . &&
 		CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=6 "$go" build -o v6 .)
 	rc=0
-	qemu-arm-static -cpu arm1176 "$d/v7" >/dev/null 2>&1 || rc=$?
+	(qemu-arm-static -cpu arm1176 "$d/v7") >/dev/null 2>&1 || rc=$? # the subshell keeps the shell's crash notice quiet
 	if ((rc != 128 + 4)); then
 		echo "cross-test: FAIL: a GOARM=7 binary under -cpu arm1176 exited $rc, want SIGILL ($((128 + 4)))" >&2
 		return 1
@@ -101,7 +113,7 @@ for a in "${arches[@]}"; do goenv "$a" >/dev/null; done
 if [[ " ${arches[*]} " == *" arm"* ]]; then
 	binfmt
 fi
-mapfile -t pkgs < <("$go" list ./...)
+mapfile -t pkgs < <("$go" list "${pkgargs[@]}")
 failed=0
 rows=()
 for a in "${arches[@]}"; do
@@ -140,7 +152,7 @@ for a in "${arches[@]}"; do
 		fi
 		pdir=$("$go" list -f '{{.Dir}}' "$p")
 		rc=0
-		(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout=10m) >"$log" 2>&1 || rc=$?
+		(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1 || rc=$?
 		skips=$((skips + $(grep -c -- '--- SKIP' "$log" || true)))
 		if ((rc == 0)); then
 			pass=$((pass + 1))
