@@ -66,7 +66,7 @@ func (a *Agent) tryApply() {
 		}
 		a.removeUserLocks(svcs, why, by)
 	}
-	locks, err := a.cfg.Layout.Acquire(svcs, []string{lock.UpdatesName, lock.ResinName}, lock.NewRecord(lock.RoleAgent), a.cfg.LockUID, a.cfg.LockGID)
+	locks, err := a.acquire(svcs, force)
 	if err != nil {
 		var he *lock.HeldError
 		if errors.As(err, &he) {

@@ -120,7 +120,7 @@ func (a *Agent) power(kind, reason string, force bool, by string) error {
 		}
 		a.removeUserLocks(svcs, why, by)
 	}
-	locks, err := a.cfg.Layout.Acquire(svcs, []string{lock.UpdatesName, lock.ResinName}, lock.NewRecord(lock.RoleAgent), a.cfg.LockUID, a.cfg.LockGID)
+	locks, err := a.acquire(svcs, ignore)
 	if err != nil {
 		var he *lock.HeldError
 		if errors.As(err, &he) {
@@ -234,7 +234,7 @@ func (a *Agent) RestartService(ctx context.Context, app, service string, force b
 		if ignore {
 			a.removeUserLocks([]lock.Service{ls}, "forced restart", by)
 		}
-		locks, err = a.cfg.Layout.Acquire([]lock.Service{ls}, []string{lock.UpdatesName, lock.ResinName}, lock.NewRecord(lock.RoleAgent), a.cfg.LockUID, a.cfg.LockGID)
+		locks, err = a.acquire([]lock.Service{ls}, ignore)
 		if err != nil {
 			var he *lock.HeldError
 			if errors.As(err, &he) {

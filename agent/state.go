@@ -334,6 +334,17 @@ func (a *Agent) blockers(svcs []lock.Service, ignore bool) ([]lock.Entry, error)
 	return out, nil
 }
 
+// acquire takes the agent's locks (both names) in every service of svcs,
+// all or nothing. Forced (or overridden), the agent's own hold entries do
+// not stop it: force and override ignore every lock.
+func (a *Agent) acquire(svcs []lock.Service, force bool) ([]*lock.Lock, error) {
+	var ignore func(lock.Entry) bool
+	if force {
+		ignore = func(e lock.Entry) bool { return e.State == lock.StateHold && e.UID == a.cfg.LockUID }
+	}
+	return a.cfg.Layout.AcquireExcept(svcs, []string{lock.UpdatesName, lock.ResinName}, lock.NewRecord(lock.RoleAgent), a.cfg.LockUID, a.cfg.LockGID, ignore)
+}
+
 // removeUserLocks removes the user entries (not the agent's own, not holds)
 // that stand where the agent must create its locks for svcs: forced or
 // overridden. It journals what it removed and why.

@@ -83,13 +83,17 @@ func TestUpdateWaitsForUserLock(t *testing.T) {
 	d.stop()
 }
 
-// Force while the update waits applies at once and removes the user's lock.
+// Force while the update waits applies at once: it removes the user's lock
+// and passes the agent's hold (which stays: a hold ends only when released).
 func TestForceWhileWaiting(t *testing.T) {
 	lf := lockfileTool(t)
 	d := newDevice(t)
 	firstRelease(t, d)
 	userLock := filepath.Join(d.serviceDir("kiosk", "backend"), "updates.lock")
 	exec.Command(lf, "-r0", userLock).Run()
+	if code := d.api("POST", "/v2/locks", map[string]any{"app": "kiosk", "service": "ui"}, nil); code != 201 {
+		t.Fatalf("hold: %d", code)
+	}
 	d.setTarget(d.targetDoc(nil, kiosk2))
 	d.waitFor("update blocked", func() bool { return len(d.status().BlockedBy) > 0 })
 	if code := d.api("POST", "/v1/update", map[string]bool{"force": true}, nil); code != 204 {
@@ -98,6 +102,9 @@ func TestForceWhileWaiting(t *testing.T) {
 	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" })
 	if _, err := os.Lstat(userLock); !os.IsNotExist(err) {
 		t.Errorf("the forced update left the user lock in place (err %v)", err)
+	}
+	if _, err := os.Lstat(filepath.Join(d.serviceDir("kiosk", "ui"), "latch-hold.lock")); err != nil {
+		t.Errorf("the hold's entry is gone after the forced update: %v", err)
 	}
 	d.noViolations()
 	d.stop()

@@ -164,6 +164,15 @@ func ReleaseAll(locks []*Lock) error {
 // attempt (checked by inode) and returns the error: a *HeldError naming the
 // blocking entry when something is held.
 func (l Layout) Acquire(svcs []Service, names []string, rec Record, uid, gid int) (locks []*Lock, err error) {
+	return l.AcquireExcept(svcs, names, rec, uid, gid, nil)
+}
+
+// AcquireExcept is Acquire, except that the existing entries for which
+// ignore returns true do not block (a forced action passes the agent's own
+// holds this way). Entries at the names being taken always block: they
+// cannot be created over.
+func (l Layout) AcquireExcept(svcs []Service, names []string, rec Record, uid, gid int, ignore func(Entry) bool) (locks []*Lock, err error) {
+	blocks := func(e Entry) bool { return ignore == nil || !ignore(e) }
 	svcs = slices.Clone(svcs)
 	slices.SortFunc(svcs, func(a, b Service) int { return strings.Compare(a.String(), b.String()) })
 	svcs = slices.Compact(svcs)
@@ -189,8 +198,11 @@ func (l Layout) Acquire(svcs []Service, names []string, rec Record, uid, gid int
 		}
 		for _, g := range l.Global {
 			e, err := describePath(g, readProcLocks())
-			if err == nil {
+			if err == nil && blocks(e) {
 				return &HeldError{Entry: e}
+			}
+			if err == nil {
+				continue
 			}
 			if !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("acquire locks: %w", err)
@@ -224,9 +236,12 @@ func (l Layout) Acquire(svcs []Service, names []string, rec Record, uid, gid int
 					continue
 				}
 				e, err := describe(dirfd, filepath.Join(dir, n), n, readProcLocks())
-				if err == nil {
+				if err == nil && blocks(e) {
 					unix.Close(dirfd)
 					return locks, &HeldError{Entry: e}
+				}
+				if err == nil {
+					continue
 				}
 				if !errors.Is(err, os.ErrNotExist) {
 					unix.Close(dirfd)

@@ -769,3 +769,39 @@ func TestWatcherOverflow(t *testing.T) {
 	os.WriteFile(filepath.Join(late, UpdatesName), nil, 0o644)
 	waitEvent(t, w, "a lock in a directory created during the overflow")
 }
+
+// AcquireExcept passes the entries its caller ignores (a forced action and
+// the agent's own hold), and still blocks on the others.
+func TestAcquireExcept(t *testing.T) {
+	l := Layout{Dir: t.TempDir(), Global: []string{filepath.Join(t.TempDir(), "updates.lock")}}
+	s := Service{App: "a", Service: "s"}
+	dir, err := l.EnsureServiceDir(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(filepath.Join(dir, HoldName), NewRecord(RoleHold), -1, -1); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{UpdatesName, ResinName}
+	if _, err := l.Acquire([]Service{s}, names, NewRecord(RoleAgent), -1, -1); !errors.Is(err, ErrHeld) {
+		t.Fatalf("Acquire over a hold: %v, want ErrHeld", err)
+	}
+	holds := func(e Entry) bool { return e.State == StateHold }
+	locks, err := l.AcquireExcept([]Service{s}, names, NewRecord(RoleAgent), -1, -1, holds)
+	if err != nil {
+		t.Fatalf("AcquireExcept ignoring holds: %v", err)
+	}
+	if len(locks) != 2 {
+		t.Fatalf("got %d locks, want 2", len(locks))
+	}
+	ReleaseAll(locks)
+	if err := os.WriteFile(l.Global[0], nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.AcquireExcept([]Service{s}, names, NewRecord(RoleAgent), -1, -1, holds); !errors.Is(err, ErrHeld) {
+		t.Fatalf("AcquireExcept with a device-wide lock it does not ignore: %v, want ErrHeld", err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, UpdatesName)); !os.IsNotExist(err) {
+		t.Errorf("the refused attempt left %s behind (err %v)", UpdatesName, err)
+	}
+}
