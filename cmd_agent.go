@@ -226,11 +226,17 @@ func (x *execAdapter) svc(s agent.Service) execdriver.Service {
 	}
 }
 
-func (x *execAdapter) Stop(ctx context.Context, s agent.Service) error   { return x.d.Stop(ctx, x.svc(s)) }
-func (x *execAdapter) Start(ctx context.Context, s agent.Service) error  { return x.d.Start(ctx, x.svc(s)) }
-func (x *execAdapter) Health(ctx context.Context, s agent.Service) error { return x.d.Health(ctx, x.svc(s)) }
-func (x *execAdapter) Reboot(ctx context.Context) error                  { return x.d.Reboot(ctx) }
-func (x *execAdapter) Shutdown(ctx context.Context) error                { return x.d.Shutdown(ctx) }
+func (x *execAdapter) Stop(ctx context.Context, s agent.Service) error {
+	return x.d.Stop(ctx, x.svc(s))
+}
+func (x *execAdapter) Start(ctx context.Context, s agent.Service) error {
+	return x.d.Start(ctx, x.svc(s))
+}
+func (x *execAdapter) Health(ctx context.Context, s agent.Service) error {
+	return x.d.Health(ctx, x.svc(s))
+}
+func (x *execAdapter) Reboot(ctx context.Context) error   { return x.d.Reboot(ctx) }
+func (x *execAdapter) Shutdown(ctx context.Context) error { return x.d.Shutdown(ctx) }
 
 // systemdAdapter drives services as systemd units over D-Bus. Before a unit
 // starts it gets the drop-in that shows it its own lock at /tmp/balena.

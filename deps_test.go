@@ -52,7 +52,7 @@ func goList(t *testing.T, patterns ...string) []listedPkg {
 func TestBinaryDeps(t *testing.T) {
 	forbidden := []string{
 		"github.com/coreos/go-systemd/v22/sdjournal", // cgo
-		"github.com/prometheus/client_golang",       // metrics are written by hand
+		"github.com/prometheus/client_golang",        // metrics are written by hand
 		"google.golang.org/grpc",
 		"net/http/pprof",
 	}
