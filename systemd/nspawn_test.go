@@ -129,6 +129,10 @@ func TestNspawn(t *testing.T) {
 		if out, err := c.Exec(ctx, "systemd-analyze", "verify", "/lib/systemd/system/latch.service"); err != nil {
 			t.Errorf("systemd-analyze verify latch.service: %v\n%s", err, out)
 		}
+		// systemctl restart of a Type=notify unit returns when READY=1 arrived (or it failed).
+		restarted := time.Now()
+		_, rerr := c.Exec(ctx, "systemctl", "restart", "latch.service")
+		t.Logf("systemctl restart latch.service took %v (err %v)", time.Since(restarted).Round(time.Millisecond), rerr)
 		state, _ := c.Exec(ctx, "systemctl", "show", "-p", "ActiveState,SubState,Result,StatusText", "latch.service")
 		t.Logf("latch.service after dpkg -i (not asserted: the agent's own test covers it): %s", strings.Join(strings.Fields(state), " "))
 		out, _ := c.Exec(ctx, "systemctl", "show", "-p", "Type,WatchdogUSec,NotifyAccess,Restart", "latch.service")
