@@ -394,7 +394,7 @@ func (a *Agent) setBlocked(entries []lock.Entry) {
 	}
 	s.blockKey = key
 	p := s.pending
-	reason := "waiting for " + describe(entries[0])
+	reason := "waiting for the lock: " + describe(entries[0])
 	a.journal(func(tx *store.Tx) error {
 		p.State, p.Reason, p.Updated = store.Waiting, reason, time.Now()
 		if err := tx.PutPending(p); err != nil {
