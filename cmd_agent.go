@@ -290,5 +290,21 @@ func (x *systemdAdapter) Health(ctx context.Context, s agent.Service) error {
 	return x.u.Health(ctx, unit, before)
 }
 
+// Prepare writes every managed unit's drop-in: runtime drop-ins vanish at
+// boot, and the agent calls this before READY=1, so units ordered after latch
+// start with their lock directory in place.
+func (x *systemdAdapter) Prepare(ctx context.Context, svcs []agent.Service) error {
+	var errs []error
+	for _, s := range svcs {
+		if s.Spec.Unit == "" {
+			continue
+		}
+		if err := x.u.WriteDropIn(ctx, s.Spec.Unit, s.LockDir); err != nil {
+			errs = append(errs, fmt.Errorf("drop-in for %s: %w", s.Spec.Unit, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func (x *systemdAdapter) Reboot(ctx context.Context) error   { return x.u.Reboot(ctx) }
 func (x *systemdAdapter) Shutdown(ctx context.Context) error { return x.u.PowerOff(ctx) }

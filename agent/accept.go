@@ -41,15 +41,13 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 		return err
 	}
 	a.st.latest = st
-	// Every service gets its lock directory at once, so that its application
-	// can lock before the first update arrives.
-	for app, ta := range st.Apps {
-		for svc := range ta.Services {
-			if _, err := a.cfg.Layout.EnsureServiceDir(lock.Service{App: app, Service: svc}); err != nil {
-				a.logf("lock directory of %s/%s: %v", app, svc, err)
-			}
-		}
+	// Kept for the next start: the services it names get their lock
+	// directories (and drop-ins) before the agent reports ready, even when
+	// the target comes from a URL that is not reachable at boot.
+	if err := writeFileAtomic(a.latestPath(), doc.Data, 0o600); err != nil {
+		a.logf("keep the target state: %v", err)
 	}
+	a.prepare(st)
 	if err := a.applyConfig(st, by); err != nil {
 		return err
 	}
@@ -130,6 +128,32 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
+}
+
+func (a *Agent) latestPath() string { return filepath.Join(a.cfg.StateDir, "target.json") }
+
+// prepare gives every service of st its lock directory, so that its
+// application can lock before the first update arrives, and lets the driver
+// prepare the units (the systemd driver writes the drop-in that shows a unit
+// its lock directory).
+func (a *Agent) prepare(st *target.State) {
+	var svcs []Service
+	for _, app := range sortedKeys(st.Apps) {
+		for _, name := range sortedKeys(st.Apps[app].Services) {
+			ls := lock.Service{App: app, Service: name}
+			dir, err := a.cfg.Layout.EnsureServiceDir(ls)
+			if err != nil {
+				a.logf("lock directory of %s: %v", ls, err)
+				continue
+			}
+			svcs = append(svcs, Service{App: app, Name: name, Spec: st.Apps[app].Services[name], LockDir: dir})
+		}
+	}
+	if p, ok := a.cfg.Driver.(Preparer); ok && len(svcs) > 0 {
+		if err := p.Prepare(context.WithoutCancel(a.ctx), svcs); err != nil {
+			a.logf("prepare services: %v", err)
+		}
+	}
 }
 
 // cancelPending drops a pending update that is not being applied.

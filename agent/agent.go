@@ -29,6 +29,13 @@ type Driver interface {
 	Shutdown(ctx context.Context) error
 }
 
+// Preparer is implemented by drivers that must prepare the services before
+// their units start: the agent calls Prepare at start, before it reports
+// ready, and whenever a target names new services.
+type Preparer interface {
+	Prepare(ctx context.Context, svcs []Service) error
+}
+
 // Service is what a driver needs to act on one service.
 type Service struct {
 	App, Name string

@@ -109,6 +109,21 @@ func (a *Agent) recover() error {
 		a.event("lock-released", "", "removed the agent's leftover lock %s", e.Path)
 	}
 
+	// The services of the last accepted target (and of the pending update)
+	// get their lock directories and drop-ins before READY=1: /tmp and /run
+	// were cleared at boot, and units ordered after latch start right after.
+	if b, err := os.ReadFile(a.latestPath()); err == nil {
+		if st, err := target.Parse(b); err == nil {
+			s.latest = st
+			a.prepare(st)
+		} else {
+			a.logf("kept target state %s no longer parses: %v", a.latestPath(), err)
+		}
+	}
+	if s.tgt != nil {
+		a.prepare(s.tgt)
+	}
+
 	// Then every hold, minus the ones that expired while the agent was down.
 	a.expireHolds(time.Now())
 	a.reconcileHolds()

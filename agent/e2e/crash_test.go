@@ -206,3 +206,25 @@ func (d *device) inNS(path string) bool {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// After a reboot the services of the last accepted target have their lock
+// directories (mode 1777) when READY=1 arrives, even when no target source
+// answers yet: applications ordered after latch can lock at once.
+func TestLockDirsBeforeReady(t *testing.T) {
+	d := newDevice(t)
+	firstRelease(t, d)
+	d.stop()
+	os.RemoveAll(d.lockDir) // /tmp is cleared at boot
+	os.Remove(d.target)     // and the source has nothing to say yet
+	d.start()
+	for _, s := range []string{"ui", "backend"} {
+		fi, err := os.Lstat(d.serviceDir("kiosk", s))
+		if err != nil {
+			t.Fatalf("at READY=1, the lock directory of kiosk/%s is missing: %v", s, err)
+		}
+		if fi.Mode()&os.ModeSticky == 0 || fi.Mode().Perm() != 0o777 {
+			t.Errorf("kiosk/%s lock directory mode = %v, want drwxrwxrwt", s, fi.Mode())
+		}
+	}
+	d.stop()
+}

@@ -285,7 +285,12 @@ func TestConfigReboot(t *testing.T) {
 		t.Fatal("rebooted while a lock was held")
 	}
 	os.Remove(userLock)
-	d.waitFor("reboot command ran", func() bool { _, err := os.Stat(rebooted); return err == nil })
+	d.waitFor("reboot command ran and the pending reboot cleared", func() bool {
+		b, _ := os.ReadFile(rebooted)
+		dev = nil
+		d.api("GET", "/v1/device", nil, &dev)
+		return strings.HasSuffix(string(b), "\n") && dev["pending_reboot"] == nil
+	})
 	if got := readFile(t, rebooted); got != "reboot" {
 		t.Errorf("reboot command ran %q, want once", got)
 	}
