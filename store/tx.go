@@ -431,7 +431,7 @@ func (tx *Tx) Log(e Event) (Event, error) {
 	// Events are only ever removed from the front, so the keys are the
 	// contiguous range first..seq: the count is seq-first+1.
 	c := b.Cursor()
-	for k, _ := c.First(); k != nil && len(k) == 8 && seq-binary.BigEndian.Uint64(k)+1 > uint64(tx.j.maxEvents); k, _ = c.First() {
+	for k, _ := c.First(); len(k) == 8 && seq-binary.BigEndian.Uint64(k)+1 > uint64(tx.j.maxEvents); k, _ = c.First() {
 		if err := b.Delete(k); err != nil {
 			return Event{}, fmt.Errorf("trim event %s: %w", keyName(k), err)
 		}
