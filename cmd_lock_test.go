@@ -30,7 +30,10 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(dir, 0o755)
 	testLatchBin = filepath.Join(dir, "latch")
-	if out, err := exec.Command("go", "build", "-o", testLatchBin, ".").CombinedOutput(); err != nil {
+	if bin := os.Getenv("LATCH_BIN"); bin != "" {
+		// A latch built for the architecture under test (scripts/cross-test.sh).
+		testLatchBin = bin
+	} else if out, err := exec.Command("go", "build", "-o", testLatchBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build latch: %v\n%s", err, out)
 		os.RemoveAll(dir)
 		os.Exit(1)

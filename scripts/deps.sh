@@ -13,6 +13,7 @@ pkgs=(
   qemu-user-static    # ARM test binaries
   qemu-system-arm     # emulated boards (arm64 and armv7)
   cpio                # initramfs
+  xz-utils            # board kernel modules, if ever compressed
   e2fsprogs           # mkfs.ext4 for the boards' disks
   systemd-container   # systemd-nspawn
   debootstrap         # the nspawn rootfs
@@ -38,3 +39,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "deps: all present"
 command -v npm >/dev/null || { echo "deps: npm is needed (node's lockfile package); install nodejs and npm" >&2; exit 1; }
+# npm's lockfile package, for the real-tools lock test (the version is pinned
+# by the committed package-lock.json).
+cd "$(dirname "$0")/.."
+if [ ! -d testdata/lock/npm/node_modules/lockfile ]; then
+  echo "deps: npm ci in testdata/lock/npm"
+  npm ci --prefix testdata/lock/npm --no-audit --no-fund --loglevel=error >/dev/null
+fi
+echo "deps: npm lockfile present"

@@ -3,9 +3,9 @@
 # tests take locks as other users, mount private tmpfs, boot containers and
 # emulated boards). Stages:
 #   deps     install the lock tools, QEMU, nspawn (scripts/deps.sh)
-#   lint     gofmt, go vet
-#   unit     go test ./... (native amd64; includes the real-systemd test in nspawn)
-#   build    the five static binaries (build/build.sh)
+#   lint     gofmt, go vet, staticcheck
+#   unit     go test ./... (native amd64; includes the real-systemd tests in nspawn)
+#   build    the five static binaries and their .deb packages (build/)
 #   cross    the suite for arm64, armv7, armv6 under qemu-user and 386 natively
 #   board    power cuts on emulated arm64 and armv7 boards (qemu-system)
 # Usage: scripts/test.sh [stage...]   (default: all, in that order)
@@ -30,12 +30,25 @@ stage() {
 lint() {
   local bad; bad=$(gofmt -l . | grep -v '^vendor/')
   if [ -n "$bad" ]; then echo "gofmt would change: $bad"; return 1; fi
-  go vet ./...
+  go vet ./... || return 1
+  go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+}
+
+build() {
+  build/build.sh && build/deb.sh
+}
+
+board() {
+  scripts/board/powercut.sh arm64 3 || return 1
+  if [ -f scripts/board/workloads/agent.sh ]; then
+    scripts/board/powercut.sh --workload agent arm64 20 || return 1
+    scripts/board/powercut.sh --workload agent armv7 10 || return 1
+  fi
 }
 
 unit() {
   if [ -x scripts/nspawn/rootfs.sh ] && [ "$(id -u)" = 0 ]; then
-    scripts/nspawn/rootfs.sh || echo "warning: the nspawn rootfs could not be built: the real-systemd tests will skip"
+    scripts/nspawn/rootfs.sh amd64 || echo "warning: the nspawn rootfs could not be built: the real-systemd tests will skip"
   fi
   go test -count=1 -timeout 45m -v ./... 2>&1 | tee "$log/unit.txt" | grep -E '^(=== RUN|--- |ok |FAIL|PASS|panic:|\s+\S+_test.go:[0-9]+:)' | grep -v '^=== RUN'
   local rc=${PIPESTATUS[0]}
@@ -48,9 +61,9 @@ for s in "${stages[@]}"; do
     deps)  stage deps scripts/deps.sh ;;
     lint)  stage lint lint ;;
     unit)  stage unit unit ;;
-    build) stage build build/build.sh ;;
+    build) stage build build ;;
     cross) stage cross scripts/cross-test.sh ;;
-    board) stage board scripts/board/powercut.sh ;;
+    board) stage board board ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

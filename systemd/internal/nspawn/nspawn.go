@@ -110,6 +110,9 @@ func findScript(rel string) (string, error) {
 
 // Available reports why containers cannot run here, or nil.
 func Available() error {
+	if os.Getenv("LATCH_EMULATED") == "1" {
+		return errors.New("running under qemu-user emulation (LATCH_EMULATED=1): containers are booted by the native run, and by LATCH_NSPAWN_ARCH for other architectures")
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("not root")
 	}
