@@ -67,12 +67,13 @@ type device struct {
 	served map[string]int64  // served path -> bytes sent
 	hook   func(w http.ResponseWriter, r *http.Request) bool
 
-	cmd     *exec.Cmd
-	stderr  *bytes.Buffer
-	notify  *net.UnixConn
-	waitErr chan error
-	args    []string // extra agent flags
-	wrap    []string // command prefix (e.g. unshare)
+	cmd       *exec.Cmd
+	stderr    *bytes.Buffer
+	notify    *net.UnixConn
+	waitErr   chan error
+	args      []string // extra agent flags
+	targetURL string   // poll this instead of watching the target file
+	wrap      []string // command prefix (e.g. unshare)
 }
 
 func newDevice(t testing.TB) *device {
@@ -226,8 +227,12 @@ func (d *device) start(env ...string) time.Time {
 	}
 	d.notify = conn
 	args := append([]string{}, d.wrap...)
-	args = append(args, latchBin, "agent", "--root", d.root, "--driver", "exec",
-		"--target-file", d.target, "--health-wait", "50ms", "--retry-delay", "100ms")
+	source := []string{"--target-file", d.target}
+	if d.targetURL != "" {
+		source = []string{"--target-url", d.targetURL, "--poll", "100ms"}
+	}
+	args = append(args, latchBin, "agent", "--root", d.root, "--driver", "exec", "--health-wait", "50ms", "--retry-delay", "100ms")
+	args = append(args, source...)
 	args = append(args, d.args...)
 	d.cmd = exec.Command(args[0], args[1:]...)
 	d.stderr = &bytes.Buffer{}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -347,4 +349,46 @@ func TestDownloadResumes(t *testing.T) {
 	if served >= int64(len(big)) {
 		t.Errorf("the resume sent %d bytes, want less than the whole file (%d)", served, len(big))
 	}
+}
+
+// The target state polled from a URL: ETag and If-None-Match keep unchanged
+// polls cheap, and a new document is applied.
+func TestTargetURL(t *testing.T) {
+	d := newDevice(t)
+	var mu sync.Mutex
+	doc := d.targetDoc(nil, kiosk1)
+	var full, notModified int
+	d.mu.Lock()
+	d.hook = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/target.json" {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		etag := fmt.Sprintf(`"%x"`, sha256.Sum256(doc))
+		if r.Header.Get("If-None-Match") == etag {
+			notModified++
+			w.WriteHeader(http.StatusNotModified)
+			return true
+		}
+		full++
+		w.Header().Set("ETag", etag)
+		w.Write(doc)
+		return true
+	}
+	d.mu.Unlock()
+	d.targetURL = d.srv.URL + "/target.json"
+	d.start()
+	d.waitFor("kiosk 2026.11.1 running", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+	d.waitFor("unchanged polls answered 304", func() bool { mu.Lock(); defer mu.Unlock(); return notModified >= 3 })
+	mu.Lock()
+	doc = d.targetDoc(nil, kiosk2)
+	mu.Unlock()
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" })
+	mu.Lock()
+	defer mu.Unlock()
+	if full != 2 {
+		t.Errorf("full answers = %d, want 2 (one per document; every other poll a 304)", full)
+	}
+	d.noViolations()
 }
