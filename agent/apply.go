@@ -368,6 +368,7 @@ func (a *Agent) onApplied(ev applyDone) {
 		a.logf("update %s applied: %s", short(p.ID), releases(s.plan))
 		a.releaseApplyLocks()
 		a.setPending(nil, nil)
+		a.cleanDownloads()
 	} else {
 		s.appliesFailed++
 		final := p.Attempts >= a.cfg.MaxAttempts

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -139,5 +140,27 @@ func (a *Agent) onDownloaded(ev dlDone) {
 		p.Reason = "download failed, will retry: " + ev.err.Error()
 		s.retryAt = time.Now().Add(a.cfg.RetryDelay)
 		a.logf("download of update %s: %v (retrying at %s)", short(p.ID), ev.err, s.retryAt.Format(time.TimeOnly))
+	}
+}
+
+// cleanDownloads removes the staged files (and partial downloads) that the
+// pending update does not need: installed files are copies, so a finished
+// update's downloads only take space.
+func (a *Agent) cleanDownloads() {
+	keep := map[string]bool{}
+	if p := a.st.pending; p != nil {
+		for _, f := range p.Files {
+			keep[f.SHA256] = true
+			keep[f.SHA256+".part"] = true
+		}
+	}
+	entries, err := os.ReadDir(a.downloadDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !keep[e.Name()] {
+			os.Remove(filepath.Join(a.downloadDir(), e.Name()))
+		}
 	}
 }

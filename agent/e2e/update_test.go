@@ -76,6 +76,10 @@ func TestUpdateWaitsForUserLock(t *testing.T) {
 		}
 	}
 	d.noViolations()
+	// The staged downloads are gone once the apply is done.
+	if left, _ := os.ReadDir(filepath.Join(d.stateDir, "downloads")); len(left) != 0 {
+		t.Errorf("%d staged downloads left after the apply", len(left))
+	}
 	// The agent's own locks are gone once the apply is done.
 	for _, n := range []string{"updates.lock", "resin-updates.lock"} {
 		if _, err := os.Lstat(filepath.Join(d.serviceDir("kiosk", "ui"), n)); !os.IsNotExist(err) {
