@@ -286,7 +286,8 @@ func (e *env) signal(ctx context.Context, unit, sig string) {
 	if pid == "" || pid == "0" {
 		e.t.Fatalf("%s has no main process to signal", unit)
 	}
-	e.exec(ctx, "kill", "-s", sig, pid)
+	// kill(1) is the shell's: the minimal rootfs has no procps.
+	e.exec(ctx, "sh", "-c", `kill -s "$1" "$2"`, "sh", sig, pid)
 }
 
 // waitApp waits until the demo service of unit runs release rel and is ready for signals (its

@@ -270,7 +270,7 @@ func stepUpdate(e *env) {
 			t.Errorf("/opt/demo/%s after the update: got %q, want release 2", svc, got)
 		}
 		out := e.exec(ctx, "journalctl", "--no-pager", "-u", unit)
-		for _, want := range []string{"Stopped latch demo application: " + svc, "demo-" + svc + ": release 2 running as pid " + pid} {
+		for _, want := range []string{"Stopped " + unit, "demo-" + svc + ": release 2 running as pid " + pid} {
 			if !strings.Contains(out, want) {
 				t.Errorf("journalctl -u %s: no %q in\n%s", unit, want, out)
 			}
