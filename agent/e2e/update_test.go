@@ -396,3 +396,46 @@ func TestTargetURL(t *testing.T) {
 	}
 	d.noViolations()
 }
+
+// A lock whose latch record names a dead process is stale: it blocks like
+// any other lock, and --break-stale removes it.
+func TestBreakStale(t *testing.T) {
+	for _, breakStale := range []bool{false, true} {
+		t.Run(fmt.Sprintf("break-stale=%v", breakStale), func(t *testing.T) {
+			d := newDevice(t)
+			if breakStale {
+				d.args = []string{"--break-stale"}
+			}
+			firstRelease(t, d)
+			// The detached lock's record names the shell, which exits at once.
+			cmd := exec.Command("sh", "-c", latchBin+" lock --service kiosk/ui --detach")
+			cmd.Env = append(os.Environ(), "LATCH_ROOT="+d.root)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("latch lock --detach: %v %s", err, out)
+			}
+			stale := filepath.Join(d.serviceDir("kiosk", "ui"), "updates.lock")
+			d.setTarget(d.targetDoc(nil, kiosk2))
+			if !breakStale {
+				d.waitFor("update blocked by the stale lock", func() bool {
+					s := d.status()
+					return len(s.BlockedBy) > 0 && s.BlockedBy[0].Path == stale
+				})
+				if _, err := os.Lstat(stale); err != nil {
+					t.Fatalf("the stale lock was removed without --break-stale: %v", err)
+				}
+				return
+			}
+			d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" })
+			var evs []struct{ Kind, Message string }
+			d.api("GET", "/v2/journal", nil, &evs)
+			found := false
+			for _, e := range evs {
+				found = found || (e.Kind == "lock-removed" && strings.Contains(e.Message, stale))
+			}
+			if !found {
+				t.Errorf("no lock-removed event names %s: %+v", stale, evs)
+			}
+			d.noViolations()
+		})
+	}
+}
