@@ -439,3 +439,36 @@ func TestBreakStale(t *testing.T) {
 		})
 	}
 }
+
+// A hold with --for expires by itself: its entry goes, the expiry is
+// journalled, and the update it blocked is applied.
+func TestHoldExpires(t *testing.T) {
+	d := newDevice(t)
+	firstRelease(t, d)
+	if code := d.api("POST", "/v2/locks", map[string]any{"app": "kiosk", "service": "ui", "reason": "calibration", "for": "1s"}, nil); code != 201 {
+		t.Fatalf("hold: %d", code)
+	}
+	entry := filepath.Join(d.serviceDir("kiosk", "ui"), "latch-hold.lock")
+	if _, err := os.Lstat(entry); err != nil {
+		t.Fatalf("hold entry missing: %v", err)
+	}
+	d.setTarget(d.targetDoc(nil, kiosk2))
+	d.waitFor("update blocked by the hold", func() bool {
+		s := d.status()
+		return len(s.BlockedBy) > 0 && s.BlockedBy[0].Path == entry
+	})
+	d.waitFor("kiosk 2026.11.2 running after the hold expired", func() bool { return d.releaseOf("kiosk") == "2026.11.2" })
+	if _, err := os.Lstat(entry); !os.IsNotExist(err) {
+		t.Errorf("expired hold's entry still there (err %v)", err)
+	}
+	var evs []struct{ Kind, Message string }
+	d.api("GET", "/v2/journal", nil, &evs)
+	found := false
+	for _, e := range evs {
+		found = found || (e.Kind == "release" && strings.Contains(e.Message, "expired"))
+	}
+	if !found {
+		t.Errorf("no expiry event in the journal: %+v", evs)
+	}
+	d.noViolations()
+}
