@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -142,4 +143,40 @@ func rssKiB(b *testing.B, pid int) int64 {
 		}
 	}
 	return -1
+}
+
+// BenchmarkReleaseToWaiter is the baseline for BenchmarkReleaseToStop: the
+// latency from a lock's release to the command of a `latch lock --wait`
+// blocked on it (the same inotify wake-up and a shell start, without the
+// agent's journal and lock-taking).
+func BenchmarkReleaseToWaiter(b *testing.B) {
+	dir := b.TempDir()
+	lockPath := filepath.Join(dir, "updates.lock")
+	stamp := filepath.Join(dir, "stamp")
+	var lat []time.Duration
+	for i := 0; i < b.N; i++ {
+		os.Remove(stamp)
+		if err := os.WriteFile(lockPath, nil, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command(latchBin, "lock", "--path", lockPath, "--wait", "--", "sh", "-c", "date +%s%N > "+stamp)
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // let it block on the lock: nothing to await
+		released := time.Now()
+		os.Remove(lockPath)
+		if err := cmd.Wait(); err != nil {
+			b.Fatalf("latch lock --wait: %v", err)
+		}
+		raw, _ := os.ReadFile(stamp)
+		ns, err := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
+		if err != nil {
+			b.Fatalf("stamp %q: %v", raw, err)
+		}
+		lat = append(lat, time.Unix(0, ns).Sub(released))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
