@@ -6,7 +6,9 @@
 # moment, boots again from the same disk (the workload checks what survived and
 # goes on), N times, then boots once more to check only. Prints a table of the
 # cuts: the moment, what the board reported durable, what the next boot found.
-# Exits non-zero if any boot found something durable lost.
+# Exits non-zero if any boot found something durable lost. Besides the
+# interface in workloads/probe.sh, a workload may set wl_check_marker: the
+# console line (extended regex) that says its check has printed.
 #
 # The moments come from a seeded generator: the seed is printed, and
 # LATCH_BOARD_SEED=SEED replays the same moments. The console logs stay in
@@ -24,6 +26,7 @@ cuts=${2:?usage: powercut.sh [--workload NAME] arm64|armv7 N}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=run.sh
 . "$here/run.sh"
+wl_check_marker="^PROBE: (check|FAIL)|^BOARD: (exit|error)" # a workload may set its own
 # shellcheck source=workloads/probe.sh
 . "$here/workloads/$workload.sh"
 
@@ -58,7 +61,7 @@ for ((i = 1; i <= cuts + 1; i++)); do
 	uptime=$(sed -n 's/^BOARD: ready uptime=\([0-9.]*\).*/\1/p' "$log")
 	if ((i > 1)); then
 		# Give the check a moment to print (it runs first on every boot).
-		board_wait_marker "$log" "^PROBE: (check|FAIL)|^BOARD: (exit|error)" 60 || true
+		board_wait_marker "$log" "$wl_check_marker" 60 || true
 		if wl_check "$log"; then verdict=ok; else verdict=FAIL; failed=1; fi
 		rows[i - 1]+=" | $wl_found | $verdict"
 	fi

@@ -20,6 +20,8 @@ import (
 	"latch/agent/api"
 	"latch/agent/lock"
 	"latch/store"
+
+	"golang.org/x/sys/unix"
 )
 
 // errFail marks a breach of a guarantee (printed as AGENT: FAIL).
@@ -90,6 +92,9 @@ func (b *boot) run(ctx context.Context) error {
 			return fmt.Errorf("make %s: %w", d, err)
 		}
 	}
+	if err := loopbackUp(); err != nil {
+		return err
+	}
 	if err := newServer(b.l, b.rs).listen(ctx, serverAddr); err != nil {
 		return err
 	}
@@ -137,10 +142,11 @@ func (b *boot) first(ctx context.Context) error {
 	if err := b.startAgent(ctx); err != nil {
 		return err
 	}
-	if _, err := b.waitSettled(ctx, 1, 5*time.Minute); err != nil {
+	if _, err := b.waitSettled(ctx, 1, 2*time.Minute); err != nil {
 		return err
 	}
 	mark("setup release=%s", relName(1))
+	mark("durable seq=%d release=1", b.lastSeq(ctx))
 	if err := b.checkFiles(1); err != nil {
 		return err
 	}
@@ -618,6 +624,31 @@ func (b *boot) stopAgent() {
 	case <-time.After(30 * time.Second):
 		b.agent.Process.Kill()
 	}
+}
+
+// loopbackUp brings lo up (the board's init leaves it down); the kernel
+// gives it 127.0.0.1 as it comes up.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: get flags: %w", err)
+	}
+	if ifr.Uint16()&unix.IFF_UP != 0 {
+		return nil
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: set flags: %w", err)
+	}
+	return nil
 }
 
 // uptime is the kernel's uptime in seconds.
