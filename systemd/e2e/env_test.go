@@ -202,18 +202,24 @@ func (e *env) writeFile(p string, data []byte, mode os.FileMode) {
 	}
 }
 
+// waitLimit bounds one waitFor (scaled for emulated architectures); the steps' contexts are
+// longer, so that a wait that never ends fails with its own message, not in a command it runs.
+const waitLimit = 45 * time.Second
+
 // waitFor polls cond until it holds (systemd's and latch's state change in another namespace:
-// there is nothing to await from here), failing with its last report when ctx ends.
+// there is nothing to await from here), failing with its last report after waitLimit.
 func (e *env) waitFor(ctx context.Context, what string, cond func() (bool, string)) {
 	e.t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, waitLimit*e.scale)
+	defer cancel()
 	for {
 		ok, last := cond()
 		if ok {
 			return
 		}
 		select {
-		case <-ctx.Done():
-			e.t.Fatalf("waiting for %s: %v; last seen: %s", what, ctx.Err(), last)
+		case <-wctx.Done():
+			e.t.Fatalf("waiting for %s: gave up after %v; last seen: %s", what, waitLimit*e.scale, last)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

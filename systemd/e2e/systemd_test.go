@@ -75,7 +75,7 @@ func TestSystemdEndToEnd(t *testing.T) {
 // stepInstall installs the .deb and the demo units, configures latch and starts it.
 func stepInstall(e *env, deb string) {
 	t := e.t
-	ctx, cancel := e.stepCtx(90 * time.Second)
+	ctx, cancel := e.stepCtx(150 * time.Second)
 	defer cancel()
 	if err := e.c.CopyIn(deb, "/root/latch.deb"); err != nil {
 		t.Fatal(err)
@@ -140,7 +140,7 @@ func stepInstall(e *env, deb string) {
 // watchdog to kill and restart it.
 func stepWatchdog(e *env) {
 	t := e.t
-	ctx, cancel := e.stepCtx(90 * time.Second)
+	ctx, cancel := e.stepCtx(150 * time.Second)
 	defer cancel()
 	const dropIn = "/etc/systemd/system/latch.service.d/50-e2e-stall.conf"
 	if err := e.c.WriteFile(dropIn, []byte("[Service]\nEnvironment=LATCH_TEST_STALL=1\nWatchdogSec=3s\n"), 0o644); err != nil {
@@ -204,7 +204,7 @@ func stepWatchdog(e *env) {
 // stepUpdate: release 2 waits for the application's own lock, then updates both units.
 func stepUpdate(e *env) {
 	t := e.t
-	ctx, cancel := e.stepCtx(120 * time.Second)
+	ctx, cancel := e.stepCtx(150 * time.Second)
 	defer cancel()
 	e.waitRelease(ctx, "1")
 	e.waitApp(ctx, "ui", "1")
@@ -230,6 +230,9 @@ func stepUpdate(e *env) {
 	e.waitFor(ctx, "release 2 downloaded and waiting for a lock", func() (bool, string) {
 		var raw string
 		s, raw = e.status(ctx)
+		if s.Release == "demo=2" || s.Status == "applying" {
+			t.Fatalf("release 2 is applied while the ui holds %s: %s", uiLock, raw)
+		}
 		return s.UpdateDownloaded && len(s.BlockedBy) > 0, raw
 	})
 	if s.Status != "waiting" || s.BlockedBy[0].Path != uiLock {
@@ -282,7 +285,7 @@ func stepUpdate(e *env) {
 // was there before demo-ui.service started.
 func stepHoldReboot(e *env) {
 	t := e.t
-	ctx, cancel := e.stepCtx(120 * time.Second)
+	ctx, cancel := e.stepCtx(150 * time.Second)
 	defer cancel()
 	e.exec(ctx, "latch", "hold", "demo/ui", "--reason", "end-to-end test")
 	if !e.exists(uiHold) {
@@ -328,7 +331,7 @@ func stepHoldReboot(e *env) {
 // container once it is gone.
 func stepRebootLocked(e *env) {
 	t := e.t
-	ctx, cancel := e.stepCtx(120 * time.Second)
+	ctx, cancel := e.stepCtx(150 * time.Second)
 	defer cancel()
 	e.waitApp(ctx, "ui", "2")
 	e.signal(ctx, uiUnit, "USR1")
