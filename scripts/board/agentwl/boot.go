@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -78,6 +79,7 @@ type found struct {
 	pending string // the pending update's state, "-" for none
 	apply   *store.Apply
 	staged  map[string]bool // sources of files the journal holds as staged
+	partial []string        // files partly downloaded: journalled and on-disk bytes
 	reqs    int             // request log lines before this boot
 	files   string
 }
@@ -189,6 +191,12 @@ func (b *boot) inspect(dr drive) (*found, error) {
 			for _, fl := range p.Files {
 				if fl.Complete {
 					f.staged[urlPath(fl.Source)] = true
+				} else if fl.Done > 0 || fl.Size > 0 {
+					var disk int64 = -1
+					if fi, err := os.Stat(filepath.Join(b.l.stateDir(), "downloads", fl.SHA256+".part")); err == nil {
+						disk = fi.Size()
+					}
+					f.partial = append(f.partial, fmt.Sprintf("%s:journal=%d,disk=%d", fl.Service, fl.Done, disk))
 				}
 			}
 		}
@@ -217,8 +225,12 @@ func (b *boot) inspect(dr drive) (*found, error) {
 	if f.apply != nil {
 		apply = fmt.Sprintf("%d-locks", len(f.apply.Locks))
 	}
-	mark("found journal=ok seq=%d current=%s pending=%s apply=%s staged=%d files=%s drive=%s->%s",
-		f.seq, relName(f.current), f.pending, apply, len(f.staged), f.files, relName(dr.From), relName(dr.To))
+	partial := ""
+	if len(f.partial) > 0 {
+		partial = " partial=" + strings.Join(f.partial, ",")
+	}
+	mark("found journal=ok seq=%d current=%s pending=%s apply=%s staged=%d%s files=%s drive=%s->%s",
+		f.seq, relName(f.current), f.pending, apply, len(f.staged), partial, f.files, relName(dr.From), relName(dr.To))
 	switch {
 	case f.seq < b.exp.Seq:
 		return nil, failf("journal events end at seq %d, but seq %d was seen committed before the cut", f.seq, b.exp.Seq)
