@@ -44,6 +44,10 @@ const bufSize = 128 << 10
 // progressStep is how many bytes arrive between two progress calls.
 const progressStep = 64 << 10
 
+// syncStep is how many bytes arrive between two fsyncs of the .part: after a
+// power cut, a download resumes from the last one instead of from zero.
+const syncStep = 4 << 20
+
 // Fetch downloads src (an http, https or file URL) to dest and checks that
 // its sha256 is sha256hex, streaming in constant memory:
 //   - it writes into dest+".part"; if a .part exists it is hashed first and
@@ -133,6 +137,7 @@ type download struct {
 	done     int64 // bytes in the .part, all hashed
 	total    int64 // size of the whole file, -1 when unknown
 	reported int64 // done at the last progress call
+	synced   int64 // done at the last fsync of the .part
 	started  bool  // progress was called since the last restart
 	progress func(done, total int64)
 	part     string
@@ -145,7 +150,7 @@ func (d *download) hashExisting() error {
 		return err
 	}
 	n, err := io.CopyBuffer(d.h, d.f, d.buffer())
-	d.done = n
+	d.done, d.synced = n, n
 	return err
 }
 
@@ -158,7 +163,7 @@ func (d *download) restart() error {
 		return fmt.Errorf("seek %s: %w", d.part, err)
 	}
 	d.h.Reset()
-	d.done, d.reported, d.started = 0, 0, false
+	d.done, d.reported, d.synced, d.started = 0, 0, 0, false
 	return nil
 }
 
@@ -185,6 +190,12 @@ func (d *download) copyFrom(r io.Reader) error {
 			}
 			d.h.Write(buf[:n])
 			d.done += int64(n)
+			if d.done-d.synced >= syncStep {
+				if err := d.f.Sync(); err != nil {
+					return fmt.Errorf("sync %s: %w", d.part, err)
+				}
+				d.synced = d.done
+			}
 			d.report(false)
 		}
 		if rerr == io.EOF {

@@ -31,7 +31,6 @@ func newLayout() layout { return layout{root: os.Getenv("AGENTWL_ROOT")} }
 func (l layout) p(parts ...string) string {
 	return filepath.Join(append([]string{l.root, "/"}, parts...)...)
 }
-func (l layout) data() string     { return l.p("data") }
 func (l layout) stateDir() string { return l.p("data", "latch") }
 func (l layout) journal() string  { return l.p("data", "latch", "journal.db") }
 func (l layout) appFile(s string) string {
