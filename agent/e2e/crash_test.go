@@ -248,3 +248,33 @@ func TestLockDirsBeforeReady(t *testing.T) {
 	}
 	d.stop()
 }
+
+// A corrupt journal is moved aside and replaced: the agent starts, says so,
+// and works; it never crash-loops on it.
+func TestCorruptJournal(t *testing.T) {
+	d := newDevice(t)
+	firstRelease(t, d)
+	d.stop()
+	journal := filepath.Join(d.stateDir, "journal.db")
+	garbage := []byte(strings.Repeat("not a bbolt journal\n", 1000))
+	if err := os.WriteFile(journal, garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	aside, _ := filepath.Glob(journal + ".corrupt-*")
+	if len(aside) != 1 {
+		t.Fatalf("moved-aside journals: %v, want one", aside)
+	}
+	if b, _ := os.ReadFile(aside[0]); string(b) != string(garbage) {
+		t.Errorf("the moved-aside journal does not hold the old bytes")
+	}
+	var evs []struct{ Kind, Message string }
+	d.api("GET", "/v2/journal", nil, &evs)
+	if len(evs) == 0 || !strings.Contains(evs[len(evs)-1].Message, "corrupt") {
+		t.Errorf("journal events %+v, want the first to say the old journal was corrupt", evs)
+	}
+	// The fresh journal knows no release: the target is applied again, and
+	// the agent goes on working.
+	d.waitFor("kiosk 2026.11.1 running again", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+	d.stop()
+}
