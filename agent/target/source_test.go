@@ -193,13 +193,25 @@ func TestPollURLFile(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no error reported for a missing file")
 	}
-	os.WriteFile(path+".sig", []byte("S"), 0o644)
-	os.WriteFile(path, []byte("file doc"), 0o644)
+	// Writers publish a target atomically (a rename): with a 1 ms poll, a
+	// file written in place would be read half-written, which is not what
+	// this test is about.
+	writeAtomic := func(p, content string) {
+		t.Helper()
+		if err := os.WriteFile(p+".tmp", []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(p+".tmp", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeAtomic(path+".sig", "S")
+	writeAtomic(path, "file doc")
 	d := recv(t, ch)
 	if string(d.Data) != "file doc" || string(d.Sig) != "S" || d.Source != "file://"+path {
 		t.Errorf("got %q sig %q source %q, want \"file doc\" sig \"S\" source file://%s", d.Data, d.Sig, d.Source, path)
 	}
-	os.WriteFile(path, []byte("second"), 0o644)
+	writeAtomic(path, "second")
 	if d := recv(t, ch); string(d.Data) != "second" {
 		t.Errorf("after change: got %q, want \"second\"", d.Data)
 	}
