@@ -98,7 +98,7 @@ func (a *Agent) onProgress(ev dlProgress) {
 		return nil
 	})
 	if ev.complete {
-		hit("file-staged")
+		hit(FPFileStaged)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 // names. An apply step's failpoint may name a service: "stopping:kiosk/ui".
 const (
 	FPAccepted   = "accepted"    // pending update journalled
+	FPFileStaged = "file-staged" // one file downloaded, verified and journalled
 	FPDownloaded = "downloaded"  // every file staged
 	FPLocksTaken = "locks-taken" // the apply's locks taken and journalled
 	FPFinished   = "finished"    // release recorded as current, locks not yet removed

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -112,15 +113,16 @@ func (a *Agent) recover() error {
 	// The services of the last accepted target (and of the pending update)
 	// get their lock directories and drop-ins before READY=1: /tmp and /run
 	// were cleared at boot, and units ordered after latch start right after.
-	if b, err := os.ReadFile(a.latestPath()); err == nil {
-		if st, err := target.Parse(b); err == nil {
+	latest, err := os.ReadFile(a.latestPath())
+	if err == nil {
+		if st, err := target.Parse(latest); err == nil {
 			s.latest = st
 			a.prepare(st)
 		} else {
 			a.logf("kept target state %s no longer parses: %v", a.latestPath(), err)
 		}
 	}
-	if s.tgt != nil {
+	if s.tgt != nil && !bytes.Equal(latest, s.pending.Target) {
 		a.prepare(s.tgt)
 	}
 
@@ -168,17 +170,10 @@ func (a *Agent) retakeApplyLocks() {
 		ap.Locks = lockRefs(s.applyLocks)
 		return tx.PutApply(ap)
 	})
-	if a.ready != nil && isClosed(a.ready) {
-		a.resumeApply() // locks were late: resume now
-	}
-}
-
-func isClosed(ch <-chan struct{}) bool {
 	select {
-	case <-ch:
-		return true
-	default:
-		return false
+	case <-a.ready:
+		a.resumeApply() // the locks came back after start-up: resume now
+	default: // still starting: Run resumes once ready
 	}
 }
 

@@ -318,8 +318,3 @@ func (a *Agent) Events(ctx context.Context, limit int) ([]store.Event, error) {
 	}
 	return evs, err
 }
-
-// Holds lists the holds.
-func (a *Agent) Holds(ctx context.Context) ([]store.Hold, error) {
-	return a.Status().Holds, nil
-}
