@@ -33,6 +33,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Names of lock entries in a service's lock directory (spec section 3).
@@ -182,6 +184,29 @@ type Entry struct {
 	Record  *Record   `json:"record,omitempty"`
 	Dev     uint64    `json:"-"`
 	Ino     uint64    `json:"-"`
+	// seen is what the entry looked like when it was scanned, so that a
+	// removal can tell it from a new entry that reused the inode number.
+	seen seen
+}
+
+// seen holds the parts of an entry's stat that change when the entry is
+// replaced, beyond its device and inode: a file system may hand a freed
+// inode number to the next file at once, within the same ctime tick.
+type seen struct {
+	mode  uint32
+	uid   uint32
+	size  int64
+	ctime unix.Timespec
+}
+
+// same reports whether st is still the entry described by s; a zero s
+// (an Entry not made by a scan) only checks device and inode.
+func (s seen) same(st *unix.Stat_t) bool {
+	if s == (seen{}) {
+		return true
+	}
+	return st.Mode&unix.S_IFMT == s.mode&unix.S_IFMT && st.Uid == s.uid &&
+		st.Size == s.size && st.Ctim == s.ctime
 }
 
 // HeldError reports that a lock could not be taken because an entry exists.

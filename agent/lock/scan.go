@@ -212,6 +212,7 @@ func describe(dirfd int, path, name string, locks map[[2]uint64][]int) (Entry, e
 		State: StateHeld,
 		Dev:   uint64(st.Dev),
 		Ino:   uint64(st.Ino),
+		seen:  seen{mode: st.Mode, uid: st.Uid, size: st.Size, ctime: st.Ctim},
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
@@ -468,7 +469,9 @@ func (l Layout) serviceOf(path string) (Service, string, bool) {
 
 // RemoveEntry removes the entry e (a file, a symlink or a directory tree,
 // never following a symlink) if it is still the same device and inode, else
-// it returns ErrNotOurs. It is for force, override and --break-stale, and
+// it returns ErrNotOurs (an entry from Inspect or a scan must also keep its
+// type, owner, size and ctime, since inode numbers are reused at once).
+// It is for force, override and --break-stale, and
 // refuses (ErrOutside) a path that is neither a held name in a service lock
 // directory nor a device-wide path. An entry already gone is not an error.
 func (l Layout) RemoveEntry(e Entry) error {
@@ -497,13 +500,13 @@ func (l Layout) RemoveEntry(e Entry) error {
 		return fmt.Errorf("remove lock %s: %w", path, ErrOutside)
 	}
 	defer unix.Close(dirfd)
-	return removeAt(dirfd, path, name, e.Dev, e.Ino)
+	return removeAt(dirfd, path, name, e.Dev, e.Ino, e.seen)
 }
 
 // removeAt removes name in dirfd if it is still dev/ino; a directory is first
 // renamed out of the way (so the lock disappears at once) and then removed
 // without following symlinks.
-func removeAt(dirfd int, path, name string, dev, ino uint64) error {
+func removeAt(dirfd int, path, name string, dev, ino uint64, was seen) error {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -511,7 +514,7 @@ func removeAt(dirfd int, path, name string, dev, ino uint64) error {
 		}
 		return fmt.Errorf("remove lock %s: %w", path, err)
 	}
-	if uint64(st.Dev) != dev || uint64(st.Ino) != ino {
+	if uint64(st.Dev) != dev || uint64(st.Ino) != ino || !was.same(&st) {
 		return fmt.Errorf("remove lock %s: %w", path, ErrNotOurs)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
