@@ -62,7 +62,7 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 	if p := a.st.pending; p != nil && p.ID == id {
 		return nil // the update already pending (or failed) for this document
 	}
-	plan := makePlan(st, a.st.apps, nil)
+	plan := makePlan(st, a.st.apps, a.st.running, nil)
 	if len(plan) == 0 {
 		if p := a.st.pending; p != nil {
 			a.cancelPending(by, "the target now asks for the releases that run")
@@ -80,6 +80,9 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 	changed := map[string]bool{}
 	for _, pl := range plan {
 		changed[pl.Svc.App] = true
+		if pl.Remove {
+			continue // stopped only: nothing to download
+		}
 		for _, f := range pl.Spec.Files {
 			u.Files = append(u.Files, store.File{
 				App: pl.Svc.App, Service: pl.Svc.Service,
@@ -102,7 +105,7 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 			if err := tx.PutApp(ap); err != nil {
 				return err
 			}
-			names = append(names, fmt.Sprintf("%s %s -> %s", app, orNone(a.st.apps[app].Current), ap.Target))
+			names = append(names, fmt.Sprintf("%s %s -> %s", app, orNone(a.st.apps[app].Current), orNone(ap.Target)))
 		}
 		sort.Strings(names)
 		_, err := tx.Log(store.Event{Kind: "update", By: by, Message: fmt.Sprintf("new update %s from %s: %s", short(id), doc.Source, strings.Join(names, ", "))})

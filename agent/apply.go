@@ -166,9 +166,21 @@ func (w *applyWorker) setPhase(i int, phase string) error {
 	return nil
 }
 
+// service is service i as the new release has it (for a removal: as it runs).
 func (w *applyWorker) service(i int) Service {
 	pl := w.plan[i]
 	return Service{App: pl.Svc.App, Name: pl.Svc.Service, Spec: pl.Spec, LockDir: w.a.cfg.Layout.ServiceDir(pl.Svc)}
+}
+
+// running is service i as it runs before the apply: its stop command stops
+// it and a rollback starts it with its own start command. Without a known
+// running target it is the new release's service.
+func (w *applyWorker) running(i int) Service {
+	svc := w.service(i)
+	if old := w.plan[i].Old; old != nil {
+		svc.Spec = *old
+	}
+	return svc
 }
 
 // run applies every service: stop, install, start; then waits --health-wait
@@ -208,9 +220,13 @@ func (w *applyWorker) forward(ctx context.Context) error {
 		rank := phaseRank[w.ap.Steps[i].Phase]
 		svc := w.service(i)
 		if rank < phaseRank[phaseStopped] {
-			if err := w.do(ctx, i, phaseStopping, phaseStopped, func() error { return drv.Stop(step, svc) }); err != nil {
+			old := w.running(i)
+			if err := w.do(ctx, i, phaseStopping, phaseStopped, func() error { return drv.Stop(step, old) }); err != nil {
 				return fmt.Errorf("stop %s: %w", w.plan[i].Svc, err)
 			}
+		}
+		if w.plan[i].Remove {
+			continue // no longer in the target: stopped, and left so
 		}
 		if rank < phaseRank[phaseInstalled] {
 			if err := w.do(ctx, i, phaseInstalling, phaseInstalled, func() error { return w.install(i) }); err != nil {
@@ -235,6 +251,12 @@ func (w *applyWorker) forward(ctx context.Context) error {
 	}
 	for i := range w.plan {
 		if phaseRank[w.ap.Steps[i].Phase] >= phaseRank[phaseHealthy] {
+			continue
+		}
+		if w.plan[i].Remove {
+			if err := w.setPhase(i, phaseHealthy); err != nil {
+				return err
+			}
 			continue
 		}
 		if err := drv.Health(step, w.service(i)); err != nil {
@@ -292,9 +314,10 @@ func (w *applyWorker) restore(ctx context.Context, cause error) error {
 		if err := w.setPhase(i, phaseRestoring); err != nil {
 			return err
 		}
-		svc := w.service(i)
-		if err := drv.Stop(step, svc); err != nil {
-			problems = append(problems, fmt.Sprintf("stop %s: %v", w.plan[i].Svc, err))
+		if !w.plan[i].Remove {
+			if err := drv.Stop(step, w.service(i)); err != nil {
+				problems = append(problems, fmt.Sprintf("stop %s: %v", w.plan[i].Svc, err))
+			}
 		}
 		for _, fi := range w.plan[i].Files {
 			f := w.files[fi]
@@ -302,7 +325,7 @@ func (w *applyWorker) restore(ctx context.Context, cause error) error {
 				problems = append(problems, fmt.Sprintf("restore %s: %v", f.Path, err))
 			}
 		}
-		if err := drv.Start(step, svc); err != nil {
+		if err := drv.Start(step, w.running(i)); err != nil {
 			problems = append(problems, fmt.Sprintf("restart %s: %v", w.plan[i].Svc, err))
 		}
 		if err := w.setPhase(i, phaseRestored); err != nil {
@@ -335,11 +358,20 @@ func (a *Agent) onApplied(ev applyDone) {
 					continue
 				}
 				seen[pl.Svc.App] = true
+				if _, stays := s.tgt.Apps[pl.Svc.App]; !stays {
+					if err := tx.DeleteApp(pl.Svc.App); err != nil {
+						return err
+					}
+					continue
+				}
 				ap := s.apps[pl.Svc.App]
 				ap.Name, ap.Current, ap.Target, ap.Updated = pl.Svc.App, pl.Release, pl.Release, time.Now()
 				if err := tx.PutApp(ap); err != nil {
 					return err
 				}
+			}
+			if err := tx.SetRunning(p.Target); err != nil {
+				return err
 			}
 			if err := tx.DeleteApply(); err != nil {
 				return err
@@ -354,10 +386,15 @@ func (a *Agent) onApplied(ev applyDone) {
 			return // try again from the journal at the next start
 		}
 		for _, pl := range s.plan {
+			if _, stays := s.tgt.Apps[pl.Svc.App]; !stays {
+				delete(s.apps, pl.Svc.App)
+				continue
+			}
 			ap := s.apps[pl.Svc.App]
 			ap.Name, ap.Current, ap.Target = pl.Svc.App, pl.Release, pl.Release
 			s.apps[pl.Svc.App] = ap
 		}
+		s.running = s.tgt
 		hit(FPFinished)
 		for _, f := range p.Files {
 			if err := fetch.Commit(f.Path); err != nil {
@@ -411,7 +448,7 @@ func releases(plan []planned) string {
 	for _, pl := range plan {
 		if !seen[pl.Svc.App] {
 			seen[pl.Svc.App] = true
-			out = append(out, pl.Svc.App+"="+pl.Release)
+			out = append(out, pl.Svc.App+"="+orNone(pl.Release))
 		}
 	}
 	return strings.Join(out, ", ")
@@ -455,7 +492,7 @@ func (a *Agent) resumeApply() {
 		return
 	}
 	p := a.st.pending
-	if p == nil || p.ID != ap.UpdateID || len(ap.Steps) != len(a.st.plan) {
+	if p == nil || p.ID != ap.UpdateID || !stepsMatch(ap.Steps, a.st.plan) {
 		a.logf("apply record of %s does not match the pending update: dropping it", short(ap.UpdateID))
 		a.journal(func(tx *store.Tx) error { return tx.DeleteApply() })
 		a.releaseApplyLocks()
@@ -475,6 +512,19 @@ func (a *Agent) resumeApply() {
 		return err
 	})
 	a.startApply(ap, a.st.applyLocks, rollback)
+}
+
+// stepsMatch reports whether an apply record's steps are the services of plan.
+func stepsMatch(steps []store.Step, plan []planned) bool {
+	if len(steps) != len(plan) {
+		return false
+	}
+	for i, st := range steps {
+		if st.App != plan[i].Svc.App || st.Service != plan[i].Svc.Service {
+			return false
+		}
+	}
+	return true
 }
 
 func modeOf(f store.File) os.FileMode {

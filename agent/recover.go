@@ -47,6 +47,16 @@ func (a *Agent) recover() error {
 		} else if err != nil {
 			return err
 		}
+		if doc, err := tx.Running(); err == nil {
+			if s.running, err = target.Parse(doc); err != nil {
+				// Valid when applied; a newer latch may be stricter. Removed
+				// services are then not stopped until the next full apply.
+				a.logf("the running target no longer parses: %v", err)
+				s.running = nil
+			}
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
 		if apply, err = tx.Apply(); errors.Is(err, store.ErrNotFound) {
 			apply = nil
 		} else if err != nil {

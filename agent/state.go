@@ -22,6 +22,7 @@ type loopState struct {
 	tgt      *target.State        // pending.Target, parsed
 	plan     []planned            // what pending changes, in apply order
 	latest   *target.State        // the latest accepted target
+	running  *target.State        // the target last applied in full (nil: not known)
 	queued   *target.Doc          // a target that arrived during an apply
 	queuedBy string
 	override store.Override
@@ -54,12 +55,18 @@ type loopState struct {
 	applySecondsTotal float64
 }
 
-// planned is one service that the pending update touches.
+// planned is one service that the pending update touches: it is replaced
+// (stopped, its files installed, started), or, when Remove is set, it is no
+// longer in the target and is stopped only.
 type planned struct {
 	Svc     lock.Service
-	Release string // the app's new release
-	Spec    target.Service
-	Files   []int // indexes into pending.Files
+	Release string         // the app's new release ("" when the app is removed)
+	Spec    target.Service // the new release's service; the running one when Remove
+	// Old is the service as it runs now, when the running target is known:
+	// its stop command stops it, and a rollback starts it again.
+	Old    *target.Service
+	Remove bool
+	Files  []int // indexes into pending.Files
 }
 
 func (s *loopState) init() {
@@ -102,7 +109,7 @@ func (a *Agent) setPending(u *store.Update, st *target.State) {
 	if u == nil {
 		return
 	}
-	s.plan = makePlan(st, s.apps, u.Files)
+	s.plan = makePlan(st, s.apps, s.running, u.Files)
 	for _, f := range u.Files {
 		s.fileDone = append(s.fileDone, f.Done)
 		s.fileTotal = append(s.fileTotal, f.Size)
@@ -110,16 +117,55 @@ func (a *Agent) setPending(u *store.Update, st *target.State) {
 }
 
 // makePlan lists the services of every app whose release differs from the
-// one running, in a fixed order (app, then service), with their files.
-func makePlan(st *target.State, apps map[string]store.App, files []store.File) []planned {
+// one running, in a fixed order (app, then service), with their files. When
+// the running target is known, the services it has and st does not (a whole
+// app, or a service of an app that changes release) are planned for removal.
+func makePlan(st *target.State, apps map[string]store.App, running *target.State, files []store.File) []planned {
 	var plan []planned
-	for _, app := range sortedKeys(st.Apps) {
-		ta := st.Apps[app]
-		if cur, ok := apps[app]; ok && cur.Current == ta.Release {
+	names := map[string]bool{}
+	for app := range st.Apps {
+		names[app] = true
+	}
+	if running != nil {
+		for app := range running.Apps {
+			if cur, ok := apps[app]; ok && cur.Current == running.Apps[app].Release {
+				names[app] = true
+			}
+		}
+	}
+	for _, app := range sortedKeys(names) {
+		ta, inTarget := st.Apps[app]
+		cur, known := apps[app]
+		if inTarget && known && cur.Current == ta.Release {
 			continue
 		}
-		for _, svc := range sortedKeys(ta.Services) {
-			p := planned{Svc: lock.Service{App: app, Service: svc}, Release: ta.Release, Spec: ta.Services[svc]}
+		// What runs of app: only when the running target names the release
+		// that the journal says runs.
+		var old map[string]target.Service
+		if running != nil && known {
+			if ra, ok := running.Apps[app]; ok && ra.Release == cur.Current {
+				old = ra.Services
+			}
+		}
+		svcs := map[string]bool{}
+		for svc := range ta.Services {
+			svcs[svc] = true
+		}
+		for svc := range old {
+			svcs[svc] = true
+		}
+		for _, svc := range sortedKeys(svcs) {
+			p := planned{Svc: lock.Service{App: app, Service: svc}, Release: ta.Release}
+			spec, stays := ta.Services[svc]
+			if o, ok := old[svc]; ok {
+				p.Old = &o
+			}
+			if !stays {
+				p.Spec, p.Remove = *p.Old, true
+				plan = append(plan, p)
+				continue
+			}
+			p.Spec = spec
 			for i, f := range files {
 				if f.App == app && f.Service == svc {
 					p.Files = append(p.Files, i)

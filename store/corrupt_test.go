@@ -247,6 +247,7 @@ func TestCorruptRecords(t *testing.T) {
 		{"override", put(bucketState, keyOverride, garbage), "state/override"},
 		{"reboot", put(bucketState, keyReboot, garbage), "state/reboot"},
 		{"config", put(bucketState, keyConfig, []byte(`[1,2]`)), "state/config"},
+		{"running", put(bucketState, keyRunning, garbage), "state/running"},
 		{"hold", put(bucketHolds, "kiosk/ui", garbage), `holds/"kiosk/ui"`},
 		{"event", put(bucketEvents, string(seqKey(250)), garbage), "events/250"},
 		{"event seq", put(bucketEvents, string(seqKey(250)), []byte(`{"seq":7,"kind":"k"}`)), "events/250"},

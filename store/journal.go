@@ -23,7 +23,7 @@ const (
 	bucketApps    = "apps"    // app name -> App
 	bucketPending = "pending" // keyUpdate, keyTarget, sub-bucket "files"
 	bucketHolds   = "holds"   // "app/service" or "all" -> Hold
-	bucketState   = "state"   // keyApply, keyOverride, keyReboot, keyConfig
+	bucketState   = "state"   // keyApply, keyOverride, keyReboot, keyConfig, keyRunning
 	bucketEvents  = "events"  // big-endian seq -> Event
 
 	keySchema   = "schema"
@@ -34,6 +34,7 @@ const (
 	keyOverride = "override"
 	keyReboot   = "reboot"
 	keyConfig   = "config"
+	keyRunning  = "running"
 )
 
 var allBuckets = []string{bucketMeta, bucketApps, bucketPending, bucketHolds, bucketState, bucketEvents}
@@ -231,6 +232,9 @@ func (j *Journal) verify(btx *bolt.Tx) error {
 		return err
 	}
 	if _, err := tx.Config(); err != nil {
+		return err
+	}
+	if _, err := tx.Running(); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	if _, err := tx.Events(0); err != nil {

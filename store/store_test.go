@@ -347,3 +347,33 @@ func TestOpenCreates(t *testing.T) {
 		t.Errorf("second Close: got %v, want nil", err)
 	}
 }
+
+func TestRunning(t *testing.T) {
+	j := openTest(t, nil)
+	err := j.View(func(tx *Tx) error {
+		_, err := tx.Running()
+		return err
+	})
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Running on a new journal: %v, want ErrNotFound", err)
+	}
+	doc := []byte(`{"apps":{"kiosk":{"release":"r1","services":{"ui":{}}}}}`)
+	if err := j.Update(func(tx *Tx) error { return tx.SetRunning(doc) }); err != nil {
+		t.Fatalf("SetRunning: %v", err)
+	}
+	for _, bad := range [][]byte{nil, []byte("{"), []byte("not json")} {
+		err := j.Update(func(tx *Tx) error { return tx.SetRunning(bad) })
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("SetRunning(%q): %v, want ErrInvalid", bad, err)
+		}
+	}
+	j = reopen(t, j, nil)
+	var got []byte
+	if err := j.View(func(tx *Tx) error {
+		var err error
+		got, err = tx.Running()
+		return err
+	}); err != nil || string(got) != string(doc) {
+		t.Fatalf("Running after reopen: %q, %v; want %q", got, err, doc)
+	}
+}

@@ -282,6 +282,39 @@ func (tx *Tx) PutApply(a *Apply) error {
 // DeleteApply removes the apply in progress; it is not an error if there is none.
 func (tx *Tx) DeleteApply() error { return tx.del(bucketState, keyApply) }
 
+// Running returns the target document of the last update applied in full
+// (what runs now), or ErrNotFound when none was recorded. The agent reads the
+// services of what runs from it: the ones a new target drops are stopped.
+func (tx *Tx) Running() ([]byte, error) {
+	b, err := tx.bucket(bucketState)
+	if err != nil {
+		return nil, err
+	}
+	v := b.Get([]byte(keyRunning))
+	if v == nil {
+		return nil, fmt.Errorf("running target: %w", ErrNotFound)
+	}
+	if !json.Valid(v) {
+		return nil, corrupt(bucketState, keyRunning, fmt.Errorf("not JSON"))
+	}
+	return append([]byte(nil), v...), nil
+}
+
+// SetRunning records doc (a JSON target document) as what runs now.
+func (tx *Tx) SetRunning(doc []byte) error {
+	if !json.Valid(doc) {
+		return fmt.Errorf("running target: not JSON: %w", ErrInvalid)
+	}
+	b, err := tx.bucket(bucketState)
+	if err != nil {
+		return err
+	}
+	if err := b.Put([]byte(keyRunning), doc); err != nil {
+		return fmt.Errorf("write %s/%s: %w", bucketState, keyRunning, err)
+	}
+	return nil
+}
+
 // Holds returns every hold, the --all hold first, then by app and service.
 func (tx *Tx) Holds() ([]Hold, error) {
 	b, err := tx.bucket(bucketHolds)

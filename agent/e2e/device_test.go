@@ -186,8 +186,9 @@ func (d *device) targetDoc(config map[string]any, apps ...app) []byte {
 					"source": d.srv.URL + p, "sha256": hex.EncodeToString(sum[:]),
 					"path": file, "mode": "0644",
 				}},
-				"stop":   check("stop") + fmt.Sprintf(`echo "stop $LATCH_APP/$LATCH_SERVICE $(cat %s 2>/dev/null)" >> %s`, file, d.log),
-				"start":  check("start") + fmt.Sprintf(`echo "start $LATCH_APP/$LATCH_SERVICE $(cat %s)" >> %s`, file, d.log),
+				// "[by R]": the command is release R's.
+				"stop":   check("stop") + fmt.Sprintf(`echo "stop $LATCH_APP/$LATCH_SERVICE $(cat %s 2>/dev/null) [by %s]" >> %s`, file, a.release, d.log),
+				"start":  check("start") + fmt.Sprintf(`echo "start $LATCH_APP/$LATCH_SERVICE $(cat %s) [by %s]" >> %s`, file, a.release, d.log),
 				"health": fmt.Sprintf(`! grep -q broken %s`, file),
 			}
 		}

@@ -250,8 +250,9 @@ func TestHealthFailureRollsBack(t *testing.T) {
 	if n := d.count("start kiosk/ui kiosk/ui 2026.11.2 broken"); n != 2 {
 		t.Errorf("broken release started %d times, want 2 (max attempts)", n)
 	}
-	if n := d.count("start kiosk/ui kiosk/ui 2026.11.1"); n != 3 {
-		t.Errorf("previous release started %d times, want 3 (first install + 2 rollbacks)", n)
+	// The rollback starts the previous release with its own start command.
+	if n := d.count("start kiosk/ui kiosk/ui 2026.11.1 [by 2026.11.1]"); n != 3 {
+		t.Errorf("previous release started %d times by its own command, want 3 (first install + 2 rollbacks)", n)
 	}
 	d.noViolations()
 	d.stop()
@@ -471,4 +472,79 @@ func TestHoldExpires(t *testing.T) {
 		t.Errorf("no expiry event in the journal: %+v", evs)
 	}
 	d.noViolations()
+}
+
+// A service that the new target drops (a whole app, or one service of an
+// app) is stopped under its lock, by the stop command of the release that
+// runs, and is not started again; what runs is kept in the journal, so the
+// same holds after a restart.
+func TestRemovedServicesStop(t *testing.T) {
+	d := newDevice(t)
+	extra := app{name: "extra", release: "r1", services: []svc{{name: "worker"}}}
+	d.setTarget(d.targetDoc(nil, kiosk1, extra))
+	d.start()
+	d.waitFor("kiosk and extra running", func() bool {
+		return d.releaseOf("kiosk") == "2026.11.1" && d.releaseOf("extra") == "r1"
+	})
+
+	// A lock on the app that goes away defers its removal, and the whole update.
+	userLock := filepath.Join(d.serviceDir("extra", "worker"), "updates.lock")
+	if err := os.WriteFile(userLock, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kiosk3 := app{name: "kiosk", release: "2026.11.3", services: []svc{{name: "ui"}}}
+	stops := d.count("stop ")
+	d.setTarget(d.targetDoc(nil, kiosk3))
+	d.waitFor("update downloaded and blocked", func() bool {
+		s := d.status()
+		return s.UpdateDownloaded && len(s.BlockedBy) > 0
+	})
+	if s := d.status(); s.BlockedBy[0].Path != userLock {
+		t.Errorf("blocked_by[0] = %s, want %s", s.BlockedBy[0].Path, userLock)
+	}
+	if got := d.count("stop "); got != stops {
+		t.Fatalf("%d stop commands ran while the removed app's lock was held", got-stops)
+	}
+	if err := os.Remove(userLock); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("kiosk 2026.11.3 running and extra gone", func() bool {
+		s := d.status()
+		return d.releaseOf("kiosk") == "2026.11.3" && !strings.Contains(s.Release, "extra") && !s.UpdatePending
+	})
+	for _, want := range []string{
+		"stop kiosk/ui kiosk/ui 2026.11.1 [by 2026.11.1]", // replaced: stopped by the running release
+		"stop kiosk/backend kiosk/backend 2026.11.1 [by 2026.11.1]",
+		"stop extra/worker extra/worker r1 [by r1]",
+		"start kiosk/ui kiosk/ui 2026.11.3 [by 2026.11.3]",
+	} {
+		if n := d.count(want); n != 1 {
+			t.Errorf("%q ran %d times, want once", want, n)
+		}
+	}
+	if n := d.count("start kiosk/backend"); n != 1 {
+		t.Errorf("kiosk/backend started %d times, want once (the first release only)", n)
+	}
+	if n := d.count("start extra/worker"); n != 1 {
+		t.Errorf("extra/worker started %d times, want once (the first release only)", n)
+	}
+	d.noViolations()
+
+	// After a restart the agent still knows what runs: a target that drops
+	// ui and brings backend back stops ui by 2026.11.3's command.
+	d.stop()
+	d.start()
+	kiosk4 := app{name: "kiosk", release: "2026.11.4", services: []svc{{name: "backend"}}}
+	d.setTarget(d.targetDoc(nil, kiosk4))
+	d.waitFor("kiosk 2026.11.4 running", func() bool {
+		return d.releaseOf("kiosk") == "2026.11.4" && !d.status().UpdatePending
+	})
+	if n := d.count("stop kiosk/ui kiosk/ui 2026.11.3 [by 2026.11.3]"); n != 1 {
+		t.Errorf("ui stopped %d times by 2026.11.3's command after the restart, want once\n%s", n, strings.Join(d.commands(), "\n"))
+	}
+	if n := d.count("start kiosk/ui"); n != 2 {
+		t.Errorf("kiosk/ui started %d times, want 2 (2026.11.1 and 2026.11.3)", n)
+	}
+	d.noViolations()
+	d.stop()
 }
