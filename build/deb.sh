@@ -2,7 +2,7 @@
 # deb.sh ARCH...: build dist/latch_<version>_<debarch>.deb for each ARCH (amd64 arm64 armv7 armv6
 # 386; none = all) from the binaries of build.sh, and print each package's installed size.
 #
-# A binary missing from dist/ is built here. The package installs /usr/bin/latch,
+# A binary missing from dist/, or older than a Go source file, is built here. The package installs /usr/bin/latch,
 # /lib/systemd/system/latch.service and /etc/default/latch (a conffile); its maintainer scripts
 # enable latch.service (also in a chroot, where systemd is not running) and start it when systemd
 # runs, the way debhelper's generated scripts do.
@@ -46,9 +46,17 @@ for arch in "$@"; do
 
 	bin=$dist/latch-linux-$arch
 	[ -f "$bin" ] || bin=$root/dist/latch-linux-$arch
-	if [ ! -f "$bin" ]; then
+	stale=
+	if [ -f "$bin" ] && [ -n "$(find "$root" -path "$root/dist" -prune -o \( -name '*.go' -o -name go.mod -o -name go.sum \) -newer "$bin" -print | head -n 1)" ]; then
+		stale=yes
+	fi
+	if [ ! -f "$bin" ] || [ -n "$stale" ]; then
 		bin=$dist/latch-linux-$arch
-		echo "deb.sh: no $bin; building it" >&2
+		if [ -n "$stale" ]; then
+			echo "deb.sh: $bin is older than the sources; building it again" >&2
+		else
+			echo "deb.sh: no $bin; building it" >&2
+		fi
 		if ! (cd "$root" && env CGO_ENABLED=0 GOOS=linux GOARCH=$goarch ${goarm:+GOARM=$goarm} \
 			go build -trimpath -ldflags="-s -w -X main.version=$version" -o "$bin.tmp" .); then
 			rm -f "$bin.tmp"

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // buildDeb runs build/deb.sh for arch into a temporary dist folder and returns the .deb. It skips
@@ -69,5 +70,46 @@ func TestDeb(t *testing.T) {
 	}
 	if string(got) != string(shipped) {
 		t.Error("latch.service in the .deb differs from build/systemd/latch.service")
+	}
+}
+
+// A binary in the dist folder that is older than the sources is built again
+// rather than packaged as it is.
+func TestDebRebuildsStaleBinary(t *testing.T) {
+	if _, err := exec.LookPath("dpkg-deb"); err != nil {
+		t.Skip("package test not run: dpkg-deb missing (apt-get install -y dpkg-dev)")
+	}
+	dist := t.TempDir()
+	stale := filepath.Join(dist, "latch-linux-amd64")
+	if err := os.WriteFile(stale, []byte("#!/bin/sh\necho stale\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-24 * time.Hour)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(filepath.Join("..", "main.go"), time.Now(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", filepath.Join("..", "build", "deb.sh"), "amd64")
+	cmd.Env = append(os.Environ(), "DIST="+dist)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("build/deb.sh amd64: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "older than the sources") {
+		t.Errorf("deb.sh did not say it rebuilt the stale binary:\n%s", out)
+	}
+	debs, _ := filepath.Glob(filepath.Join(dist, "latch_*.deb"))
+	if len(debs) != 1 {
+		t.Fatalf("got .debs %q, want one", debs)
+	}
+	x := exec.Command("sh", "-c", "dpkg-deb --fsys-tarfile \"$1\" | tar -xOf - ./usr/bin/latch | head -c 4 | od -An -c", "sh", debs[0])
+	got, err := x.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(got), "E   L   F") {
+		t.Errorf("packaged /usr/bin/latch starts with %q, want an ELF binary (the stale script was packaged)", got)
 	}
 }
