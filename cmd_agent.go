@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +61,7 @@ func runAgent(ctx context.Context, args []string) error {
 		driverName  = fs.String("driver", "systemd", "how services are stopped and started: systemd (units over D-Bus) or exec (shell commands from the target state)")
 		listen      = fs.String("listen", "", "also serve the API on this TCP address (needs --api-key-file)")
 		apiKeyFile  = fs.String("api-key-file", "", "file holding the API key that TCP clients must send")
+		apiGroup    = fs.String("api-group", "", "give the API socket (mode 0660) to this group (name or number), so that its members can run latch status, hold, update...")
 		trustKey    = fs.String("trust-key", "", "ed25519 public key: accept only target states signed with it")
 		breakStale  = fs.Bool("break-stale", false, "remove stale locks (latch's own record naming a dead process)")
 		healthWait  = fs.Duration("health-wait", 10*time.Second, "how long a started service must stay up before the update counts as healthy")
@@ -89,6 +92,10 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	if *maxAttempts < 1 {
 		return &exitError{code: exitUsage, msg: "--max-attempts must be at least 1"}
+	}
+	socketGID, err := lookupGroup(*apiGroup)
+	if err != nil {
+		return &exitError{code: exitUsage, msg: err.Error()}
 	}
 	logger := log.New(os.Stderr, "", 0)
 	if os.Getenv("INVOCATION_ID") == "" { // not under systemd: journald adds its own time stamps
@@ -178,7 +185,7 @@ func runAgent(ctx context.Context, args []string) error {
 		})
 	}
 
-	srv, err := api.Listen(api.Config{Socket: p.socket(), Listen: *listen, APIKey: string(key), Logf: logf})
+	srv, err := api.Listen(api.Config{Socket: p.socket(), SocketGID: socketGID, Listen: *listen, APIKey: string(key), Logf: logf})
 	if err != nil {
 		return fmt.Errorf("API: %w", err)
 	}
@@ -308,3 +315,26 @@ func (x *systemdAdapter) Prepare(ctx context.Context, svcs []agent.Service) erro
 
 func (x *systemdAdapter) Reboot(ctx context.Context) error   { return x.u.Reboot(ctx) }
 func (x *systemdAdapter) Shutdown(ctx context.Context) error { return x.u.PowerOff(ctx) }
+
+// lookupGroup resolves --api-group: "" is 0 (keep the agent's group), a
+// number is a gid, anything else a group name from the group database.
+func lookupGroup(name string) (int, error) {
+	if name == "" {
+		return 0, nil
+	}
+	if gid, err := strconv.Atoi(name); err == nil {
+		if gid < 0 {
+			return 0, fmt.Errorf("--api-group %s: a group id is not negative", name)
+		}
+		return gid, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("--api-group %s: no such group (%v)", name, err)
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return 0, fmt.Errorf("--api-group %s: group id %q is not a number", name, g.Gid)
+	}
+	return gid, nil
+}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -310,6 +311,46 @@ func TestClientHelp(t *testing.T) {
 		s := string(out)
 		if exitCode(err) != 0 || !strings.Contains(s, "Usage:\n  latch "+c) || !strings.Contains(s, "Example:") || !strings.Contains(s, "-api-key-file") || !strings.Contains(s, "-json") {
 			t.Errorf("latch %s -h: got %d %q, want usage, description, flags and an example", c, exitCode(err), s)
+		}
+	}
+}
+
+// TestAgentAPIGroup: --api-group gives the socket to a group (name or
+// number); an unknown group is a usage error that creates nothing.
+func TestAgentAPIGroup(t *testing.T) {
+	root := t.TempDir()
+	out, err := exec.Command(testLatchBin, "agent", "--root", root, "--driver", "exec", "--api-group", "no-such-group-latch").CombinedOutput()
+	if code := exitCode(err); code != 2 || !strings.Contains(string(out), "no-such-group-latch") {
+		t.Errorf("unknown --api-group: got %d %q, want 2 (usage) and a message naming the group", code, out)
+	}
+	if ents, _ := os.ReadDir(root); len(ents) != 0 {
+		t.Errorf("a refused --api-group left %d entries in --root, want none", len(ents))
+	}
+	out, err = exec.Command(testLatchBin, "agent", "--root", root, "--driver", "exec", "--api-group", "-5").CombinedOutput()
+	if code := exitCode(err); code != 2 {
+		t.Errorf("--api-group -5: got %d %q, want 2 (usage)", code, out)
+	}
+	if os.Getuid() != 0 {
+		t.Skip("not root: giving the socket to another group was not tested")
+	}
+	for _, g := range []struct {
+		arg string
+		gid uint32
+	}{{"4242", 4242}, {"daemon", 1}} {
+		dir := t.TempDir()
+		cmd := exec.Command(testLatchBin, "agent", "--root", dir, "--driver", "exec", "--api-group", g.arg)
+		var buf bytes.Buffer
+		cmd.Stderr = &buf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sock := filepath.Join(dir, "run/latch/api.sock")
+		var st syscall.Stat_t
+		waitUntil(t, "the API socket", func() bool { return syscall.Lstat(sock, &st) == nil })
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if st.Gid != g.gid || st.Mode&0o777 != 0o660 {
+			t.Errorf("--api-group %s: socket gid %d mode %o, want gid %d mode 660\n%s", g.arg, st.Gid, st.Mode&0o777, g.gid, buf.String())
 		}
 	}
 }

@@ -44,6 +44,9 @@ import (
 type Config struct {
 	// Socket is the unix socket path (<run-dir>/api.sock); always served.
 	Socket string
+	// SocketGID, when above 0, is the socket's group: its members may use
+	// the API (mode 0660). 0 leaves the group the agent runs with.
+	SocketGID int
 	// Listen is a TCP address such as "127.0.0.1:48484"; "" serves no TCP.
 	Listen string
 	// APIKey is required on TCP for everything but GET /ping. Listen
@@ -97,7 +100,7 @@ func Listen(cfg Config) (*Server, error) {
 		idleTimeout:       2 * time.Minute,
 		shutdownTimeout:   5 * time.Second,
 	}
-	ul, err := listenUnix(cfg.Socket)
+	ul, err := listenUnix(cfg.Socket, cfg.SocketGID)
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +119,7 @@ func Listen(cfg Config) (*Server, error) {
 // listenUnix binds the socket at path with mode 0660. It binds inside a
 // private directory next to path, so the socket never exists at a wider mode
 // where others could connect, then renames it into place.
-func listenUnix(path string) (*net.UnixListener, error) {
+func listenUnix(path string, gid int) (*net.UnixListener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory %s: %w", dir, err)
@@ -145,6 +148,12 @@ func listenUnix(path string) (*net.UnixListener, error) {
 	if err := os.Chmod(tmp, 0o660); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("chmod socket %s: %w", path, err)
+	}
+	if gid > 0 {
+		if err := os.Lchown(tmp, -1, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("give socket %s to group %d: %w", path, gid, err)
+		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		l.Close()

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -120,5 +122,53 @@ func TestSlowClient(t *testing.T) {
 		if errors.As(err, &ne) && ne.Timeout() {
 			t.Errorf("%s: the server kept a slow client's connection open", dial.network)
 		}
+	}
+}
+
+// TestSocketGroup: with SocketGID the socket belongs to that group, and a
+// member of it (uid 1000 with the group as a supplementary one) connects
+// where a non-member is refused.
+func TestSocketGroup(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("not root: giving the socket to another group was not tested")
+	}
+	for _, tool := range []string{"curl", "setpriv"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed: access by the socket's group was not tested", tool)
+		}
+	}
+	dir, err := os.MkdirTemp("", "latchgrp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "api.sock")
+	const gid = 4242
+	s, err := Listen(Config{Socket: sock, SocketGID: gid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	go http.Serve(s.unix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "OK") }))
+	var st syscall.Stat_t
+	if err := syscall.Lstat(sock, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Gid != gid || st.Mode&0o777 != 0o660 {
+		t.Fatalf("socket: gid %d mode %o, want gid %d mode 660", st.Gid, st.Mode&0o777, gid)
+	}
+	curl := func(groups string) (string, error) {
+		out, err := exec.Command("setpriv", "--reuid=1000", "--regid=1000", "--groups="+groups,
+			"curl", "-sS", "-v", "--unix-socket", sock, "http://latch/ping").CombinedOutput()
+		return string(out), err
+	}
+	if out, err := curl("4242"); err != nil || !strings.HasSuffix(out, "OK") {
+		t.Errorf("uid 1000 in group %d: got %q, %v; want OK", gid, out, err)
+	}
+	if out, err := curl("4343"); err == nil || !strings.Contains(strings.ToLower(out), "permission denied") {
+		t.Errorf("uid 1000 outside group %d: got %q, %v; want permission denied", gid, out, err)
 	}
 }
