@@ -19,6 +19,8 @@
 # are not, so that a test can exec a foreign binary or /proc/self/exe.
 #
 # LATCH_CROSS_TIMEOUT (default 10m) is each test binary's -test.timeout.
+# LATCH_CROSS_OUT=FILE appends every test binary's -test.v output to FILE,
+# each after a line "### cross ARCH PKG" (scripts/test.sh counts the tests).
 #
 # Prints a table: arch, packages passed / failed / without tests, tests skipped,
 # time. Exits non-zero if any package fails. Logs stay in the work directory
@@ -154,11 +156,14 @@ for a in "${arches[@]}"; do
 		rc=0
 		(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1 || rc=$?
 		skips=$((skips + $(grep -c -- '--- SKIP' "$log" || true)))
+		if [[ -n ${LATCH_CROSS_OUT:-} ]]; then
+			{ echo "### cross $a $p"; cat "$log"; } >>"$LATCH_CROSS_OUT"
+		fi
 		if ((rc == 0)); then
 			pass=$((pass + 1))
 		else
 			echo "FAIL $a $p (exit $rc)"
-			grep -E -- '^(--- FAIL|FAIL|panic|\s+\S+_test\.go:)' "$log" | head -40 | sed 's/^/    /'
+			grep -E -- '^(\s*--- FAIL|FAIL|panic|\s+\S+_test\.go:)' "$log" | head -40 | sed "s/\$/   [$a]/"
 			fail=$((fail + 1))
 		fi
 	done

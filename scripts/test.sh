@@ -70,18 +70,21 @@ for s in "${stages[@]}"; do
     lint)  stage lint lint ;;
     unit)  stage unit unit ;;
     build) stage build build ;;
-    cross) stage cross scripts/cross-test.sh ;;
+    cross) stage cross env LATCH_CROSS_OUT="$log/cross.txt" scripts/cross-test.sh ;;
     board) stage board board ;;
     systemd-arm64) stage systemd-arm64 systemd_arm64 ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done
 
-pass=$(grep -c -- '--- PASS' "$log/unit.txt" 2>/dev/null || true)
-fail=$(grep -c -- '--- FAIL' "$log/unit.txt" 2>/dev/null || true)
-skip=$(grep -c -- '--- SKIP' "$log/unit.txt" 2>/dev/null || true)
+# count FILE PATTERN: the lines of FILE matching PATTERN (0 without FILE).
+count() { grep -c -- "$2" "$1" 2>/dev/null || true; }
+np=$(count "$log/unit.txt" '--- PASS') nf=$(count "$log/unit.txt" '--- FAIL') ns=$(count "$log/unit.txt" '--- SKIP')
+xp=$(count "$log/cross.txt" '--- PASS') xf=$(count "$log/cross.txt" '--- FAIL') xs=$(count "$log/cross.txt" '--- SKIP')
 printf '\nstages passed: %s\n' "${passed[*]:-none}"
 printf 'stages failed: %s\n' "${failed[*]:-none}"
-printf 'total time: %ss; full go test output in %s/unit.txt\n' $(( $(date +%s) - t0 )) "$log"
-printf 'tests: %d passed, %d failed, %d skipped\n' "${pass:-0}" "${fail:-0}" "${skip:-0}"
+printf 'total time: %ss; full go test output in %s/unit.txt and cross.txt\n' $(( $(date +%s) - t0 )) "$log"
+printf 'tests: %d passed, %d failed, %d skipped (native: %d/%d/%d; arm64, armv7, armv6 and 386: %d/%d/%d)\n' \
+  $((${np:-0} + ${xp:-0})) $((${nf:-0} + ${xf:-0})) $((${ns:-0} + ${xs:-0})) \
+  "${np:-0}" "${nf:-0}" "${ns:-0}" "${xp:-0}" "${xf:-0}" "${xs:-0}"
 [ ${#failed[@]} -eq 0 ]
