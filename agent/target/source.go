@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,19 +36,22 @@ const debounce = 20 * time.Millisecond
 // writes and files that appear later are all seen; identical contents are
 // not sent twice. A missing file is not an error: it is sent when it appears.
 // A missing parent directory is an error.
+//
+// When FILE (or FILE.sig) is a symbolic link, the directory of every link on
+// the way to the real file is watched too, so that a change of the file the
+// link points to, or of the link itself, is seen as well.
 func WatchFile(ctx context.Context, path string, out chan<- Doc) error {
 	path = filepath.Clean(path)
-	dir, base := filepath.Dir(path), filepath.Base(path)
+	dir := filepath.Dir(path)
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return fmt.Errorf("watch %s: inotify: %w", path, err)
 	}
 	ino := os.NewFile(uintptr(fd), "inotify") // non-blocking: Read parks in the runtime poller
 	defer ino.Close()
-	const mask = unix.IN_CLOSE_WRITE | unix.IN_MODIFY | unix.IN_MOVED_TO | unix.IN_MOVED_FROM |
-		unix.IN_CREATE | unix.IN_DELETE | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
-	if _, err := unix.InotifyAddWatch(fd, dir, mask); err != nil {
-		return fmt.Errorf("watch %s: watch directory %s: %w", path, dir, err)
+	w := &watchSet{fd: fd, primary: dir, dirs: map[string]int32{}, names: map[int32]map[string]bool{}}
+	if err := w.refresh(path); err != nil {
+		return fmt.Errorf("watch %s: %w", path, err)
 	}
 
 	// The reader goroutine turns inotify events into wake-ups; Close on return ends it.
@@ -61,7 +65,7 @@ func WatchFile(ctx context.Context, path string, out chan<- Doc) error {
 				gone <- err
 				return
 			}
-			relevant, dirGone := scanEvents(buf[:n], base)
+			relevant, dirGone := w.scan(buf[:n])
 			if dirGone {
 				gone <- fmt.Errorf("directory %s was removed or moved", dir)
 				return
@@ -108,6 +112,9 @@ func WatchFile(ctx context.Context, path string, out chan<- Doc) error {
 		case <-wake:
 			timer.Reset(debounce)
 		case <-timer.C:
+			if err := w.refresh(path); err != nil {
+				return fmt.Errorf("watch %s: %w", path, err)
+			}
 			if err := send(); err != nil {
 				return fmt.Errorf("watch %s: %w", path, err)
 			}
@@ -115,12 +122,83 @@ func WatchFile(ctx context.Context, path string, out chan<- Doc) error {
 	}
 }
 
-// scanEvents reports whether buf holds an event about base or base.sig (or
-// a queue overflow, after which anything may have changed), and whether the
-// watched directory itself went away.
-func scanEvents(buf []byte, base string) (relevant, dirGone bool) {
+const watchMask = unix.IN_CLOSE_WRITE | unix.IN_MODIFY | unix.IN_MOVED_TO | unix.IN_MOVED_FROM |
+	unix.IN_CREATE | unix.IN_DELETE | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
+
+// maxLinks bounds how many symbolic links WatchFile follows from one name.
+const maxLinks = 8
+
+// watchSet is the directories WatchFile watches and, in each, the names that
+// matter: the file, FILE.sig, and every link on the way to where they point.
+type watchSet struct {
+	fd      int
+	primary string // the file's own directory: its loss ends the watch
+
+	mu    sync.Mutex
+	dirs  map[string]int32          // directory -> watch descriptor
+	names map[int32]map[string]bool // watch descriptor -> names that matter
+}
+
+// refresh follows path and path.sig through their links and watches every
+// directory on the way; a directory that does not exist (a dangling link's)
+// is left out until the next refresh. Only the primary directory must exist.
+func (w *watchSet) refresh(path string) error {
+	want := map[string]map[string]bool{}
+	for _, p := range []string{path, path + ".sig"} {
+		for range maxLinks {
+			d, b := filepath.Dir(p), filepath.Base(p)
+			if want[d] == nil {
+				want[d] = map[string]bool{}
+			}
+			want[d][b] = true
+			t, err := os.Readlink(p)
+			if err != nil {
+				break // not a link (or gone): the chain ends here
+			}
+			if !filepath.IsAbs(t) {
+				t = filepath.Join(d, t)
+			}
+			p = filepath.Clean(t)
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for d, names := range want {
+		wd, ok := w.dirs[d]
+		if !ok {
+			n, err := unix.InotifyAddWatch(w.fd, d, watchMask)
+			if err != nil {
+				if d == w.primary {
+					return fmt.Errorf("watch directory %s: %w", d, err)
+				}
+				continue
+			}
+			wd = int32(n)
+			w.dirs[d] = wd
+		}
+		w.names[wd] = names
+	}
+	for d, wd := range w.dirs {
+		if want[d] == nil {
+			unix.InotifyRmWatch(w.fd, uint32(wd))
+			delete(w.dirs, d)
+			delete(w.names, wd)
+		}
+	}
+	return nil
+}
+
+// scan reports whether buf holds an event about a name that matters (or a
+// queue overflow, after which anything may have changed), and whether the
+// primary directory itself went away. The loss of another directory is
+// relevant: the next refresh watches it again if it comes back.
+func (w *watchSet) scan(buf []byte) (relevant, dirGone bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	primary := w.dirs[w.primary]
 	for off := 0; off+unix.SizeofInotifyEvent <= len(buf); {
 		// struct inotify_event: int32 wd, uint32 mask, uint32 cookie, uint32 len, name.
+		wd := int32(binary.NativeEndian.Uint32(buf[off:]))
 		mask := binary.NativeEndian.Uint32(buf[off+4:])
 		nameLen := int(binary.NativeEndian.Uint32(buf[off+12:]))
 		end := off + unix.SizeofInotifyEvent + nameLen
@@ -132,8 +210,18 @@ func scanEvents(buf []byte, base string) (relevant, dirGone bool) {
 		case mask&unix.IN_Q_OVERFLOW != 0:
 			relevant = true
 		case mask&(unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0:
-			dirGone = true
-		case name == base || name == base+".sig":
+			if wd == primary {
+				dirGone = true
+			} else if _, ours := w.names[wd]; ours {
+				relevant = true
+				for d, x := range w.dirs {
+					if x == wd {
+						delete(w.dirs, d)
+					}
+				}
+				delete(w.names, wd)
+			}
+		case w.names[wd][name]:
 			relevant = true
 		}
 		off = end

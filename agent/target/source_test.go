@@ -94,6 +94,76 @@ func TestWatchFileExistingAtStart(t *testing.T) {
 	}
 }
 
+// A target file that is a symbolic link (as provisioning tools keep one, in
+// /etc pointing into a data partition): a change of the file it points to is
+// seen, and so is the link being pointed elsewhere; FILE.sig may be a link too.
+func TestWatchFileSymlink(t *testing.T) {
+	etc, data1, data2 := t.TempDir(), t.TempDir(), t.TempDir()
+	path := filepath.Join(etc, "target.json")
+	write := func(p, content string) {
+		t.Helper()
+		tmp := p + ".tmp"
+		if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relink := func(link, to string) {
+		t.Helper()
+		tmp := link + ".new"
+		if err := os.Symlink(to, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(data1, "current.json"), "one")
+	relink(path, filepath.Join(data1, "current.json"))
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan Doc)
+	done := make(chan error, 1)
+	go func() { done <- WatchFile(ctx, path, ch) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WatchFile returned %v at cancel, want nil", err)
+		}
+	}()
+	if d := recv(t, ch); string(d.Data) != "one" {
+		t.Fatalf("at start: got %q, want \"one\"", d.Data)
+	}
+	// The file the link points to is replaced, in another directory.
+	write(filepath.Join(data1, "current.json"), "two")
+	if d := recv(t, ch); string(d.Data) != "two" {
+		t.Fatalf("after the linked file changed: got %q, want \"two\"", d.Data)
+	}
+	// The link is pointed elsewhere (relative, through a second link), with a
+	// signature that is a link as well.
+	write(filepath.Join(data2, "r3.json"), "three")
+	write(filepath.Join(data2, "r3.json.sig"), "SIG3")
+	if err := os.Symlink("r3.json", filepath.Join(data2, "current.json")); err != nil {
+		t.Fatal(err)
+	}
+	relink(path+".sig", filepath.Join(data2, "r3.json.sig"))
+	relink(path, filepath.Join(data2, "current.json"))
+	if d := recv(t, ch); string(d.Data) != "three" {
+		t.Fatalf("after the link was retargeted: got %q, want \"three\"", d.Data)
+	} else if string(d.Sig) != "SIG3" {
+		// The signature may land in a second document if its event came first.
+		if d = recv(t, ch); string(d.Data) != "three" || string(d.Sig) != "SIG3" {
+			t.Fatalf("after the link was retargeted: got %q sig %q, want \"three\" with SIG3", d.Data, d.Sig)
+		}
+	}
+	// The new chain's last file changes.
+	write(filepath.Join(data2, "r3.json"), "four")
+	if d := recv(t, ch); string(d.Data) != "four" {
+		t.Fatalf("after the new linked file changed: got %q, want \"four\"", d.Data)
+	}
+}
+
 func TestWatchFileMissingDir(t *testing.T) {
 	err := WatchFile(context.Background(), filepath.Join(t.TempDir(), "no", "t.json"), make(chan Doc))
 	if err == nil {
