@@ -287,8 +287,11 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 			label = "Apps:"
 		}
 		line := fmt.Sprintf("%s\truns %s", a.Name, orDash(a.Current))
-		if a.Target != "" && a.Target != a.Current {
+		switch {
+		case a.Target != "" && a.Target != a.Current:
 			line += " -> " + a.Target + " pending"
+		case a.Target == "" && a.Current != "":
+			line += ", to be removed (no longer in the target)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\n", label, line)
 	}

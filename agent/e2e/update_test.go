@@ -505,6 +505,10 @@ func TestRemovedServicesStop(t *testing.T) {
 	if got := d.count("stop "); got != stops {
 		t.Fatalf("%d stop commands ran while the removed app's lock was held", got-stops)
 	}
+	if out, err := exec.Command(latchBin, "status", "--run-dir", d.runDir).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "runs r1, to be removed") {
+		t.Errorf("latch status while the removal waits: %v\n%s\nwant extra shown as to be removed", err, out)
+	}
 	if err := os.Remove(userLock); err != nil {
 		t.Fatal(err)
 	}
