@@ -9,13 +9,14 @@
 #   cross    the suite for arm64, armv7, armv6 under qemu-user and 386 natively
 #   board    power cuts on emulated arm64 and armv7 boards (qemu-system)
 #   systemd-arm64  the real-systemd end-to-end test in an arm64 container (qemu-user)
+#   systemd-armhf  the same in an armhf (32-bit ARMv7) container
 # Usage: scripts/test.sh [stage...]   (default: all, in that order)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin CGO_ENABLED=0
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(deps lint unit build cross board systemd-arm64)
+[ ${#stages[@]} -gt 0 ] || stages=(deps lint unit build cross board systemd-arm64 systemd-armhf)
 log=$(mktemp -d "${TMPDIR:-/tmp}/latch-test.XXXXXX")
 failed=() passed=()
 t0=$(date +%s)
@@ -39,9 +40,10 @@ build() {
   build/build.sh && build/deb.sh
 }
 
-systemd_arm64() {
-  scripts/nspawn/rootfs.sh arm64 || return 1
-  LATCH_NSPAWN_ARCH=arm64 go test -count=1 -timeout 20m -v -run TestSystemdEndToEnd ./systemd/e2e/ 2>&1 |
+# systemd_arch ARCH: the real-systemd end-to-end test in a Debian ARCH container.
+systemd_arch() {
+  scripts/nspawn/rootfs.sh "$1" || return 1
+  LATCH_NSPAWN_ARCH=$1 go test -count=1 -timeout 20m -v -run TestSystemdEndToEnd ./systemd/e2e/ 2>&1 |
     tee -a "$log/unit.txt" | grep -E '^\s*(--- |ok |FAIL|PASS|panic:)|_test.go:[0-9]+:'
   return "${PIPESTATUS[0]}"
 }
@@ -72,7 +74,8 @@ for s in "${stages[@]}"; do
     build) stage build build ;;
     cross) stage cross env LATCH_CROSS_OUT="$log/cross.txt" scripts/cross-test.sh ;;
     board) stage board board ;;
-    systemd-arm64) stage systemd-arm64 systemd_arm64 ;;
+    systemd-arm64) stage systemd-arm64 systemd_arch arm64 ;;
+    systemd-armhf) stage systemd-armhf systemd_arch armhf ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done
