@@ -26,19 +26,25 @@ func recv(t *testing.T, ch <-chan Doc) Doc {
 	}
 }
 
-func TestWatchFile(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "target.json")
+// watch runs WatchFile on path until the test ends, when it must return nil.
+func watch(t *testing.T, path string) <-chan Doc {
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan Doc)
 	done := make(chan error, 1)
 	go func() { done <- WatchFile(ctx, path, ch) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("WatchFile returned %v at cancel, want nil", err)
 		}
-	}()
+	})
+	return ch
+}
+
+func TestWatchFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "target.json")
+	ch := watch(t, path)
 
 	// The file appears by atomic rename (how editors and deploy tools write).
 	tmp := filepath.Join(dir, ".target.json.tmp")
@@ -122,16 +128,7 @@ func TestWatchFileSymlink(t *testing.T) {
 	}
 	write(filepath.Join(data1, "current.json"), "one")
 	relink(path, filepath.Join(data1, "current.json"))
-	ctx, cancel := context.WithCancel(context.Background())
-	ch := make(chan Doc)
-	done := make(chan error, 1)
-	go func() { done <- WatchFile(ctx, path, ch) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("WatchFile returned %v at cancel, want nil", err)
-		}
-	}()
+	ch := watch(t, path)
 	if d := recv(t, ch); string(d.Data) != "one" {
 		t.Fatalf("at start: got %q, want \"one\"", d.Data)
 	}
