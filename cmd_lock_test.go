@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -530,27 +529,21 @@ func TestMutualExclusion(t *testing.T) {
 	count := filepath.Join(root, "count")
 	crit := fmt.Sprintf(`mkdir %q 2>/dev/null || echo "$$" >> %q; echo x >> %q; rmdir %q 2>/dev/null`, marker, breach, count, marker)
 	const latchWorkers, latchRounds, lfWorkers, lfRounds = 3, 70, 3, 8
-	var wg sync.WaitGroup
-	errs := make(chan error, latchWorkers+lfWorkers)
-	start := func(script string) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if out, err := exec.Command("sh", "-c", script).CombinedOutput(); err != nil {
-				errs <- fmt.Errorf("%v: %s", err, out)
-			}
-		}()
+	// One shell starts every worker and waits for them all: the test process
+	// forks once (under qemu-user, concurrent forks of a threaded process
+	// can hang the emulator).
+	var script strings.Builder
+	for i := range latchWorkers + lfWorkers {
+		if i < latchWorkers {
+			fmt.Fprintf(&script, `(i=0; while [ $i -lt %d ]; do %q lock --path %q --wait -- sh -c %q || exit 1; i=$((i+1)); done) & `, latchRounds, testLatchBin, p, crit)
+		} else {
+			fmt.Fprintf(&script, `(i=0; while [ $i -lt %d ]; do lockfile -1 %q || exit 1; %s; rm -f %q; i=$((i+1)); done) & `, lfRounds, p, crit, p)
+		}
+		fmt.Fprintf(&script, "pids=\"$pids $!\"\n")
 	}
-	for range latchWorkers {
-		start(fmt.Sprintf(`i=0; while [ $i -lt %d ]; do %q lock --path %q --wait -- sh -c %q || exit 1; i=$((i+1)); done`, latchRounds, testLatchBin, p, crit))
-	}
-	for range lfWorkers {
-		start(fmt.Sprintf(`i=0; while [ $i -lt %d ]; do lockfile -1 %q || exit 1; %s; rm -f %q; i=$((i+1)); done`, lfRounds, p, crit, p))
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
+	script.WriteString(`rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc`)
+	if out, err := exec.Command("sh", "-c", script.String()).CombinedOutput(); err != nil {
+		t.Errorf("a worker failed: %v: %s", err, out)
 	}
 	if b, err := os.ReadFile(breach); err == nil {
 		t.Errorf("a second process entered the critical section %d times", bytes.Count(b, []byte("\n")))
