@@ -122,6 +122,12 @@ emulator_hang() {
 		grep -A10 -E '^goroutine [0-9]+ \[syscall, [0-9]+ minutes\]:' "$1" | grep -q 'syscall\.forkExec'
 }
 
+# reap BIN: kill what is left of a test binary once it ended: the copy that a
+# hung fork leaves behind (it never reached exec, so it is still BIN).
+reap() {
+	pkill -KILL -f -x -- "(qemu-[a-z0-9]+-static( -cpu [a-z0-9]+)? )?$1 .*" 2>/dev/null || true
+}
+
 for a in "${arches[@]}"; do goenv "$a" >/dev/null; done
 if [[ " ${arches[*]} " == *" arm"* ]]; then
 	binfmt
@@ -166,6 +172,7 @@ for a in "${arches[@]}"; do
 		pdir=$("$go" list -f '{{.Dir}}' "$p")
 		rc=0
 		(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1 || rc=$?
+		reap "$bin"
 		if ((rc != 0)) && [[ -n ${run[*]} ]] && emulator_hang "$log"; then
 			# qemu-user (7.2) now and then hangs a threaded process's fork for
 			# good: the child never reaches exec. That is the emulator, not
@@ -175,6 +182,7 @@ for a in "${arches[@]}"; do
 			reruns=$((reruns + 1))
 			rc=0
 			(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1 || rc=$?
+			reap "$bin"
 		fi
 		skips=$((skips + $(grep -c -- '--- SKIP' "$log" || true)))
 		if [[ -n ${LATCH_CROSS_OUT:-} ]]; then
