@@ -34,6 +34,8 @@ run) from a file, a URL or the API, downloads new releases in the background,
 and applies them only when it can take the update locks of every service they
 touch: a service whose lock is held is never stopped, replaced or restarted
 unless an operator forces it (latch update --force) or turns the override on.
+A service that a new target no longer names is stopped the same way, under its
+lock, and not started again.
 
 Pending updates, holds and the apply in progress live in <state-dir>/journal.db
 and survive crashes, power cuts and reboots. Under systemd (Type=notify) the
