@@ -552,3 +552,30 @@ func TestRemovedServicesStop(t *testing.T) {
 	d.noViolations()
 	d.stop()
 }
+
+// A target that only drops an app (nothing to download) stops its services
+// and leaves the other apps alone.
+func TestRemoveOnlyApp(t *testing.T) {
+	d := newDevice(t)
+	extra := app{name: "extra", release: "r1", services: []svc{{name: "worker"}}}
+	d.setTarget(d.targetDoc(nil, kiosk1, extra))
+	d.start()
+	d.waitFor("kiosk and extra running", func() bool {
+		return d.releaseOf("kiosk") == "2026.11.1" && d.releaseOf("extra") == "r1"
+	})
+	before := d.commands()
+	d.setTarget(d.targetDoc(nil, kiosk1))
+	d.waitFor("extra gone", func() bool {
+		s := d.status()
+		return !strings.Contains(s.Release, "extra") && !s.UpdatePending
+	})
+	after := d.commands()[len(before):]
+	if len(after) != 1 || after[0] != "stop extra/worker extra/worker r1 [by r1]" {
+		t.Errorf("commands run for the removal: %q, want only extra/worker's stop", after)
+	}
+	if got := d.releaseOf("kiosk"); got != "2026.11.1" {
+		t.Errorf("kiosk release = %q, want 2026.11.1 untouched", got)
+	}
+	d.noViolations()
+	d.stop()
+}
