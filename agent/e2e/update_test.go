@@ -479,13 +479,7 @@ func TestHoldExpires(t *testing.T) {
 // runs, and is not started again; what runs is kept in the journal, so the
 // same holds after a restart.
 func TestRemovedServicesStop(t *testing.T) {
-	d := newDevice(t)
-	extra := app{name: "extra", release: "r1", services: []svc{{name: "worker"}}}
-	d.setTarget(d.targetDoc(nil, kiosk1, extra))
-	d.start()
-	d.waitFor("kiosk and extra running", func() bool {
-		return d.releaseOf("kiosk") == "2026.11.1" && d.releaseOf("extra") == "r1"
-	})
+	d := withExtraApp(t)
 
 	// A lock on the app that goes away defers its removal, and the whole update.
 	userLock := filepath.Join(d.serviceDir("extra", "worker"), "updates.lock")
@@ -556,13 +550,7 @@ func TestRemovedServicesStop(t *testing.T) {
 // A target that only drops an app (nothing to download) stops its services
 // and leaves the other apps alone.
 func TestRemoveOnlyApp(t *testing.T) {
-	d := newDevice(t)
-	extra := app{name: "extra", release: "r1", services: []svc{{name: "worker"}}}
-	d.setTarget(d.targetDoc(nil, kiosk1, extra))
-	d.start()
-	d.waitFor("kiosk and extra running", func() bool {
-		return d.releaseOf("kiosk") == "2026.11.1" && d.releaseOf("extra") == "r1"
-	})
+	d := withExtraApp(t)
 	before := d.commands()
 	d.setTarget(d.targetDoc(nil, kiosk1))
 	d.waitFor("extra gone", func() bool {
@@ -578,4 +566,18 @@ func TestRemoveOnlyApp(t *testing.T) {
 	}
 	d.noViolations()
 	d.stop()
+}
+
+// withExtraApp starts the agent on kiosk1 and a second app, extra r1 (one
+// service, worker), and waits until both run.
+func withExtraApp(t *testing.T) *device {
+	t.Helper()
+	d := newDevice(t)
+	extra := app{name: "extra", release: "r1", services: []svc{{name: "worker"}}}
+	d.setTarget(d.targetDoc(nil, kiosk1, extra))
+	d.start()
+	d.waitFor("kiosk and extra running", func() bool {
+		return d.releaseOf("kiosk") == "2026.11.1" && d.releaseOf("extra") == "r1"
+	})
+	return d
 }
