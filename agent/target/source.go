@@ -205,7 +205,7 @@ func (w *watchSet) scan(buf []byte) (relevant, dirGone bool) {
 		if end > len(buf) {
 			break
 		}
-		name := string(bytes.TrimRight(buf[off+unix.SizeofInotifyEvent:end], "\x00"))
+		name := bytes.TrimRight(buf[off+unix.SizeofInotifyEvent:end], "\x00")
 		switch {
 		case mask&unix.IN_Q_OVERFLOW != 0:
 			relevant = true
@@ -221,7 +221,7 @@ func (w *watchSet) scan(buf []byte) (relevant, dirGone bool) {
 				}
 				delete(w.names, wd)
 			}
-		case w.names[wd][name]:
+		case w.names[wd][string(name)]:
 			relevant = true
 		}
 		off = end
