@@ -122,10 +122,39 @@ emulator_hang() {
 		grep -A10 -E '^goroutine [0-9]+ \[syscall, [0-9]+ minutes\]:' "$1" | grep -q 'syscall\.forkExec'
 }
 
-# reap BIN: kill what is left of a test binary once it ended: the copy that a
-# hung fork leaves behind (it never reached exec, so it is still BIN).
+# emulated BIN...: the pids of processes still running one of the emulated
+# binaries BIN (qemu-user, invoked directly or through binfmt).
+emulated() {
+	local b
+	for b in "$@"; do
+		pgrep -f -x -- "(/usr/libexec/qemu-binfmt/[a-z0-9]+-binfmt-P $b |qemu-[a-z0-9]+-static( -cpu [a-z0-9]+)? )$b( .*)?" || true
+	done
+}
+
+# hung_forks BIN...: once a test binary has ended, describe the copies of BIN
+# left behind by a fork that hung in the emulator: orphaned, every thread
+# waiting on a futex, still running BIN since it never reached exec.
+hung_forks() {
+	local pid t all out=
+	for pid in $(emulated "$@"); do
+		all=1
+		for t in /proc/"$pid"/task/*; do
+			[[ $(cat "$t/wchan" 2>/dev/null) == futex_do_wait ]] || all=
+		done
+		if [[ -n $all && $(awk '/^PPid:/ {print $2}' /proc/"$pid"/status 2>/dev/null) == 1 ]]; then
+			out+="pid $pid, orphaned, every thread in futex_do_wait: $(tr '\0' ' ' </proc/"$pid"/cmdline | cut -c1-160); "
+		fi
+	done
+	printf '%s' "$out"
+}
+
+# reap BIN...: kill what is left of the emulated binaries once a test binary
+# ended (a copy that a hung fork left behind never reached exec).
 reap() {
-	pkill -KILL -f -x -- "(qemu-[a-z0-9]+-static( -cpu [a-z0-9]+)? )?$1 .*" 2>/dev/null || true
+	local pid
+	for pid in $(emulated "$@"); do
+		kill -KILL "$pid" 2>/dev/null || true
+	done
 }
 
 for a in "${arches[@]}"; do goenv "$a" >/dev/null; done
@@ -172,17 +201,24 @@ for a in "${arches[@]}"; do
 		pdir=$("$go" list -f '{{.Dir}}' "$p")
 		rc=0
 		(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1 || rc=$?
-		reap "$bin"
-		if ((rc != 0)) && [[ -n ${run[*]} ]] && emulator_hang "$log"; then
+		hung=
+		if ((rc != 0)) && [[ -n ${run[*]} ]]; then
+			hung=$(hung_forks "$bin" "$dir/latch")
+			if [[ -z $hung ]] && emulator_hang "$log"; then
+				hung="the test binary: a goroutine stuck in syscall.forkExec until the timeout"
+			fi
+		fi
+		reap "$bin" "$dir/latch"
+		if [[ -n $hung ]]; then
 			# qemu-user (7.2) now and then hangs a threaded process's fork for
 			# good: the child never reaches exec. That is the emulator, not
 			# latch; the package runs once more and must then pass in full.
 			mv "$log" "$log.hung"
-			echo "RERUN $a $p: the emulator hung in fork/exec (goroutine stuck in syscall.forkExec until the timeout); running the package again" >&2
+			echo "RERUN $a $p: the emulator hung a fork before exec ($hung); running the package again" >&2
 			reruns=$((reruns + 1))
 			rc=0
 			(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1 || rc=$?
-			reap "$bin"
+			reap "$bin" "$dir/latch"
 		fi
 		skips=$((skips + $(grep -c -- '--- SKIP' "$log" || true)))
 		if [[ -n ${LATCH_CROSS_OUT:-} ]]; then

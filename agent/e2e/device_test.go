@@ -239,6 +239,10 @@ func (d *device) start(env ...string) time.Time {
 	d.stderr = &bytes.Buffer{}
 	d.cmd.Stderr = &lockedWriter{w: d.stderr}
 	d.cmd.Stdout = d.cmd.Stderr
+	// Once the agent has exited, stop copying its output within 5s: a child
+	// that holds the pipe (under qemu-user, a forked copy that hung before
+	// exec) must not hang the test.
+	d.cmd.WaitDelay = 5 * time.Second
 	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "LATCH_FAILPOINT=")
 	d.cmd.Env = append(d.cmd.Env, env...)
 	if err := d.cmd.Start(); err != nil {
