@@ -442,14 +442,27 @@ func (a *Agent) onApplied(ev applyDone) {
 	}
 }
 
+// releases says what a plan does, app by app: "extra removed,
+// kiosk=2026.11.3 (backend removed)".
 func releases(plan []planned) string {
 	var out []string
-	seen := map[string]bool{}
-	for _, pl := range plan {
-		if !seen[pl.Svc.App] {
-			seen[pl.Svc.App] = true
-			out = append(out, pl.Svc.App+"="+orNone(pl.Release))
+	for i := 0; i < len(plan); {
+		app, j := plan[i].Svc.App, i
+		var removed []string
+		for ; j < len(plan) && plan[j].Svc.App == app; j++ {
+			if plan[j].Remove {
+				removed = append(removed, plan[j].Svc.Service)
+			}
 		}
+		switch {
+		case plan[i].Release == "":
+			out = append(out, app+" removed")
+		case len(removed) > 0:
+			out = append(out, fmt.Sprintf("%s=%s (%s removed)", app, plan[i].Release, strings.Join(removed, ", ")))
+		default:
+			out = append(out, app+"="+plan[i].Release)
+		}
+		i = j
 	}
 	return strings.Join(out, ", ")
 }

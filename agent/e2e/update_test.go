@@ -523,6 +523,10 @@ func TestRemovedServicesStop(t *testing.T) {
 	if n := d.count("start kiosk/backend"); n != 1 {
 		t.Errorf("kiosk/backend started %d times, want once (the first release only)", n)
 	}
+	if out, err := exec.Command(latchBin, "journal", "--run-dir", d.runDir).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "extra removed, kiosk=2026.11.3 (backend removed)") {
+		t.Errorf("latch journal after the removal: %v\n%s\nwant the applied event to name what was removed", err, out)
+	}
 	if n := d.count("start extra/worker"); n != 1 {
 		t.Errorf("extra/worker started %d times, want once (the first release only)", n)
 	}
