@@ -15,8 +15,10 @@
 //   - Acquire is all or nothing in a fixed order; on failure it removes only
 //     the entries it created in that attempt, checked by device and inode.
 //   - Remove, RemoveEntry and ReleaseAll delete an entry only while it is
-//     still the one they were given (same device and inode), and RemoveEntry
-//     refuses paths outside the lock directories and device-wide paths.
+//     still the one they were given (same device and inode; and for Remove
+//     the ctime, for RemoveEntry the type, owner, size and ctime, because a
+//     freed inode number is reused at once), and RemoveEntry refuses paths
+//     outside the lock directories and device-wide paths.
 //   - Lock directories are created with mode 1777; a symlinked component or a
 //     non-directory is refused with an error naming the path.
 //
@@ -54,7 +56,7 @@ var (
 	ErrHeld = errors.New("lock is held")
 	// ErrNotOurs means the entry at a path is no longer the one this
 	// process created or was given (different device or inode).
-	ErrNotOurs = errors.New("lock entry is not the one this process created")
+	ErrNotOurs = errors.New("lock entry is not the one this process created or looked at (it was replaced or changed)")
 	// ErrSymlink means a path component that must be a real directory (or
 	// an entry that must not be followed) is a symlink.
 	ErrSymlink = errors.New("path component is a symlink")
