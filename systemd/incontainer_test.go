@@ -95,6 +95,17 @@ func TestInContainerStartStopRestart(t *testing.T) {
 	if err := u.Stop(ctx, unit); err != nil {
 		t.Errorf("second Stop: %v", err)
 	}
+	// A unit systemd does not know is not running: stopping it succeeds,
+	// starting it does not.
+	const gone = "latch-t-no-such-unit.service"
+	if err := u.Stop(ctx, gone); err != nil {
+		t.Errorf("Stop of a unit without a unit file: %v, want nil", err)
+	}
+	if err := u.Start(ctx, gone); err == nil {
+		t.Errorf("Start of a unit without a unit file: nil, want an error")
+	} else {
+		t.Logf("Start of a unit without a unit file: %v", err)
+	}
 }
 
 func TestInContainerJobFailure(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	sdbus "github.com/coreos/go-systemd/v22/dbus"
+	"github.com/godbus/dbus/v5"
 )
 
 // DefaultDropInRoot is where runtime drop-ins go: systemd reads it, and it is emptied at boot.
@@ -160,9 +161,26 @@ func (u *Units) job(ctx context.Context, op string, unit string, mode string, st
 	return nil
 }
 
-// Stop stops unit (mode "replace") and waits for the job to finish.
+// Stop stops unit (mode "replace") and waits for the job to finish. A unit
+// that systemd does not know (its unit file is gone, as when a release that
+// drops a service removes it too) is not running: stopping it succeeds.
 func (u *Units) Stop(ctx context.Context, unit string) error {
-	return u.job(ctx, "stop", unit, "replace", (*sdbus.Conn).StopUnitContext)
+	err := u.job(ctx, "stop", unit, "replace", (*sdbus.Conn).StopUnitContext)
+	if noSuchUnit(err) {
+		return nil
+	}
+	return err
+}
+
+// noSuchUnit reports whether err is systemd's answer for a unit it cannot load.
+func noSuchUnit(err error) bool {
+	const name = "org.freedesktop.systemd1.NoSuchUnit"
+	var e dbus.Error
+	if errors.As(err, &e) {
+		return e.Name == name
+	}
+	var pe *dbus.Error
+	return errors.As(err, &pe) && pe.Name == name
 }
 
 // Start starts unit (mode "replace") and waits for the job to finish.
