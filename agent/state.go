@@ -128,9 +128,7 @@ func makePlan(st *target.State, apps map[string]store.App, running *target.State
 	}
 	if running != nil {
 		for app := range running.Apps {
-			if cur, ok := apps[app]; ok && cur.Current == running.Apps[app].Release {
-				names[app] = true
-			}
+			names[app] = true // planned below only while it runs that release
 		}
 	}
 	for _, app := range sortedKeys(names) {
@@ -156,20 +154,18 @@ func makePlan(st *target.State, apps map[string]store.App, running *target.State
 		}
 		for _, svc := range sortedKeys(svcs) {
 			p := planned{Svc: lock.Service{App: app, Service: svc}, Release: ta.Release}
-			spec, stays := ta.Services[svc]
 			if o, ok := old[svc]; ok {
 				p.Old = &o
 			}
-			if !stays {
-				p.Spec, p.Remove = *p.Old, true
-				plan = append(plan, p)
-				continue
-			}
-			p.Spec = spec
-			for i, f := range files {
-				if f.App == app && f.Service == svc {
-					p.Files = append(p.Files, i)
+			if spec, stays := ta.Services[svc]; stays {
+				p.Spec = spec
+				for i, f := range files {
+					if f.App == app && f.Service == svc {
+						p.Files = append(p.Files, i)
+					}
 				}
+			} else {
+				p.Spec, p.Remove = *p.Old, true
 			}
 			plan = append(plan, p)
 		}

@@ -2,8 +2,8 @@
 # deb.sh ARCH...: build dist/latch_<version>_<debarch>.deb for each ARCH (amd64 arm64 armv7 armv6
 # 386; none = all) from the binaries of build.sh, and print each package's installed size.
 #
-# A binary missing from dist/, or older than a Go source file, is built here. The package installs /usr/bin/latch,
-# /lib/systemd/system/latch.service and /etc/default/latch (a conffile); its maintainer scripts
+# A binary missing from dist/, or older than a Go source file, is built here. The package installs
+# /usr/bin/latch, /lib/systemd/system/latch.service and /etc/default/latch (a conffile); its maintainer scripts
 # enable latch.service (also in a chroot, where systemd is not running) and start it when systemd
 # runs, the way debhelper's generated scripts do.
 #

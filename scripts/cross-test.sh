@@ -22,13 +22,15 @@
 # LATCH_CROSS_OUT=FILE appends every test binary's -test.v output to FILE,
 # each after a line "### cross ARCH PKG" (scripts/test.sh counts the tests).
 #
-# A package whose test binary timed out with a goroutine stuck in
-# syscall.forkExec (qemu-user 7.2 hangs a threaded process's fork now and then)
-# runs once more, said on stderr, and must then pass.
+# qemu-user 7.2 now and then hangs a threaded process's fork for good (the
+# child never reaches exec). A failed package that shows it (an orphaned copy of
+# its emulated binaries with every thread waiting on a futex, or a timeout with
+# a goroutine stuck in syscall.forkExec) runs once more, said on stderr, and
+# must then pass.
 #
 # Prints a table: arch, packages passed / failed / without tests, tests skipped,
-# reruns, time. Exits non-zero if any package fails. Logs stay in the work directory
-# printed at the start when something fails.
+# reruns, time. Exits non-zero if any package fails. Logs stay in the work
+# directory printed at the start when something fails.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -157,6 +159,11 @@ reap() {
 	done
 }
 
+# run_pkg: run the package's test binary $bin from $pdir, output in $log.
+run_pkg() {
+	(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1
+}
+
 for a in "${arches[@]}"; do goenv "$a" >/dev/null; done
 if [[ " ${arches[*]} " == *" arm"* ]]; then
 	binfmt
@@ -200,7 +207,7 @@ for a in "${arches[@]}"; do
 		fi
 		pdir=$("$go" list -f '{{.Dir}}' "$p")
 		rc=0
-		(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1 || rc=$?
+		run_pkg || rc=$?
 		hung=
 		if ((rc != 0)) && [[ -n ${run[*]} ]]; then
 			hung=$(hung_forks "$bin" "$dir/latch")
@@ -217,7 +224,7 @@ for a in "${arches[@]}"; do
 			echo "RERUN $a $p: the emulator hung a fork before exec ($hung); running the package again" >&2
 			reruns=$((reruns + 1))
 			rc=0
-			(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1 || rc=$?
+			run_pkg || rc=$?
 			reap "$bin" "$dir/latch"
 		fi
 		skips=$((skips + $(grep -c -- '--- SKIP' "$log" || true)))

@@ -55,7 +55,7 @@ var (
 	// is a *HeldError describing the entry.
 	ErrHeld = errors.New("lock is held")
 	// ErrNotOurs means the entry at a path is no longer the one this
-	// process created or was given (different device or inode).
+	// process created or was given (another device or inode, or changed).
 	ErrNotOurs = errors.New("lock entry is not the one this process created or looked at (it was replaced or changed)")
 	// ErrSymlink means a path component that must be a real directory (or
 	// an entry that must not be followed) is a symlink.

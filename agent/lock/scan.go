@@ -470,10 +470,10 @@ func (l Layout) serviceOf(path string) (Service, string, bool) {
 // RemoveEntry removes the entry e (a file, a symlink or a directory tree,
 // never following a symlink) if it is still the same device and inode, else
 // it returns ErrNotOurs (an entry from Inspect or a scan must also keep its
-// type, owner, size and ctime, since inode numbers are reused at once).
-// It is for force, override and --break-stale, and
-// refuses (ErrOutside) a path that is neither a held name in a service lock
-// directory nor a device-wide path. An entry already gone is not an error.
+// type, owner, size and ctime, since inode numbers are reused at once). It is
+// for force, override and --break-stale, and refuses (ErrOutside) a path that
+// is neither a held name in a service lock directory nor a device-wide path.
+// An entry already gone is not an error.
 func (l Layout) RemoveEntry(e Entry) error {
 	path := filepath.Clean(e.Path)
 	var dirfd int
@@ -503,7 +503,8 @@ func (l Layout) RemoveEntry(e Entry) error {
 	return removeAt(dirfd, path, name, e.Dev, e.Ino, e.seen)
 }
 
-// removeAt removes name in dirfd if it is still dev/ino; a directory is first
+// removeAt removes name in dirfd if it is still dev/ino and looks as it was
+// seen; a directory is first
 // renamed out of the way (so the lock disappears at once) and then removed
 // without following symlinks.
 func removeAt(dirfd int, path, name string, dev, ino uint64, was seen) error {
