@@ -357,3 +357,9 @@ func (a *Agent) downloadDir() string { return filepath.Join(a.cfg.StateDir, "dow
 
 // staged is where a file with the given digest is downloaded to.
 func (a *Agent) staged(sha string) string { return filepath.Join(a.downloadDir(), sha) }
+
+// VerifiesTargets reports whether the agent accepts only signed target
+// states (--trust-key). Without it, whoever may push a target may make root
+// install any file and run any command, so the API takes pushes only from
+// root.
+func (a *Agent) VerifiesTargets() bool { return a.cfg.TrustKey != nil }
