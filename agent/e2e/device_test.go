@@ -90,6 +90,9 @@ func newDevice(t testing.TB) *device {
 		blobs:    map[string][]byte{},
 		served:   map[string]int64{},
 	}
+	if err := os.MkdirAll(d.oracleDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	d.srv = httptest.NewServer(http.HandlerFunc(d.serve))
 	t.Cleanup(d.srv.Close)
 	t.Cleanup(func() {
@@ -160,8 +163,8 @@ func (d *device) installed(appName, svcName string) string {
 }
 
 // targetDoc renders a target state whose files are served by d.srv. The
-// exec commands log what runs, with the content of the installed file, and
-// flag any step that runs while the service's lock is not the agent's.
+// exec commands log what runs, with the content of the installed file and
+// the oracle's snapshot of every lock entry the step could run under.
 func (d *device) targetDoc(config map[string]any, apps ...app) []byte {
 	doc := map[string]any{}
 	apm := map[string]any{}
@@ -178,17 +181,19 @@ func (d *device) targetDoc(config map[string]any, apps ...app) []byte {
 			d.mu.Unlock()
 			sum := sha256.Sum256([]byte(content + "\n"))
 			file := d.installed(a.name, s.name)
-			check := func(step string) string {
-				return fmt.Sprintf(`grep -q '"role":"agent"' "$BALENA_APP_LOCK_PATH" 2>/dev/null || echo "VIOLATION %s $LATCH_APP/$LATCH_SERVICE" >> %s; `, step, d.log)
+			// "[by R]": the command is release R's. After a tab, the oracle's
+			// snapshot of every lock entry at that moment (see oracle_test.go).
+			step := func(verb, cat string) string {
+				return d.slowSnippet(verb) + fmt.Sprintf(`l="%s $LATCH_APP/$LATCH_SERVICE $(%s) [by %s]"; `, verb, cat, a.release) +
+					d.snapshotSnippet() + fmt.Sprintf(`printf '%%s\t%%s\n' "$l" "$o" >> %s`, d.log)
 			}
 			svcs[s.name] = map[string]any{
 				"files": []any{map[string]any{
 					"source": d.srv.URL + p, "sha256": hex.EncodeToString(sum[:]),
 					"path": file, "mode": "0644",
 				}},
-				// "[by R]": the command is release R's.
-				"stop":   check("stop") + fmt.Sprintf(`echo "stop $LATCH_APP/$LATCH_SERVICE $(cat %s 2>/dev/null) [by %s]" >> %s`, file, a.release, d.log),
-				"start":  check("start") + fmt.Sprintf(`echo "start $LATCH_APP/$LATCH_SERVICE $(cat %s) [by %s]" >> %s`, file, a.release, d.log),
+				"stop":   step("stop", "cat "+file+" 2>/dev/null"),
+				"start":  step("start", "cat "+file),
 				"health": fmt.Sprintf(`! grep -q broken %s`, file),
 			}
 		}
@@ -205,9 +210,11 @@ func (d *device) targetDoc(config map[string]any, apps ...app) []byte {
 	return b
 }
 
-// setTarget writes the target file atomically (the agent re-reads it).
+// setTarget writes the target file atomically (the agent re-reads it). A
+// new target is a new update: a past allowForced does not cover it.
 func (d *device) setTarget(doc []byte) {
 	d.t.Helper()
+	d.endForcedOnce()
 	tmp := d.target + ".tmp"
 	if err := os.WriteFile(tmp, doc, 0o644); err != nil {
 		d.t.Fatal(err)
@@ -235,6 +242,7 @@ func (d *device) start(env ...string) time.Time {
 	args = append(args, latchBin, "agent", "--root", d.root, "--driver", "exec", "--health-wait", "50ms", "--retry-delay", "100ms")
 	args = append(args, source...)
 	args = append(args, d.args...)
+	d.writeOracle("globals", strings.Join(d.globalLocks(env), "\n")+"\n")
 	d.cmd = exec.Command(args[0], args[1:]...)
 	d.stderr = &bytes.Buffer{}
 	d.cmd.Stderr = &lockedWriter{w: d.stderr}
@@ -326,6 +334,7 @@ func (d *device) waitExit() *os.ProcessState {
 // api does one request on the agent's unix socket and decodes the answer.
 func (d *device) api(method, path string, body any, out any) int {
 	d.t.Helper()
+	d.noteRequest(method, path, body)
 	c := d.client()
 	var rd io.Reader
 	if body != nil {
@@ -397,8 +406,20 @@ func (d *device) statusOrNil() any {
 	return d.status()
 }
 
-// commands returns the lines the exec commands logged.
+// commands returns the lines the exec commands logged, without the
+// oracle's snapshots.
 func (d *device) commands() []string {
+	var out []string
+	for _, l := range d.rawCommands() {
+		head, _, _ := strings.Cut(l, "\t")
+		out = append(out, head)
+	}
+	return out
+}
+
+// rawCommands returns the lines the exec commands logged, with the oracle's
+// snapshots.
+func (d *device) rawCommands() []string {
 	f, err := os.Open(d.log)
 	if err != nil {
 		return nil
@@ -422,13 +443,14 @@ func (d *device) count(prefix string) int {
 	return n
 }
 
-// noViolations fails if a step ever ran while the service's lock was not the agent's.
+// noViolations fails if a step ever ran without both of the agent's entries
+// in the service's lock directory, or under any other entry: a user's lock,
+// a device-wide lock, a hold (allowed only in a step declared forced). See
+// oracle_test.go.
 func (d *device) noViolations() {
 	d.t.Helper()
-	for _, l := range d.commands() {
-		if strings.HasPrefix(l, "VIOLATION") {
-			d.t.Errorf("a step ran without the agent holding the service's lock: %s", l)
-		}
+	for _, v := range d.stepViolations(d.steps()) {
+		d.t.Errorf("a step ran outside the agent's locks: %s", v)
 	}
 }
 
