@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,8 @@ const testKey = "s3cret-key"
 type recDriver struct {
 	mu    sync.Mutex
 	calls []string // guarded by mu
+
+	failHealth atomic.Bool // Health fails: the service did not stay up
 }
 
 func (d *recDriver) record(s string) error {
@@ -48,9 +51,14 @@ func (d *recDriver) Stop(ctx context.Context, s agent.Service) error {
 func (d *recDriver) Start(ctx context.Context, s agent.Service) error {
 	return d.record("start " + s.App + "/" + s.Name)
 }
-func (d *recDriver) Health(ctx context.Context, s agent.Service) error { return nil }
-func (d *recDriver) Reboot(ctx context.Context) error                  { return d.record("reboot") }
-func (d *recDriver) Shutdown(ctx context.Context) error                { return d.record("shutdown") }
+func (d *recDriver) Health(ctx context.Context, s agent.Service) error {
+	if d.failHealth.Load() {
+		return errors.New("exited at once (the test's failing health check)")
+	}
+	return nil
+}
+func (d *recDriver) Reboot(ctx context.Context) error   { return d.record("reboot") }
+func (d *recDriver) Shutdown(ctx context.Context) error { return d.record("shutdown") }
 
 // env is a real agent with its journal, lock directories and API server.
 type env struct {
@@ -67,6 +75,10 @@ type envOpts struct {
 	trust ed25519.PublicKey
 	tune  func(*Server)
 	quiet bool // no agent log (benchmarks)
+	// socketGID gives the socket to a group, and opens the run dir (0755)
+	// so that its members, other uids, can reach it.
+	socketGID   int
+	maxAttempts int // agent.Config.MaxAttempts; 0 is the agent's default
 }
 
 // newEnv starts an agent and serves the API on a unix socket and on
@@ -97,11 +109,12 @@ func newEnv(t testing.TB, o envOpts) *env {
 		StateDir: filepath.Join(dir, "state"),
 		Layout:   e.layout,
 		LockUID:  os.Getuid(), LockGID: os.Getgid(),
-		Driver:     e.drv,
-		TrustKey:   o.trust,
-		HealthWait: 0,
-		Tick:       50 * time.Millisecond,
-		Logf:       logf,
+		Driver:      e.drv,
+		TrustKey:    o.trust,
+		HealthWait:  0,
+		MaxAttempts: o.maxAttempts,
+		Tick:        50 * time.Millisecond,
+		Logf:        logf,
 	}, j)
 	if err != nil {
 		t.Fatalf("agent.New: %v", err)
@@ -116,7 +129,13 @@ func newEnv(t testing.TB, o envOpts) *env {
 		cancel()
 		t.Fatalf("agent stopped before ready: %v", err)
 	}
-	srv, err := Listen(Config{Socket: e.socket, Listen: "127.0.0.1:0", APIKey: testKey, Logf: logf})
+	if o.socketGID > 0 {
+		if err := os.Chmod(run, 0o755); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+	}
+	srv, err := Listen(Config{Socket: e.socket, SocketGID: o.socketGID, Listen: "127.0.0.1:0", APIKey: testKey, Logf: logf})
 	if err != nil {
 		cancel()
 		t.Fatalf("Listen: %v", err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 
@@ -42,7 +43,7 @@ type route struct {
 // Handler returns the API's handler for a; tcp selects the TCP rules (the
 // API key).
 func (s *Server) Handler(a *agent.Agent, tcp bool) http.Handler {
-	h := &handlers{a: a}
+	h := &handlers{a: a, logf: s.cfg.Logf}
 	routes := []route{
 		{"/ping", map[string]http.HandlerFunc{"GET": h.ping}},
 		{"/v1/healthy", map[string]http.HandlerFunc{"GET": h.healthy}},
@@ -84,12 +85,18 @@ func (s *Server) Handler(a *agent.Agent, tcp bool) http.Handler {
 		key = sha256.Sum256([]byte(s.cfg.APIKey))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Origin") != "" {
-			writeError(w, http.StatusForbidden, "requests from a web page (with an Origin header) are refused")
+		// Any Origin header, even an empty one, is a browser's (or someone
+		// posing as one): only its presence counts.
+		if _, ok := r.Header["Origin"]; ok {
+			w.Header().Set("Connection", "close")
+			writeError(w, http.StatusForbidden, "requests that carry an Origin header (from a web page) are refused: call the API from a program, without Origin")
 			return
 		}
 		if tcp && !(r.URL.Path == "/ping" && (r.Method == "GET" || r.Method == "HEAD")) {
 			if !keyOK(r, key) {
+				// Closing the connection keeps a client without the key
+				// from holding one of the capped TCP slots.
+				w.Header().Set("Connection", "close")
 				w.Header().Set("WWW-Authenticate", `Bearer realm="latch"`)
 				writeError(w, http.StatusUnauthorized, "missing or wrong API key: send Authorization: Bearer KEY or ?apikey=KEY")
 				return
@@ -123,9 +130,17 @@ func keyOK(r *http.Request, want [32]byte) bool {
 	return subtle.ConstantTimeCompare(sum[:], want[:]) == 1
 }
 
-type handlers struct{ a *agent.Agent }
+type handlers struct {
+	a    *agent.Agent
+	logf func(format string, args ...any)
+}
 
-func (h *handlers) ping(w http.ResponseWriter, r *http.Request) { writeText(w, http.StatusOK, "OK") }
+func (h *handlers) ping(w http.ResponseWriter, r *http.Request) {
+	if peerOf(r).tcp && r.Header.Get("Authorization") == "" && !r.URL.Query().Has("apikey") {
+		w.Header().Set("Connection", "close") // unauthenticated: no keep-alive slot
+	}
+	writeText(w, http.StatusOK, "OK")
+}
 
 func (h *handlers) healthy(w http.ResponseWriter, r *http.Request) {
 	if !h.a.Alive() {
@@ -290,7 +305,39 @@ func (h *handlers) journal(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, evs)
 }
 
+// mayPushTarget says why the peer of r may not push a target state, or "".
+//
+// A target state names the commands that start and stop its services and
+// the files installed for them, and the agent runs and writes them with its
+// own privileges (root on a device). Unless the agent verifies targets
+// against --trust-key, pushing one is therefore root's power: membership of
+// the socket's group (--api-group) is meant for status, holds and updates,
+// not for running commands as root. The agent's own uid may push as well,
+// since it gains nothing by it.
+//
+// Over TCP the API key is the authentication, and its holder is an operator
+// of the device, trusted as root is: a push without a trust key stays
+// allowed there.
+func (h *handlers) mayPushTarget(r *http.Request) string {
+	p := peerOf(r)
+	if p.tcp || h.a.VerifiesTargets() || p.uid == 0 || (p.uid >= 0 && p.uid == os.Geteuid()) {
+		return ""
+	}
+	who := "a peer whose uid is unknown"
+	if p.uid >= 0 {
+		who = fmt.Sprintf("uid %d", p.uid)
+	}
+	return fmt.Sprintf("push target state: refused for %s: the agent does not verify target states, "+
+		"and a target's commands and files run with the agent's privileges, so only root may push one over the API socket; "+
+		"push it as root, or start the agent with --trust-key and push signed target states (X-Latch-Signature)", who)
+}
+
 func (h *handlers) target(w http.ResponseWriter, r *http.Request) {
+	if why := h.mayPushTarget(r); why != "" {
+		h.logf("api: %s (%s)", why, by(r))
+		writeError(w, http.StatusForbidden, why)
+		return
+	}
 	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		writeError(w, bodyError(err), err.Error())

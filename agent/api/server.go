@@ -16,7 +16,19 @@
 //     balena-shaped answers of POST /v1/reboot and /v1/shutdown.
 //   - A refusal because of a lock is 423 and names the blocking lock entries
 //     ("blocked_by").
-//   - Header, read, write and idle timeouts bound what a slow client holds.
+//   - Header, read, write and idle timeouts bound what a slow client holds;
+//     on TCP they are shorter, and an answer to a request without the key
+//     closes its connection, so that an unauthenticated client holds a
+//     connection for seconds at most.
+//   - Connections are capped per listener, in total and per peer (see
+//     MaxTCPConns): a connection over a cap is answered 503 without being
+//     read. A flood on TCP never reaches the unix socket's caps, so the
+//     local API stays reachable and the descriptors the API holds stay
+//     bounded.
+//   - Without a trust key (--trust-key) a target state is accepted over the
+//     unix socket only from root (or the agent's own uid): a target's
+//     commands run with the agent's privileges, and the socket's group
+//     (--api-group) is not meant to be root.
 //
 // Handlers never change the agent's state themselves: they call the agent's
 // request methods, which run on its event loop.
@@ -31,11 +43,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"latch/agent"
 )
@@ -75,7 +84,13 @@ type Server struct {
 
 	// Timeouts of the http.Servers; Listen sets the defaults, tests shorten them.
 	readHeaderTimeout, readTimeout, writeTimeout, idleTimeout time.Duration
+	tcpReadHeaderTimeout, tcpIdleTimeout                      time.Duration
 	shutdownTimeout                                           time.Duration
+
+	// Connection caps of the listeners; Listen sets the Max* constants.
+	tcpMax, tcpPerIP, unixMax, unixPerUID int
+	// The capped listeners, set by Serve; tests read their counts.
+	unixLim, tcpLim *limitListener
 
 	closeOnce sync.Once
 }
@@ -98,7 +113,15 @@ func Listen(cfg Config) (*Server, error) {
 		readTimeout:       30 * time.Second,
 		writeTimeout:      5 * time.Minute, // a restart-service waits for the driver
 		idleTimeout:       2 * time.Minute,
-		shutdownTimeout:   5 * time.Second,
+		// An unauthenticated TCP client gets a few seconds for its headers;
+		// an operator's idle keep-alive connection gives its slot back soon.
+		tcpReadHeaderTimeout: 3 * time.Second,
+		tcpIdleTimeout:       30 * time.Second,
+		shutdownTimeout:      5 * time.Second,
+		tcpMax:               MaxTCPConns,
+		tcpPerIP:             MaxTCPConnsPerIP,
+		unixMax:              MaxUnixConns,
+		unixPerUID:           MaxUnixConnsPerUID,
 	}
 	ul, err := listenUnix(cfg.Socket, cfg.SocketGID)
 	if err != nil {
@@ -201,9 +224,11 @@ func (s *Server) Serve(ctx context.Context, a *agent.Agent) error {
 		l  net.Listener
 	}
 	var srvs []srv
-	srvs = append(srvs, srv{s.httpServer(s.Handler(a, false), unixPeer), s.unix})
+	s.unixLim = newLimitListener(s.unix, "unix socket", s.unixMax, s.unixPerUID, unixPeer, s.cfg.Logf)
+	srvs = append(srvs, srv{s.httpServer(s.Handler(a, false), s.readHeaderTimeout, s.idleTimeout), s.unixLim})
 	if s.tcp != nil {
-		srvs = append(srvs, srv{s.httpServer(s.Handler(a, true), tcpPeer), s.tcp})
+		s.tcpLim = newLimitListener(s.tcp, "TCP listener", s.tcpMax, s.tcpPerIP, tcpPeer, s.cfg.Logf)
+		srvs = append(srvs, srv{s.httpServer(s.Handler(a, true), s.tcpReadHeaderTimeout, s.tcpIdleTimeout), s.tcpLim})
 	}
 	errc := make(chan error, len(srvs))
 	for _, x := range srvs {
@@ -231,50 +256,36 @@ func (s *Server) Serve(ctx context.Context, a *agent.Agent) error {
 	return err
 }
 
-func (s *Server) httpServer(h http.Handler, peer func(net.Conn) string) *http.Server {
+func (s *Server) httpServer(h http.Handler, headerTimeout, idleTimeout time.Duration) *http.Server {
 	return &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: s.readHeaderTimeout,
+		ReadHeaderTimeout: headerTimeout,
 		ReadTimeout:       s.readTimeout,
 		WriteTimeout:      s.writeTimeout,
-		IdleTimeout:       s.idleTimeout,
+		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          log.New(logWriter(s.cfg.Logf), "api: ", 0),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, peerKey, peer(c))
+			p := peer{name: "api", uid: -1}
+			if lc, ok := c.(*limitedConn); ok {
+				p = lc.p
+			}
+			return context.WithValue(ctx, peerKey, p)
 		},
 	}
 }
 
-// unixPeer names the process at the other end of a unix connection from
-// SO_PEERCRED: "api:unix uid=1000 pid=4242".
-func unixPeer(c net.Conn) string {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return "api:unix"
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return "api:unix"
-	}
-	var cred *unix.Ucred
-	var cerr error
-	raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-	if cerr != nil || cred == nil {
-		return "api:unix"
-	}
-	return "api:unix uid=" + strconv.Itoa(int(cred.Uid)) + " pid=" + strconv.Itoa(int(cred.Pid))
-}
-
-func tcpPeer(c net.Conn) string { return "api:tcp " + c.RemoteAddr().String() }
-
-// by says who asked, for the journal.
-func by(r *http.Request) string {
-	if p, ok := r.Context().Value(peerKey).(string); ok {
+// peerOf says who sent r; a request that did not come through Serve's
+// listeners is an unknown peer (uid -1).
+func peerOf(r *http.Request) peer {
+	if p, ok := r.Context().Value(peerKey).(peer); ok {
 		return p
 	}
-	return "api"
+	return peer{name: "api", uid: -1}
 }
+
+// by says who asked, for the journal.
+func by(r *http.Request) string { return peerOf(r).name }
 
 type logWriter func(format string, args ...any)
 
