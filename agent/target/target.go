@@ -3,8 +3,9 @@
 //
 // It guarantees that a *State returned by Parse is complete and valid: every
 // name can be used as a lock directory or an environment variable, every file
-// has an absolute clean install path, a checksum and an http, https or file
-// source, and no two files share an install path. Every error names the field
+// has an absolute clean install path, a checksum, an http, https or file
+// source and a mode of permission bits only (no setuid, setgid or sticky
+// bit), and no two files share an install path. Every error names the field
 // at fault. It also verifies detached ed25519 signatures, and delivers raw
 // documents from a watched file or a polled URL (sources never parse).
 //
@@ -72,30 +73,26 @@ type File struct {
 	Source string `json:"source"`         // http, https or file URL
 	SHA256 string `json:"sha256"`         // 64 lowercase hex digits (normalised by Parse)
 	Path   string `json:"path"`           // absolute, clean, not "/"
-	Mode   string `json:"mode,omitempty"` // octal, like "0755"; default "0644"
+	Mode   string `json:"mode,omitempty"` // octal permission bits, like "0755"; default "0644"
+	// AllowWritableDir lets latch install the file into a directory that a
+	// user other than root can write (or that root does not own), which it
+	// refuses otherwise: such a user can replace the file at any time.
+	AllowWritableDir bool `json:"allow_writable_dir,omitempty"`
 }
 
-// FileMode is the file's mode as an os.FileMode (0644 when Mode is empty).
-// Parse has checked Mode, so a bad value cannot reach here from a State.
+// FileMode is the file's permission bits: 0644 when Mode is empty (absent),
+// 0 for "0000". Parse has checked Mode and refused setuid, setgid and
+// sticky bits, so it holds permission bits only; a value that Parse would
+// refuse gives 0644.
 func (f File) FileMode() os.FileMode {
-	if f.Mode == "" {
+	if f.Mode == "" || !validMode(f.Mode) {
 		return 0o644
 	}
 	m, err := strconv.ParseUint(f.Mode, 8, 32)
-	if err != nil {
+	if err != nil || m&^0o777 != 0 {
 		return 0o644
 	}
-	mode := os.FileMode(m & 0o777)
-	if m&0o4000 != 0 {
-		mode |= os.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		mode |= os.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		mode |= os.ModeSticky
-	}
-	return mode
+	return os.FileMode(m)
 }
 
 // ConfigValue is one configuration value. In JSON it is either a string
@@ -298,7 +295,7 @@ func parseService(path string, raw json.RawMessage, paths map[string]string) (Se
 var sidecarSuffixes = []string{".part", ".latch-prev", ".latch-absent", ".latch-new"}
 
 func parseFile(path string, raw json.RawMessage) (File, error) {
-	m, err := object(path, raw, "source", "sha256", "path", "mode")
+	m, err := object(path, raw, "source", "sha256", "path", "mode", "allow_writable_dir")
 	if err != nil {
 		return File{}, err
 	}
@@ -329,8 +326,19 @@ func parseFile(path string, raw json.RawMessage) (File, error) {
 		if !validMode(f.Mode) {
 			return File{}, fieldErr(path+".mode", "want an octal mode like \"0755\", got %q", clip(f.Mode))
 		}
+		if len(f.Mode) == 4 && f.Mode[0] != '0' {
+			return File{}, fieldErr(path+".mode", "mode %s of %s: setuid, setgid and sticky bits are not installed by latch; give the permission bits only, like \"0%s\"", f.Mode, clip(f.Path), f.Mode[1:])
+		}
 	} else {
 		f.Mode = "0644"
+	}
+	if raw, ok := m["allow_writable_dir"]; ok && !isNull(raw) {
+		if kind(raw) != "a boolean" {
+			return File{}, fieldErr(path+".allow_writable_dir", "want true or false, got %s", kind(raw))
+		}
+		if err := json.Unmarshal(raw, &f.AllowWritableDir); err != nil {
+			return File{}, fieldErr(path+".allow_writable_dir", "want true or false: %v", err)
+		}
 	}
 	return f, nil
 }
@@ -649,7 +657,8 @@ func isHex64(s string) bool {
 	return true
 }
 
-// validMode accepts 3 or 4 octal digits, like "755" or "0755" or "4755".
+// validMode accepts 3 or 4 octal digits, like "755" or "0755" or "4755"
+// (parseFile then refuses the special bits of "4755").
 func validMode(s string) bool {
 	if len(s) < 3 || len(s) > 4 {
 		return false

@@ -138,6 +138,15 @@ func TestParseInvalid(t *testing.T) {
 		{"path empty", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":""}`), "files[0].path: must not be empty"},
 		{"mode bad", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/x","mode":"0999"}`), `files[0].mode: want an octal mode like "0755", got "0999"`},
 		{"mode number", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/x","mode":755}`), "files[0].mode: want a string, got a number"},
+		{"mode setuid", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/opt/x","mode":"4755"}`), `files[0].mode: mode 4755 of /opt/x: setuid, setgid and sticky bits are not installed by latch; give the permission bits only, like "0755"`},
+		{"mode setgid", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/opt/x","mode":"2750"}`), `files[0].mode: mode 2750 of /opt/x: setuid, setgid and sticky bits are not installed by latch`},
+		{"mode sticky", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/opt/x","mode":"1777"}`), `files[0].mode: mode 1777 of /opt/x: setuid, setgid and sticky bits`},
+		{"mode all special", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/opt/x","mode":"7000"}`), `files[0].mode: mode 7000 of /opt/x: setuid, setgid and sticky bits`},
+		{"allow_writable_dir string", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/x","allow_writable_dir":"true"}`), "files[0].allow_writable_dir: want true or false, got a string"},
+		{"allow_writable_dir number", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/x","allow_writable_dir":1}`), "files[0].allow_writable_dir: want true or false, got a number"},
+		{"allow_writable_dir object", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/x","allow_writable_dir":{}}`), "files[0].allow_writable_dir: want true or false, got an object"},
+		{"allow_writable_dir misspelt", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/x","allow_writable_dirs":true}`), "files[0].allow_writable_dirs: unknown field"},
+		{"allow_writable_dir twice", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/x","allow_writable_dir":false,"allow_writable_dir":true}`), "files[0].allow_writable_dir: duplicate key"},
 		{"duplicate path same service", fileDoc(okFile + "," + okFile), `apps.a.services.s.files[1].path: "/x" is also the path of apps.a.services.s.files[0]`},
 		{"duplicate path across apps", `{"apps":{"a":{"release":"1","services":{"s":{"files":[` + okFile + `]}}},"b":{"release":"1","services":{"t":{"files":[` + okFile + `]}}}}}`, `apps.b.services.t.files[0].path: "/x" is also the path of apps.a.services.s.files[0]`},
 		{"duplicate key in file", fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/x","path":"/y"}`), "files[0].path: duplicate key"},
@@ -207,12 +216,62 @@ func TestFileMode(t *testing.T) {
 		want os.FileMode
 	}{
 		{"", 0o644}, {"0644", 0o644}, {"755", 0o755}, {"0400", 0o400},
-		{"4755", 0o755 | os.ModeSetuid}, {"2750", 0o750 | os.ModeSetgid}, {"1777", 0o777 | os.ModeSticky},
+		{"0000", 0}, {"000", 0}, {"0001", 0o001},
+		// Values Parse refuses never come out with special bits.
+		{"4755", 0o644}, {"1777", 0o644}, {"0999", 0o644}, {"x", 0o644},
 	}
 	for _, tt := range tests {
 		if got := (File{Mode: tt.mode}).FileMode(); got != tt.want {
 			t.Errorf("File{Mode: %q}.FileMode(): got %v, want %v", tt.mode, got, tt.want)
 		}
+	}
+}
+
+// TestParseFileFields: what Parse makes of a file's mode and of
+// allow_writable_dir, and that both survive the journal's JSON round trip.
+func TestParseFileFields(t *testing.T) {
+	file := func(extra string) string {
+		return fileDoc(`{"source":"http://h/x","sha256":"` + hexA + `","path":"/opt/x"` + extra + `}`)
+	}
+	tests := []struct {
+		name     string
+		doc      string
+		mode     string
+		fileMode os.FileMode
+		allow    bool
+	}{
+		{"absent mode", file(``), "0644", 0o644, false},
+		{"null mode", file(`,"mode":null`), "0644", 0o644, false},
+		{"mode 0000", file(`,"mode":"0000"`), "0000", 0, false},
+		{"mode 000", file(`,"mode":"000"`), "000", 0, false},
+		{"mode 0755", file(`,"mode":"0755"`), "0755", 0o755, false},
+		{"allow true", file(`,"allow_writable_dir":true`), "0644", 0o644, true},
+		{"allow false", file(`,"allow_writable_dir":false`), "0644", 0o644, false},
+		{"allow null", file(`,"allow_writable_dir":null`), "0644", 0o644, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, err := Parse([]byte(tt.doc))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			f := st.Apps["a"].Services["s"].Files[0]
+			if f.Mode != tt.mode || f.FileMode() != tt.fileMode || f.AllowWritableDir != tt.allow {
+				t.Errorf("got Mode %q, FileMode %v, AllowWritableDir %v; want %q, %v, %v",
+					f.Mode, f.FileMode(), f.AllowWritableDir, tt.mode, tt.fileMode, tt.allow)
+			}
+			b, err := json.Marshal(st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, err := Parse(b)
+			if err != nil {
+				t.Fatalf("Parse(Marshal(state)): %v\n%s", err, b)
+			}
+			if diff := cmp.Diff(st, again); diff != "" {
+				t.Errorf("round trip mismatch (-first +second):\n%s", diff)
+			}
+		})
 	}
 }
 
