@@ -1,0 +1,817 @@
+package e2e
+
+// Attacks on the agent's promise that a held lock, a hold and an accepted
+// target are respected: each test does what a careless operator, a cleanup
+// script, a crash or a second agent does, with the real binary, the exec
+// driver, real lock tools and other users, and checks the device afterwards.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var kiosk3 = app{name: "kiosk", release: "2026.11.3", services: []svc{{name: "ui"}, {name: "backend"}}}
+
+// --- helpers ---------------------------------------------------------------
+
+// openRoot makes the device's root traversable by other users (t.TempDir is
+// 0700), so lock takers can run as uid 1000 or 65534.
+func openRoot(t *testing.T, d *device) {
+	t.Helper()
+	for p := d.root; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// globalLocks returns the device-wide lock paths of the device (under
+// --root), with their directories created 1777 as a booted board has them.
+func globalLocks(t *testing.T, d *device) []string {
+	t.Helper()
+	paths := []string{filepath.Join(d.root, "tmp/balena/updates.lock"), filepath.Join(d.root, "tmp/resin/resin-updates.lock")}
+	for _, p := range paths {
+		dir := filepath.Dir(p)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, 0o777|os.ModeSticky); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return paths
+}
+
+// ensureLockDir creates a service's lock directory (1777) as the agent would,
+// so that a user can lock before the agent runs (after a reboot).
+func ensureLockDir(t *testing.T, dir string) {
+	t.Helper()
+	for p := dir; ; p = filepath.Dir(p) {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o777|os.ModeSticky); err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Base(p) == "services" {
+			break
+		}
+		if len(p) < 2 {
+			t.Fatalf("%s is not under a services directory", dir)
+		}
+	}
+}
+
+// asUser runs a command as uid 1000 when the test runs as root, else as the
+// test's own user.
+func asUser(name string, args ...string) *exec.Cmd {
+	if os.Geteuid() == 0 {
+		return exec.Command("setpriv", append([]string{"--reuid=1000", "--regid=1000", "--clear-groups", name}, args...)...)
+	}
+	return exec.Command(name, args...)
+}
+
+// userLock takes path with lockfile(1) as another user; it fails the test if
+// the lock cannot be taken.
+func userLock(t *testing.T, d *device, path string) {
+	t.Helper()
+	lf := lockfileTool(t)
+	openRoot(t, d)
+	if out, err := asUser(lf, "-r0", path).CombinedOutput(); err != nil {
+		t.Fatalf("lockfile %s as another user: %v %s", path, err, out)
+	}
+}
+
+// within polls cond for at most limit and reports whether it held. The limit
+// bounds how long a broken agent is waited for; it is never a measured time.
+func within(limit time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(limit)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// gate is a point in a shell command that waits until the test opens it: it
+// marks that it was reached and records its shell's pid first.
+type gate struct {
+	t   *testing.T
+	dir string
+}
+
+func newGate(t *testing.T, d *device, name string) *gate {
+	g := &gate{t: t, dir: filepath.Join(d.root, "gates", name)}
+	if err := os.MkdirAll(g.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		g.open()
+		if pid := g.pid(); pid > 0 && alive(pid) {
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	})
+	return g
+}
+
+// shell returns the snippet. once: only the first command to reach the gate
+// waits at it. dieWithAgent: the waiting shell exits 1 once its parent (the
+// agent) is gone, without running the rest of its command. armed: the gate
+// is passed through unless the file "armed" exists in the gate's folder.
+func (g *gate) shell(once, dieWithAgent, armed bool) string {
+	cond := "true"
+	if armed {
+		cond = fmt.Sprintf("[ -e %s/armed ]", g.dir)
+	}
+	if once {
+		cond += fmt.Sprintf(" && mkdir %s/claimed 2>/dev/null", g.dir)
+	}
+	die := ""
+	if dieWithAgent {
+		die = "kill -0 $PPID 2>/dev/null || exit 1; "
+	}
+	return fmt.Sprintf(`if %s; then echo $$ > %s/pid; touch %s/entered; while [ ! -e %s/open ]; do %ssleep 0.05; done; fi; `,
+		cond, g.dir, g.dir, g.dir, die)
+}
+
+func (g *gate) arm() {
+	if err := os.WriteFile(filepath.Join(g.dir, "armed"), nil, 0o644); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+func (g *gate) disarm() { os.Remove(filepath.Join(g.dir, "armed")) }
+
+func (g *gate) open() { os.WriteFile(filepath.Join(g.dir, "open"), nil, 0o644) }
+
+func (g *gate) entered() bool {
+	_, err := os.Stat(filepath.Join(g.dir, "entered"))
+	return err == nil
+}
+
+func (g *gate) pid() int {
+	b, err := os.ReadFile(filepath.Join(g.dir, "pid"))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// alive reports whether pid is a live process (a zombie counts as dead).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
+
+// patch prepends prefix to the shell command key ("stop", "start",
+// "health") of service appName/svcName in a target document.
+func patch(t *testing.T, doc []byte, appName, svcName, key, prefix string) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(doc, &m); err != nil {
+		t.Fatal(err)
+	}
+	s := m["apps"].(map[string]any)[appName].(map[string]any)["services"].(map[string]any)[svcName].(map[string]any)
+	s[key] = prefix + s[key].(string)
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// kill ends the agent with SIGKILL, a crash.
+func (d *device) kill() {
+	d.t.Helper()
+	d.cmd.Process.Kill()
+	d.waitExit()
+}
+
+// crashAt starts the agent with a failpoint, gives it the target doc, and
+// waits for it to die there.
+func crashAt(t *testing.T, d *device, step string, doc []byte) {
+	t.Helper()
+	d.start("LATCH_FAILPOINT=" + step)
+	d.setTarget(doc)
+	st := d.waitExit()
+	if ws, ok := st.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("agent did not die at failpoint %s: %v\n%s", step, st, d.output())
+	}
+}
+
+// clearServiceLocks is a reboot for the per-service lock directories.
+func clearServiceLocks(d *device) { os.RemoveAll(filepath.Join(d.lockDir, "services")) }
+
+func (d *device) lastFor(appName, svcName string) string {
+	var last string
+	for _, l := range d.commands() {
+		f := strings.Fields(l)
+		if len(f) >= 2 && (f[0] == "stop" || f[0] == "start") && f[1] == appName+"/"+svcName {
+			last = l
+		}
+	}
+	return last
+}
+
+// request does one API call without failing the test, for goroutines.
+func (d *device) request(method, path string, body any) (int, string, error) {
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest(method, "http://latch"+path, bytes.NewReader(b))
+	c := d.client()
+	c.Timeout = 60 * time.Second
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	rb, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(rb), nil
+}
+
+func blockedPaths(s deviceStatus) []string {
+	var out []string
+	for _, b := range s.BlockedBy {
+		out = append(out, b.Path)
+	}
+	return out
+}
+
+func blockedOn(s deviceStatus, path string) bool {
+	for _, b := range s.BlockedBy {
+		if b.Path == path {
+			return true
+		}
+	}
+	return false
+}
+
+// finishedOn reports whether every kiosk service runs rel: its installed
+// file is rel's and its last command was the start of rel's file.
+func finishedOn(t *testing.T, d *device, rel string) bool {
+	for _, s := range []string{"ui", "backend"} {
+		b, _ := os.ReadFile(d.installed("kiosk", s))
+		if strings.TrimSpace(string(b)) != "kiosk/"+s+" "+rel {
+			return false
+		}
+		if !strings.HasPrefix(d.lastFor("kiosk", s), "start kiosk/"+s+" kiosk/"+s+" "+rel) {
+			return false
+		}
+	}
+	return true
+}
+
+// --- 1 ---------------------------------------------------------------------
+
+// An apply interrupted right after its locks were taken, resumed while a
+// device-wide lock appeared during the outage (with the lock directories
+// kept, and cleared as by a reboot), waits for the device-wide lock: status
+// says so, no service is stopped until it goes, then the apply finishes.
+func TestAttack1ResumeHonoursDeviceWideLock(t *testing.T) {
+	for _, reboot := range []bool{false, true} {
+		name := "crash"
+		if reboot {
+			name = "reboot"
+		}
+		t.Run(name, func(t *testing.T) {
+			d := newDevice(t)
+			global := globalLocks(t, d)[0]
+			firstRelease(t, d)
+			d.stop()
+			crashAt(t, d, "locks-taken", d.targetDoc(nil, kiosk2))
+			if reboot {
+				clearServiceLocks(d)
+			}
+			userLock(t, d, global)
+			stops := d.count("stop ")
+			d.start()
+			blocked := within(10*time.Second, func() bool {
+				s := d.status()
+				return blockedOn(s, global) || d.count("stop ") > stops
+			})
+			s := d.status()
+			if got := d.count("stop "); got != stops {
+				t.Fatalf("the resumed apply ran %d stop commands while %s was held; status %+v\ncommands:\n%s", got-stops, global, s, strings.Join(d.commands(), "\n"))
+			}
+			if !blocked || s.Status != "waiting" {
+				t.Fatalf("resume under %s: status %q blocked_by %v, want waiting on it", global, s.Status, blockedPaths(s))
+			}
+			if err := os.Remove(global); err != nil {
+				t.Fatal(err)
+			}
+			d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+			for _, sv := range []string{"ui", "backend"} {
+				if n := d.count("start kiosk/" + sv + " kiosk/" + sv + " 2026.11.2"); n != 1 {
+					t.Errorf("kiosk/%s started on 2026.11.2 %d times, want once", sv, n)
+				}
+			}
+			d.noViolations()
+			d.stop()
+		})
+	}
+}
+
+// --- 2 ---------------------------------------------------------------------
+
+// While an apply runs, the device-wide lock names are the agent's: lockfile(1)
+// and `latch lock --path` cannot take them (EEXIST, exit 73), and no step of
+// the apply runs under a user's device-wide entry.
+func TestAttack2DeviceWideLockDuringApply(t *testing.T) {
+	d := newDevice(t)
+	globals := globalLocks(t, d)
+	openRoot(t, d)
+	firstRelease(t, d)
+	g := newGate(t, d, "start-backend")
+	doc := patch(t, d.targetDoc(nil, kiosk2), "kiosk", "backend", "start", g.shell(false, true, false))
+	// Every later step also says whether a device-wide entry that is not the
+	// agent's exists while it runs.
+	for _, s := range []string{"ui", "backend"} {
+		for _, k := range []string{"stop", "start"} {
+			check := ""
+			for _, p := range globals {
+				check += fmt.Sprintf(`if [ -e %s ] && ! grep -q '"role":"agent"' %s 2>/dev/null; then echo "GLOBALVIOLATION %s $LATCH_APP/$LATCH_SERVICE %s" >> %s; fi; `, p, p, k, p, d.log)
+			}
+			doc = patch(t, doc, "kiosk", s, k, check)
+		}
+	}
+	d.setTarget(doc)
+	d.waitFor("kiosk/backend's start reached mid-apply", g.entered)
+
+	lf := lockfileTool(t)
+	for _, p := range globals {
+		if rec := agentRecord(t, p); rec == nil {
+			t.Errorf("during the apply, %s is not the agent's entry", p)
+		}
+		out, err := asUser(lf, "-r0", p).CombinedOutput()
+		if err == nil {
+			t.Errorf("lockfile -r0 %s succeeded in the middle of an apply (%s)", p, out)
+			os.Remove(p)
+		}
+		cmd := asUser(latchBin, "lock", "--root", d.root, "--path", p, "--detach")
+		out, err = cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 73 {
+			t.Errorf("latch lock --path %s --detach in the middle of an apply: %v %s, want exit 73", p, err, out)
+			os.Remove(p)
+		}
+	}
+	// A user entry that got in stays for the rest of the apply: the steps
+	// below report it.
+	if t.Failed() {
+		userLock(t, d, globals[0])
+	}
+	g.open()
+	d.waitFor("the apply ends", func() bool {
+		s := d.status()
+		return !s.UpdatePending || s.Status == "waiting"
+	})
+	os.Remove(globals[0])
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	for _, l := range d.commands() {
+		if strings.HasPrefix(l, "GLOBALVIOLATION") {
+			t.Errorf("a step ran under a user's device-wide lock: %s", l)
+		}
+	}
+	for _, p := range globals {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s is still there after the apply (err %v)", p, err)
+		}
+	}
+	d.noViolations()
+	d.stop()
+}
+
+// --- 3 ---------------------------------------------------------------------
+
+// A hold asked for while an apply runs waits for the apply or is refused with
+// 423 naming the service; once it was granted, the apply never stops or
+// replaces the held service.
+func TestAttack3HoldDuringApply(t *testing.T) {
+	d := newDevice(t)
+	firstRelease(t, d)
+	g := newGate(t, d, "start-backend")
+	uiStops := d.count("stop kiosk/ui")
+	d.setTarget(patch(t, d.targetDoc(nil, kiosk2), "kiosk", "backend", "start", g.shell(false, true, false)))
+	d.waitFor("kiosk/backend's start reached mid-apply (ui not yet touched)", g.entered)
+	if n := d.count("stop kiosk/ui") - uiStops; n != 0 {
+		t.Fatalf("kiosk/ui already stopped %d times by the apply before the hold", n)
+	}
+
+	type answer struct {
+		code  int
+		body  string
+		err   error
+		lines int // commands logged when the answer arrived
+	}
+	done := make(chan answer, 1)
+	go func() {
+		code, body, err := d.request("POST", "/v2/locks", map[string]any{"app": "kiosk", "service": "ui", "reason": "flashing"})
+		done <- answer{code, body, err, len(d.commands())}
+	}()
+	var ans answer
+	got := false
+	select {
+	case ans = <-done: // answered while the apply is still stuck at the gate
+		got = true
+	case <-time.After(2 * time.Second): // the hold waits for the apply: let it go on
+	}
+	g.open()
+	if !got {
+		ans = <-done
+	}
+	if ans.err != nil {
+		t.Fatalf("POST /v2/locks: %v", ans.err)
+	}
+	switch ans.code {
+	case 201:
+		after := d.commands()
+		d.waitFor("the apply ends", func() bool {
+			s := d.status()
+			after = d.commands()
+			return !s.UpdatePending || s.Status == "waiting"
+		})
+		for _, l := range after[min(ans.lines, len(after)):] {
+			if strings.HasPrefix(l, "stop kiosk/ui") || strings.HasPrefix(l, "start kiosk/ui") {
+				t.Errorf("after the hold on kiosk/ui was granted, the apply ran: %s", l)
+			}
+		}
+	case 423:
+		if !strings.Contains(ans.body, "kiosk/ui") && !strings.Contains(ans.body, d.serviceDir("kiosk", "ui")) {
+			t.Errorf("423 for a hold during the apply does not name kiosk/ui: %s", ans.body)
+		}
+	default:
+		t.Fatalf("POST /v2/locks during the apply: %d %s, want 201 (after the apply) or 423", ans.code, ans.body)
+	}
+	d.api("DELETE", "/v2/locks/kiosk/ui", nil, nil)
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.noViolations()
+	d.stop()
+}
+
+// --- 4 ---------------------------------------------------------------------
+
+// A hold whose entry a cleanup script deleted still holds: the journal says
+// so, the agent puts the entry back, and an update waits for the release.
+// The entry goes before the update arrives, or while the update waits on it.
+func TestAttack4DeletedHoldEntryStillHolds(t *testing.T) {
+	for _, how := range []string{"rm", "rmrf", "rm-wait", "rmrf-wait"} {
+		t.Run(how, func(t *testing.T) {
+			d := newDevice(t)
+			firstRelease(t, d)
+			if code := d.api("POST", "/v2/locks", map[string]any{"app": "kiosk", "service": "ui", "reason": "flashing"}, nil); code != 201 {
+				t.Fatalf("POST /v2/locks: %d", code)
+			}
+			entry := filepath.Join(d.serviceDir("kiosk", "ui"), "latch-hold.lock")
+			stops := d.count("stop ")
+			waiting := strings.HasSuffix(how, "-wait") // else: before the update
+			if waiting {
+				d.setTarget(d.targetDoc(nil, kiosk2))
+				d.waitFor("update blocked by the hold", func() bool { return blockedOn(d.status(), entry) })
+			}
+			if strings.HasPrefix(how, "rm-") || how == "rm" { // the entry alone; rmrf: rm -rf the lock dir
+				if err := os.Remove(entry); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := os.RemoveAll(d.lockDir); err != nil {
+				t.Fatal(err)
+			}
+			if !waiting {
+				d.setTarget(d.targetDoc(nil, kiosk2))
+			} else {
+				// Let the agent see the removal before the status is read.
+				within(2*time.Second, func() bool { return d.count("stop ") > stops })
+			}
+			blocked := within(10*time.Second, func() bool {
+				s := d.status()
+				return blockedOn(s, entry) || d.count("stop ") > stops || d.releaseOf("kiosk") == "2026.11.2"
+			})
+			s := d.status()
+			if got := d.count("stop "); got != stops {
+				t.Fatalf("with its entry deleted, the hold on kiosk/ui did not hold: %d stops ran, release %q", got-stops, s.Release)
+			}
+			if !blocked {
+				t.Fatalf("update under the hold: status %q blocked_by %v, want blocked by %s", s.Status, blockedPaths(s), entry)
+			}
+			b, err := os.ReadFile(entry)
+			if err != nil {
+				t.Fatalf("the hold's entry was not put back: %v", err)
+			}
+			var r record
+			if json.Unmarshal(b, &r) != nil || r.Role != "hold" {
+				t.Errorf("the put-back entry's record is %q, want role hold", b)
+			}
+			if code := d.api("DELETE", "/v2/locks/kiosk/ui", nil, nil); code != 200 {
+				t.Fatalf("DELETE hold: %d", code)
+			}
+			d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" })
+			d.noViolations()
+			d.stop()
+		})
+	}
+}
+
+// --- 5 ---------------------------------------------------------------------
+
+// A resume that waits for a lock taken while the agent was down says
+// "waiting" and names the lock; a force removes it and the apply finishes.
+func TestAttack5ResumeWaitIsReportedAndForceable(t *testing.T) {
+	d := newDevice(t)
+	firstRelease(t, d)
+	d.stop()
+	crashAt(t, d, "locks-taken", d.targetDoc(nil, kiosk2))
+	clearServiceLocks(d)
+	userPath := filepath.Join(d.serviceDir("kiosk", "ui"), "updates.lock")
+	ensureLockDir(t, filepath.Dir(userPath))
+	userLock(t, d, userPath)
+	d.start()
+	within(10*time.Second, func() bool { return blockedOn(d.status(), userPath) })
+	s := d.status()
+	if s.Status != "waiting" || !blockedOn(s, userPath) {
+		t.Errorf("resume waiting for %s: status %q blocked_by %v, want waiting on it", userPath, s.Status, blockedPaths(s))
+	}
+	code := d.api("POST", "/v1/update", map[string]bool{"force": true}, nil)
+	if code != 204 {
+		t.Errorf("POST /v1/update force during the resume's wait: %d, want 204", code)
+	}
+	if !within(15*time.Second, func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending }) {
+		t.Fatalf("the force did nothing: status %+v, user lock present: %v\ncommands:\n%s", d.status(), exists(userPath), strings.Join(d.commands(), "\n"))
+	}
+	if exists(userPath) {
+		t.Errorf("the forced resume left %s in place", userPath)
+	}
+	d.noViolations()
+	d.stop()
+}
+
+func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
+
+// Restarted with another --lock-uid after a crash, the agent still resumes
+// the interrupted apply, or says plainly why it cannot.
+func TestAttack5OtherLockUIDAfterCrash(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the agent's entries owned by --lock-uid 65534, then another --lock-uid, were not tested")
+	}
+	d := newDevice(t)
+	firstRelease(t, d)
+	d.stop()
+	crashAt(t, d, "locks-taken", d.targetDoc(nil, kiosk2))
+	d.args = []string{"--lock-uid", "1000"}
+	d.start()
+	ok := within(15*time.Second, func() bool {
+		s := d.status()
+		if d.releaseOf("kiosk") == "2026.11.2" && !s.UpdatePending {
+			return true
+		}
+		return strings.Contains(s.Reason, "uid")
+	})
+	if !ok {
+		s := d.status()
+		t.Fatalf("restarted with --lock-uid 1000 after a crash, the agent neither resumed nor said why: status %q reason %q blocked_by %v\nagent output:\n%s", s.Status, s.Reason, blockedPaths(s), d.output())
+	}
+	d.noViolations()
+	d.stop()
+}
+
+// --- 6 ---------------------------------------------------------------------
+
+// While a resume waits for a lock, a cancel (or a target that asks for the
+// running release again) rolls the half-done apply back: every touched
+// service ends on the old release's file, started.
+func TestAttack6CancelDuringResumeWaitRollsBack(t *testing.T) {
+	for _, how := range []string{"cancel", "revert-target"} {
+		t.Run(how, func(t *testing.T) {
+			d := newDevice(t)
+			firstRelease(t, d)
+			d.stop()
+			// backend comes first: it is stopped and holds the new file.
+			crashAt(t, d, "installed:kiosk/backend", d.targetDoc(nil, kiosk2))
+			if got := readFile(t, d.installed("kiosk", "backend")); got != "kiosk/backend 2026.11.2" {
+				t.Fatalf("at the crash backend = %q, want the new release's file", got)
+			}
+			clearServiceLocks(d)
+			userPath := filepath.Join(d.serviceDir("kiosk", "ui"), "updates.lock")
+			ensureLockDir(t, filepath.Dir(userPath))
+			userLock(t, d, userPath)
+			d.start()
+			within(10*time.Second, func() bool { return len(d.status().BlockedBy) > 0 })
+			if how == "cancel" {
+				code, body, err := d.request("POST", "/v1/update", map[string]bool{"cancel": true})
+				if err != nil || (code != 200 && code != 202 && code != 204) {
+					t.Errorf("cancel during the resume's wait: %d %s %v, want it accepted (and rolled back)", code, body, err)
+				}
+			} else {
+				d.setTarget(d.targetDoc(nil, kiosk1))
+			}
+			if !within(15*time.Second, func() bool { return finishedOn(t, d, "2026.11.1") }) {
+				s := d.status()
+				t.Fatalf("after the %s: backend = %q, last backend command %q; status %q release %q pending %v; want backend back on 2026.11.1 and started\ncommands:\n%s",
+					how, readFile(t, d.installed("kiosk", "backend")), d.lastFor("kiosk", "backend"), s.Status, s.Release, s.UpdatePending, strings.Join(d.commands(), "\n"))
+			}
+			d.waitFor("idle on 2026.11.1", func() bool { s := d.status(); return !s.UpdatePending && d.releaseOf("kiosk") == "2026.11.1" })
+			if n := d.count("stop kiosk/ui"); n != 0 {
+				t.Errorf("kiosk/ui, locked by its user, was stopped %d times", n)
+			}
+			if !exists(userPath) {
+				t.Errorf("the user's lock %s was removed", userPath)
+			}
+			d.noViolations()
+			d.stop()
+		})
+	}
+}
+
+// --- 7 ---------------------------------------------------------------------
+
+// Restarted with another --lock-dir after a crash, the resume takes the locks
+// of the new layout: a user lock there is waited for.
+func TestAttack7ResumeUsesNewLockDir(t *testing.T) {
+	d := newDevice(t)
+	firstRelease(t, d)
+	d.stop()
+	crashAt(t, d, "locks-taken", d.targetDoc(nil, kiosk2))
+	d.lockDir = filepath.Join(d.root, "tmp/latch2")
+	d.args = []string{"--lock-dir", d.lockDir}
+	userPath := filepath.Join(d.serviceDir("kiosk", "ui"), "updates.lock")
+	ensureLockDir(t, filepath.Dir(userPath))
+	userLock(t, d, userPath)
+	stops := d.count("stop ")
+	d.start()
+	within(10*time.Second, func() bool {
+		return blockedOn(d.status(), userPath) || d.count("stop ") > stops
+	})
+	s := d.status()
+	if got := d.count("stop "); got != stops {
+		t.Fatalf("resumed under --lock-dir %s with %s held, the agent ran %d stops (status %q blocked_by %v)\ncommands:\n%s", d.lockDir, userPath, got-stops, s.Status, blockedPaths(s), strings.Join(d.commands(), "\n"))
+	}
+	if !blockedOn(s, userPath) {
+		t.Errorf("status %q blocked_by %v, want blocked by %s", s.Status, blockedPaths(s), userPath)
+	}
+	os.Remove(userPath)
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.noViolations()
+	d.stop()
+}
+
+// --- 8 ---------------------------------------------------------------------
+
+// A target pushed through the API while an apply runs is answered 202 and
+// survives SIGTERM and a crash: after the restart the agent applies it.
+func TestAttack8PushedTargetSurvivesRestart(t *testing.T) {
+	for _, how := range []string{"sigterm", "sigkill"} {
+		t.Run(how, func(t *testing.T) {
+			d := newDevice(t)
+			d.start() // no target file: every target comes through the API
+			if code := d.push(d.targetDoc(nil, kiosk1), nil); code != 202 {
+				t.Fatalf("push kiosk1: %d", code)
+			}
+			d.waitFor("kiosk 2026.11.1 running", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+			g := newGate(t, d, "start-backend")
+			if code := d.push(patch(t, d.targetDoc(nil, kiosk2), "kiosk", "backend", "start", g.shell(false, true, false)), nil); code != 202 {
+				t.Fatalf("push kiosk2: %d", code)
+			}
+			d.waitFor("kiosk/backend's start reached mid-apply", g.entered)
+			if code := d.push(d.targetDoc(nil, kiosk3), nil); code != 202 {
+				t.Fatalf("push kiosk3 during the apply: %d, want 202", code)
+			}
+			if how == "sigterm" {
+				d.cmd.Process.Signal(syscall.SIGTERM)
+				g.open() // the step in flight finishes, then the agent stops
+				d.waitExit()
+			} else {
+				d.kill()
+				g.open()
+			}
+			d.start()
+			if !within(20*time.Second, func() bool { return d.releaseOf("kiosk") == "2026.11.3" && finishedOn(t, d, "2026.11.3") }) {
+				s := d.status()
+				t.Fatalf("after %s, the target answered 202 during the apply was lost: release %q status %q pending %v\ncommands:\n%s", how, s.Release, s.Status, s.UpdatePending, strings.Join(d.commands(), "\n"))
+			}
+			d.noViolations()
+			d.stop()
+		})
+	}
+}
+
+// --- 9 ---------------------------------------------------------------------
+
+// A crash in the middle of restart-service (stopped, not yet started) is
+// resumed after the restart: the service is started again, once.
+func TestAttack9CrashDuringRestartService(t *testing.T) {
+	d := newDevice(t)
+	g := newGate(t, d, "start-ui")
+	d.setTarget(patch(t, d.targetDoc(nil, kiosk1), "kiosk", "ui", "start", g.shell(true, true, true)))
+	d.start()
+	d.waitFor("kiosk 2026.11.1 running", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+	starts, stops := d.count("start kiosk/ui"), d.count("stop kiosk/ui")
+	g.arm()
+	go d.request("POST", "/v2/applications/kiosk/restart-service", map[string]any{"serviceName": "ui"})
+	d.waitFor("kiosk/ui's start reached during restart-service", g.entered)
+	if d.count("stop kiosk/ui") != stops+1 {
+		t.Fatalf("restart-service did not stop kiosk/ui first:\n%s", strings.Join(d.commands(), "\n"))
+	}
+	d.kill()
+	// The start in flight dies with the agent: the service stays stopped.
+	if !within(10*time.Second, func() bool { return !alive(g.pid()) }) {
+		t.Fatalf("the gated start (pid %d) did not end with the agent", g.pid())
+	}
+	g.disarm()
+	d.start()
+	if !within(15*time.Second, func() bool { return d.count("start kiosk/ui") > starts }) {
+		t.Fatalf("after a crash during restart-service, kiosk/ui was never started again; last command %q, status %+v", d.lastFor("kiosk", "ui"), d.status())
+	}
+	d.waitFor("idle", func() bool { return d.status().Status == "idle" })
+	if n := d.count("start kiosk/ui") - starts; n != 1 {
+		t.Errorf("kiosk/ui started %d times after the crash, want once", n)
+	}
+	if !strings.HasPrefix(d.lastFor("kiosk", "ui"), "start kiosk/ui kiosk/ui 2026.11.1") {
+		t.Errorf("kiosk/ui's last command is %q, want its start", d.lastFor("kiosk", "ui"))
+	}
+	d.noViolations()
+	d.stop()
+}
+
+// --- 10 --------------------------------------------------------------------
+
+// A stop command of a killed agent does not outlive it: it is killed before
+// the restarted agent acts, so it cannot land after the apply finished and
+// leave the service stopped.
+func TestAttack10OrphanedCommandIsKilled(t *testing.T) {
+	d := newDevice(t)
+	g := newGate(t, d, "stop-backend")
+	// kiosk1's stop is the one that stops the running release; only its
+	// first run after arming waits, and it does not notice the agent dying.
+	d.setTarget(patch(t, d.targetDoc(nil, kiosk1), "kiosk", "backend", "stop", g.shell(true, false, true)))
+	d.start()
+	d.waitFor("kiosk 2026.11.1 running", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+	g.arm()
+	d.setTarget(d.targetDoc(nil, kiosk2))
+	d.waitFor("kiosk/backend's stop reached mid-apply", g.entered)
+	orphan := g.pid()
+	d.kill()
+	d.start()
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	if alive(orphan) {
+		t.Errorf("the dead agent's stop command (pid %d) is still running after the restarted agent finished", orphan)
+	}
+	g.open()
+	within(10*time.Second, func() bool { return !alive(orphan) })
+	time.Sleep(100 * time.Millisecond) // let an orphan's last write land before reading the log
+	if last := d.lastFor("kiosk", "backend"); !strings.HasPrefix(last, "start kiosk/backend kiosk/backend 2026.11.2") {
+		t.Errorf("kiosk/backend's last command is %q while status says %q: the service ends stopped", last, d.status().Status)
+	}
+	d.noViolations()
+	d.stop()
+}
+
+// A second agent with its own state dir and the same lock dir does not remove
+// the live agent's entries as leftovers: their recorded pid is alive.
+func TestAttack10SecondAgentKeepsLiveAgentsLocks(t *testing.T) {
+	d := newDevice(t)
+	firstRelease(t, d)
+	g := newGate(t, d, "start-backend")
+	d.setTarget(patch(t, d.targetDoc(nil, kiosk2), "kiosk", "backend", "start", g.shell(false, true, false)))
+	d.waitFor("kiosk/backend's start reached mid-apply", g.entered)
+	var paths []string
+	for _, s := range []string{"ui", "backend"} {
+		p := filepath.Join(d.serviceDir("kiosk", s), "updates.lock")
+		if rec := agentRecord(t, p); rec == nil || rec.PID != d.cmd.Process.Pid {
+			t.Fatalf("during the apply %s is not the running agent's (record %+v)", p, rec)
+		}
+		paths = append(paths, p)
+	}
+	d2 := newDevice(t)
+	d2.lockDir = d.lockDir
+	d2.args = []string{"--lock-dir", d.lockDir}
+	d2.start()
+	for _, p := range paths {
+		if rec := agentRecord(t, p); rec == nil || rec.PID != d.cmd.Process.Pid {
+			t.Errorf("a second agent on the same lock dir removed or replaced the live agent's %s (record now %+v)", p, rec)
+		}
+	}
+	d2.stop()
+	g.open()
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.noViolations()
+	d.stop()
+}
