@@ -108,7 +108,10 @@ func TestListenPath(t *testing.T) {
 // TestSlowClient: a client that never finishes its headers is disconnected
 // after the header timeout instead of holding a connection forever.
 func TestSlowClient(t *testing.T) {
-	e := newEnv(t, envOpts{tune: func(s *Server) { s.readHeaderTimeout = 200 * time.Millisecond }})
+	e := newEnv(t, envOpts{tune: func(s *Server) {
+		s.readHeaderTimeout = 200 * time.Millisecond
+		s.tcpReadHeaderTimeout = 200 * time.Millisecond
+	}})
 	for _, dial := range []struct{ network, addr string }{{"unix", e.socket}, {"tcp", e.srv.Addr().String()}} {
 		c, err := net.Dial(dial.network, dial.addr)
 		if err != nil {
