@@ -31,23 +31,26 @@ var tmpSeq atomic.Uint32
 // rec, or not at all: it is written under a temporary name in the same
 // directory and linked into place with link(2), which never follows or
 // replaces anything at path. If something exists at path, Create returns a
-// *HeldError (errors.Is(err, ErrHeld)) describing it. The last component of
-// the parent directory must not be a symlink (ErrSymlink).
+// *HeldError (errors.Is(err, ErrHeld)) describing it. Every directory on the
+// way is opened without following a symlink (ErrSymlink naming it). Create
+// counts no entry as the agent's in that description; Layout.Create does.
 func Create(path string, rec Record, uid, gid int) (*Lock, error) {
-	path = filepath.Clean(path)
-	dir, name := filepath.Dir(path), filepath.Base(path)
-	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
-			return nil, fmt.Errorf("take lock %s: directory %s: %w", path, dir, ErrSymlink)
-		}
-		return nil, fmt.Errorf("take lock %s: open directory: %w", path, err)
-	}
-	defer unix.Close(dirfd)
-	return createAt(dirfd, path, name, rec, uid, gid)
+	return Layout{LockUID: -1}.Create(path, rec, uid, gid)
 }
 
-func createAt(dirfd int, path, name string, rec Record, uid, gid int) (*Lock, error) {
+// Create is the package's Create, describing an entry in its way with the
+// layout's LockUID.
+func (l Layout) Create(path string, rec Record, uid, gid int) (*Lock, error) {
+	path = filepath.Clean(path)
+	dirfd, name, err := openParent(path)
+	if err != nil {
+		return nil, fmt.Errorf("take lock %s: %w", path, err)
+	}
+	defer unix.Close(dirfd)
+	return createAt(dirfd, path, name, rec, uid, gid, l.LockUID)
+}
+
+func createAt(dirfd int, path, name string, rec Record, uid, gid, lockUID int) (*Lock, error) {
 	tmp := fmt.Sprintf(".%s.latch-%d-%d", name, os.Getpid(), tmpSeq.Add(1))
 	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 	if err != nil {
@@ -79,7 +82,7 @@ func createAt(dirfd int, path, name string, rec Record, uid, gid int) (*Lock, er
 		if !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("take lock %s: link: %w", path, err)
 		}
-		e, derr := describe(dirfd, path, name, readProcLocks())
+		e, derr := describe(dirfd, path, name, readProcLocks(), lockUID)
 		if derr == nil {
 			return nil, &HeldError{Entry: e}
 		}
@@ -102,26 +105,35 @@ func writeAll(fd int, b []byte) error {
 }
 
 // Adopt returns a *Lock for the entry that exists at path (used to re-adopt
-// the agent's own leftovers after a crash). It never follows a symlink.
+// the agent's own leftovers after a crash), identified by device, inode and
+// change time as it is now. It never follows a symlink, at path or on the
+// way to it.
 func Adopt(path string) (*Lock, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
+	path = filepath.Clean(path)
+	dirfd, name, err := openParent(path)
+	if err != nil {
 		return nil, fmt.Errorf("adopt lock %s: %w", path, err)
 	}
-	return &Lock{Path: filepath.Clean(path), Dev: uint64(st.Dev), Ino: uint64(st.Ino)}, nil
+	defer unix.Close(dirfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, fmt.Errorf("adopt lock %s: %w", path, err)
+	}
+	return &Lock{Path: path, Dev: uint64(st.Dev), Ino: uint64(st.Ino), ctime: st.Ctim}, nil
 }
 
 // Remove deletes the entry if it is still the one created or adopted (same
-// device and inode); otherwise it leaves it and returns an error wrapping
-// ErrNotOurs. An entry already gone is not an error.
+// device, inode and change time: a freed inode number is reused at once);
+// otherwise it leaves it and returns an error wrapping ErrNotOurs. The
+// directories on the way are opened without following a symlink. An entry
+// already gone is not an error.
 func (l *Lock) Remove() error {
-	dir, name := filepath.Dir(l.Path), filepath.Base(l.Path)
-	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	dirfd, name, err := openParent(l.Path)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil
 		}
-		return fmt.Errorf("remove lock %s: open directory: %w", l.Path, err)
+		return fmt.Errorf("remove lock %s: %w", l.Path, err)
 	}
 	defer unix.Close(dirfd)
 	var st unix.Stat_t
@@ -154,7 +166,7 @@ func ReleaseAll(locks []*Lock) error {
 }
 
 // Acquire takes every name in names in the lock directory of every service
-// in svcs (creating the directories with EnsureServiceDir), all or nothing,
+// in svcs (creating the directories as EnsureServiceDir does), all or nothing,
 // in a fixed order (services, then names, sorted). Device-wide paths must not
 // exist; they are checked, never created. Unless rec.Role is RoleHold, any
 // other held name already in a service directory blocks too (a hold coexists
@@ -196,16 +208,13 @@ func (l Layout) AcquireExcept(svcs []Service, names []string, rec Record, uid, g
 		if rec.Role == RoleHold {
 			return nil
 		}
-		for _, g := range l.Global {
-			e, err := describePath(g, readProcLocks())
-			if err == nil && blocks(e) {
+		es, err := l.globals(readProcLocks())
+		if err != nil {
+			return fmt.Errorf("acquire locks: %w", err)
+		}
+		for _, e := range es {
+			if blocks(e) {
 				return &HeldError{Entry: e}
-			}
-			if err == nil {
-				continue
-			}
-			if !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("acquire locks: %w", err)
 			}
 		}
 		return nil
@@ -214,16 +223,22 @@ func (l Layout) AcquireExcept(svcs []Service, names []string, rec Record, uid, g
 		return nil, err
 	}
 	for _, s := range svcs {
-		if _, err := l.EnsureServiceDir(s); err != nil {
-			return locks, err
+		if err := validName(s.App); err != nil {
+			return locks, fmt.Errorf("acquire locks of %s: app name: %w", s, err)
 		}
-		dirfd, err := l.openServiceDir(s, false)
+		if err := validName(s.Service); err != nil {
+			return locks, fmt.Errorf("acquire locks of %s: service name: %w", s, err)
+		}
+		if l.Dir == "" {
+			return locks, fmt.Errorf("acquire locks of %s: no lock directory configured", s)
+		}
+		dirfd, err := l.openServiceDir(s, true)
 		if err != nil {
 			return locks, err
 		}
 		dir := l.ServiceDir(s)
 		for _, n := range names {
-			lk, err := createAt(dirfd, filepath.Join(dir, n), n, rec, uid, gid)
+			lk, err := createAt(dirfd, filepath.Join(dir, n), n, rec, uid, gid, l.LockUID)
 			if err != nil {
 				unix.Close(dirfd)
 				return locks, err
@@ -235,7 +250,7 @@ func (l Layout) AcquireExcept(svcs []Service, names []string, rec Record, uid, g
 				if slices.Contains(names, n) {
 					continue
 				}
-				e, err := describe(dirfd, filepath.Join(dir, n), n, readProcLocks())
+				e, err := describe(dirfd, filepath.Join(dir, n), n, readProcLocks(), l.LockUID)
 				if err == nil && blocks(e) {
 					unix.Close(dirfd)
 					return locks, &HeldError{Entry: e}

@@ -7,11 +7,29 @@
 //     resin-updates.lock or latch-hold.lock exists in its lock directory,
 //     whatever its type (file, directory, symlink, even a dangling one) and
 //     owner, and every service is locked while any device-wide path exists.
-//     Entries are looked at with lstat; a symlink is never followed.
+//     Entries are looked at with lstat; a symlink is never followed. A
+//     device-wide lock whose directory is a symlink, or is owned by another
+//     user who can swap it, counts as held (at that directory) and nothing
+//     is removed through it.
+//   - Every directory on the way to an entry is opened one component at a
+//     time with O_NOFOLLOW|O_DIRECTORY and the work is done at its
+//     descriptor, so a directory swapped for a symlink is never acted
+//     through.
+//   - The lock root and services/ are owned by root (by the euid when latch
+//     does not run as root) with mode 0755; one that exists owned by another
+//     user or writable by group or other is refused with an error naming it.
+//     App and service directories have mode 1777; only the owner of
+//     services/ creates app directories, only the owner of an app directory
+//     creates its service directories, and the agent does not act in one
+//     another user made.
 //   - Create makes an entry atomically (a temporary file carrying the holder
 //     record and the final owner, linked into place with link(2)): the entry
 //     never appears without its record or with the wrong owner, and never
 //     replaces anything that exists.
+//   - A record's claim to be the agent's (role agent or hold) counts only on
+//     an entry owned by Layout.LockUID, and its pid is named as the holder
+//     only while that process's real uid owns the entry (or it is root and
+//     the entry is root's or the lock uid's): anyone can write a record.
 //   - Acquire is all or nothing in a fixed order; on failure it removes only
 //     the entries it created in that attempt, checked by device and inode.
 //   - Remove, RemoveEntry and ReleaseAll delete an entry only while it is
@@ -19,11 +37,14 @@
 //     the ctime, for RemoveEntry the type, owner, size and ctime, because a
 //     freed inode number is reused at once), and RemoveEntry refuses paths
 //     outside the lock directories and device-wide paths.
-//   - Lock directories are created with mode 1777; a symlinked component or a
-//     non-directory is refused with an error naming the path.
+//   - A symlinked lock directory component or a non-directory is refused
+//     with an error naming the path.
+//   - Scan looks at every service directory the agent made, and at most
+//     MaxForeignDirs made by other users (a user can make any number); the
+//     watcher and Blocking can be narrowed to the services that matter.
 //
-// The package is Linux-only: it reads /proc/locks, /proc/PID/cmdline and the
-// boot id, and uses inotify.
+// The package is Linux-only: it reads /proc/locks, /proc/PID/cmdline and
+// /proc/PID/status and the boot id, and uses inotify.
 package lock
 
 import (
@@ -65,6 +86,14 @@ var (
 	// ErrOutside means a path is neither in a service lock directory nor a
 	// device-wide lock path, so latch refuses to remove it.
 	ErrOutside = errors.New("path is outside the lock directories")
+	// ErrUntrusted means a lock directory is owned by another user, or
+	// writable by others where only its owner may write, so latch does not
+	// act in it.
+	ErrUntrusted = errors.New("lock directory is owned by another user or writable by others")
+	// ErrTruncated means Scan skipped service directories beyond
+	// MaxForeignDirs; the error is a *TruncatedError and the entries
+	// returned with it are valid.
+	ErrTruncated = errors.New("too many service directories made by other users")
 )
 
 // Kind is the type of a lock entry.
@@ -120,6 +149,11 @@ func NewRecord(role Role) Record {
 		Created: time.Now().UTC().Truncate(time.Millisecond),
 	}
 }
+
+// Alive reports whether the process the record names is running: the record
+// is from this boot and its pid exists. (A reused pid also passes: compare
+// the owner, as Scan does, where that matters.)
+func (r Record) Alive() bool { return r.BootID != "" && r.BootID == BootID() && alive(r.PID) }
 
 // maxRecord bounds how much of a lock file is read when looking for a record.
 const maxRecord = 4096
@@ -184,8 +218,11 @@ type Entry struct {
 	State   State     `json:"state"`
 	Holder  *Holder   `json:"holder"`
 	Record  *Record   `json:"record,omitempty"`
-	Dev     uint64    `json:"-"`
-	Ino     uint64    `json:"-"`
+	// Reason says why an entry that is not a plain lock counts as held
+	// (a symlinked or foreign device-wide lock directory).
+	Reason string `json:"reason,omitempty"`
+	Dev    uint64 `json:"-"`
+	Ino    uint64 `json:"-"`
 	// seen is what the entry looked like when it was scanned, so that a
 	// removal can tell it from a new entry that reused the inode number.
 	seen seen
@@ -225,6 +262,8 @@ func (e *HeldError) Error() string {
 		what += " (" + string(en.Kind) + ")"
 	}
 	switch {
+	case en.Reason != "":
+		return fmt.Sprintf("%s is held: %s", what, en.Reason)
 	case en.Holder != nil && en.Holder.Command != "":
 		return fmt.Sprintf("%s is held by pid %d (%s)%s", what, en.Holder.PID, en.Holder.Command, since)
 	case en.Holder != nil:

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -294,8 +295,13 @@ func TestCreate(t *testing.T) {
 	if os.Geteuid() == 0 {
 		uid, gid = 65534, 65534
 	}
+	// The agent's entries are the lock uid's: a second Create sees state agent.
+	l.LockUID = os.Geteuid()
+	if uid >= 0 {
+		l.LockUID = uid
+	}
 	rec := NewRecord(RoleAgent)
-	lk, err := Create(path, rec, uid, gid)
+	lk, err := l.Create(path, rec, uid, gid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +321,7 @@ func TestCreate(t *testing.T) {
 	if names, _ := os.ReadDir(dir); len(names) != 1 {
 		t.Errorf("dir holds %d entries, want only the lock (no temporary file left)", len(names))
 	}
-	_, err = Create(path, NewRecord(RoleUser), -1, -1)
+	_, err = l.Create(path, NewRecord(RoleUser), -1, -1)
 	var he *HeldError
 	if !errors.As(err, &he) || !errors.Is(err, ErrHeld) || he.Entry.State != StateAgent {
 		t.Errorf("second Create: got %v, want a HeldError with state agent", err)
@@ -448,13 +454,26 @@ func TestEnsureServiceDirMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{l.Dir, filepath.Join(l.Dir, "services"), filepath.Dir(dir), dir} {
-		fi, err := os.Lstat(p)
+	for _, tc := range []struct {
+		path string
+		want os.FileMode
+	}{
+		// Only the agent writes the lock root and services/.
+		{l.Dir, os.ModeDir | 0o755},
+		{filepath.Join(l.Dir, "services"), os.ModeDir | 0o755},
+		// Anyone locks in app and service directories, nobody renames another's entry.
+		{filepath.Dir(dir), os.ModeDir | os.ModeSticky | 0o777},
+		{dir, os.ModeDir | os.ModeSticky | 0o777},
+	} {
+		fi, err := os.Lstat(tc.path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := fi.Mode() & (os.ModePerm | os.ModeSticky | os.ModeDir); got != os.ModeDir|os.ModeSticky|0o777 {
-			t.Errorf("%s: mode %v, want drwxrwxrwt", p, got)
+		if got := fi.Mode() & (os.ModePerm | os.ModeSticky | os.ModeDir); got != tc.want {
+			t.Errorf("%s: mode %v, want %v", tc.path, got, tc.want)
+		}
+		if uid := int(fi.Sys().(*syscall.Stat_t).Uid); uid != os.Geteuid() {
+			t.Errorf("%s: owner %d, want %d (the euid)", tc.path, uid, os.Geteuid())
 		}
 	}
 	if _, err := l.EnsureServiceDir(Service{"app", "svc"}); err != nil {

@@ -24,17 +24,46 @@ type Layout struct {
 	// Global are the device-wide lock paths (default
 	// /tmp/balena/updates.lock and /tmp/resin/resin-updates.lock).
 	Global []string
+	// LockUID owns the agent's own entries (--lock-uid; the euid when latch
+	// does not run as root). A record with role agent or hold counts as the
+	// agent's (state agent or hold) only on an entry owned by LockUID;
+	// elsewhere it is an ordinary held entry and its claim is ignored.
+	// Negative: no entry is the agent's.
+	LockUID int
 }
+
+// MaxForeignDirs bounds how many app and service directories made by other
+// users (not root, not latch's euid) Scan looks into: any user can make
+// service directories in the world-writable app directories, as many as
+// they like. Directories the agent made are always looked at.
+const MaxForeignDirs = 4096
+
+// TruncatedError reports that Scan skipped directories made by other users
+// beyond MaxForeignDirs. The entries returned with it are valid.
+type TruncatedError struct {
+	Dir     string // the services directory
+	Skipped int    // directories not looked at
+}
+
+func (e *TruncatedError) Error() string {
+	return fmt.Sprintf("scan locks: %s holds more than %d service directories made by other users; %d were not looked at (remove the ones no service uses)", e.Dir, MaxForeignDirs, e.Skipped)
+}
+
+// Is makes errors.Is(err, ErrTruncated) true for a *TruncatedError.
+func (e *TruncatedError) Is(target error) bool { return target == ErrTruncated }
 
 // ServiceDir returns the lock directory of s.
 func (l Layout) ServiceDir(s Service) string {
 	return filepath.Join(l.Dir, "services", s.App, s.Service)
 }
 
-// EnsureServiceDir creates Dir, Dir/services, the app and the service
-// directory, each with mode 1777 when it creates it, and returns the service
-// directory. A component that is a symlink or not a directory is refused
-// with an error naming that path (ErrSymlink or ErrNotDir).
+// EnsureServiceDir creates what is missing of Dir and Dir/services (mode
+// 0755) and of the app and the service directory (mode 1777, only inside a
+// directory this process owns: a user cannot make them), and returns the
+// service directory. A component that is a symlink or not a directory is
+// refused with an error naming that path (ErrSymlink or ErrNotDir), and so is
+// a lock root or services/ owned by another user or writable by others, or
+// an app or service directory owned by another user (ErrUntrusted).
 func (l Layout) EnsureServiceDir(s Service) (string, error) {
 	if err := validName(s.App); err != nil {
 		return "", fmt.Errorf("ensure lock dir for %s: app name: %w", s, err)
@@ -51,69 +80,6 @@ func (l Layout) EnsureServiceDir(s Service) (string, error) {
 	}
 	unix.Close(fd)
 	return l.ServiceDir(s), nil
-}
-
-// openServiceDir opens the service directory of s without following any
-// symlink below the parent of Dir, creating missing directories when create
-// is set.
-func (l Layout) openServiceDir(s Service, create bool) (int, error) {
-	root := filepath.Clean(l.Dir)
-	parent, base := filepath.Dir(root), filepath.Base(root)
-	if create {
-		if err := os.MkdirAll(parent, 0o755); err != nil {
-			return -1, fmt.Errorf("create lock dir parent %s: %w", parent, err)
-		}
-	}
-	fd, err := unix.Open(parent, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("open lock dir parent %s: %w", parent, err)
-	}
-	path := parent
-	for _, name := range []string{base, "services", s.App, s.Service} {
-		path = filepath.Join(path, name)
-		next, err := openDirAt(fd, path, name, create)
-		unix.Close(fd)
-		if err != nil {
-			return -1, err
-		}
-		fd = next
-	}
-	return fd, nil
-}
-
-// openDirAt opens the directory name in dirfd without following a symlink,
-// creating it with mode 1777 when create is set and it is missing.
-func openDirAt(dirfd int, path, name string, create bool) (int, error) {
-	created := false
-	if create {
-		err := unix.Mkdirat(dirfd, name, 0o1777)
-		switch {
-		case err == nil:
-			created = true
-		case errors.Is(err, unix.EEXIST):
-		default:
-			return -1, fmt.Errorf("create lock dir %s: %w", path, err)
-		}
-	}
-	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
-			var st unix.Stat_t
-			if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
-				return -1, fmt.Errorf("open lock dir %s: %w", path, ErrSymlink)
-			}
-			return -1, fmt.Errorf("open lock dir %s: %w", path, ErrNotDir)
-		}
-		return -1, fmt.Errorf("open lock dir %s: %w", path, err)
-	}
-	if created {
-		// mkdir honours the umask; the mode must be exactly 1777.
-		if err := unix.Fchmod(fd, 0o1777); err != nil {
-			unix.Close(fd)
-			return -1, fmt.Errorf("chmod lock dir %s: %w", path, err)
-		}
-	}
-	return fd, nil
 }
 
 // procLock is one holder of a lock from /proc/locks.
@@ -193,10 +159,35 @@ func cmdline(pid int) string {
 	return string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
 }
 
+// procUID returns the real uid of pid from /proc/PID/status, or -1.
+func procUID(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				return -1
+			}
+			uid, err := strconv.Atoi(f[0])
+			if err != nil {
+				return -1
+			}
+			return uid
+		}
+	}
+	return -1
+}
+
+func timeOf(ts unix.Timespec) time.Time { return time.Unix(int64(ts.Sec), int64(ts.Nsec)).UTC() }
+
 // describe looks at the entry name in dirfd (never following it) and returns
-// it with its holder and state. It returns an error wrapping fs.ErrNotExist
-// when there is no entry.
-func describe(dirfd int, path, name string, locks map[[2]uint64][]int) (Entry, error) {
+// it with its holder and state; lockUID owns the agent's entries (see
+// Layout.LockUID). It returns an error wrapping fs.ErrNotExist when there is
+// no entry.
+func describe(dirfd int, path, name string, locks map[[2]uint64][]int, lockUID int) (Entry, error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -208,7 +199,7 @@ func describe(dirfd int, path, name string, locks map[[2]uint64][]int) (Entry, e
 		Path:  path,
 		Kind:  KindFile,
 		UID:   int(st.Uid),
-		Since: time.Unix(int64(st.Mtim.Sec), int64(st.Mtim.Nsec)).UTC(),
+		Since: timeOf(st.Mtim),
 		State: StateHeld,
 		Dev:   uint64(st.Dev),
 		Ino:   uint64(st.Ino),
@@ -221,8 +212,12 @@ func describe(dirfd int, path, name string, locks map[[2]uint64][]int) (Entry, e
 		e.Kind = KindSymlink
 	case unix.S_IFREG:
 		if rec, ok := readRecordAt(dirfd, name, e.Dev, e.Ino); ok {
-			e.Record = &rec
-			e.Since = rec.Created
+			// Anyone can write a record: the agent's roles count only on
+			// the lock uid's entries.
+			if rec.Role == RoleUser || lockUID >= 0 && int(st.Uid) == lockUID {
+				e.Record = &rec
+				e.Since = rec.Created
+			}
 		}
 	}
 	for _, pid := range locks[[2]uint64{e.Dev, e.Ino}] {
@@ -232,7 +227,15 @@ func describe(dirfd int, path, name string, locks map[[2]uint64][]int) (Entry, e
 		}
 	}
 	if r := e.Record; r != nil {
-		live := r.BootID == BootID() && alive(r.PID)
+		// The pid is believed only while it is a process of the entry's
+		// owner (root for root's entries and the agent's): a record naming
+		// another user's process is forged, or its pid was reused.
+		live := r.Alive()
+		believed := false
+		if live {
+			uid := procUID(r.PID)
+			believed = uid >= 0 && (uint32(uid) == st.Uid || uid == 0 && int(st.Uid) == lockUID)
+		}
 		switch {
 		case r.Role == RoleAgent:
 			e.State = StateAgent
@@ -241,8 +244,12 @@ func describe(dirfd int, path, name string, locks map[[2]uint64][]int) (Entry, e
 		case !live && e.Holder == nil:
 			e.State = StateStale
 		}
-		if e.Holder == nil && live {
-			e.Holder = &Holder{PID: r.PID, Command: r.Command}
+		if e.Holder == nil && believed {
+			cmd := cmdline(r.PID)
+			if cmd == "" {
+				cmd = r.Command
+			}
+			e.Holder = &Holder{PID: r.PID, Command: cmd}
 		}
 	}
 	return e, nil
@@ -274,73 +281,117 @@ func readRecordAt(dirfd int, name string, dev, ino uint64) (Record, bool) {
 
 // Scan lists every entry that exists: the held names in every service
 // directory and every device-wide path, sorted by path. Missing directories
-// are not an error; a lock root or services directory that is a symlink is.
-// Symlinked app or service directories are skipped (they are not lock
-// directories, and EnsureServiceDir refuses them).
+// are not an error; a lock root or services directory that is a symlink, or
+// that another user owns or can write, is. Symlinked app or service
+// directories are skipped (they are not lock directories, and
+// EnsureServiceDir refuses them). App and service directories made by other
+// users are looked at up to MaxForeignDirs; beyond that Scan returns the
+// entries it found with a *TruncatedError (errors.Is(err, ErrTruncated))
+// saying how many it skipped.
 func (l Layout) Scan() ([]Entry, error) {
 	locks := readProcLocks()
 	var out []Entry
+	var trunc error
 	if l.Dir != "" {
 		es, err := l.scanServices(locks)
-		if err != nil {
+		if err != nil && !errors.Is(err, ErrTruncated) {
 			return nil, err
 		}
-		out = es
+		out, trunc = es, err
 	}
+	gs, err := l.globals(locks)
+	if err != nil {
+		return nil, fmt.Errorf("scan locks: %w", err)
+	}
+	out = append(out, gs...)
+	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
+	return out, trunc
+}
+
+// globals describes the device-wide entries that exist, and a held entry
+// for a device-wide lock that cannot be looked at safely (globalParent).
+func (l Layout) globals(locks map[[2]uint64][]int) ([]Entry, error) {
+	var out []Entry
 	for _, g := range l.Global {
-		e, err := describePath(g, locks)
+		e, err := l.describeGlobal(filepath.Clean(g), locks)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("scan locks: %w", err)
+			return nil, err
 		}
-		out = append(out, e)
+		if !slices.ContainsFunc(out, func(o Entry) bool { return o.Path == e.Path }) {
+			out = append(out, e)
+		}
 	}
-	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
 	return out, nil
 }
 
-// describePath describes the entry at path, following the components of its
-// parent but never the entry itself.
-func describePath(path string, locks map[[2]uint64][]int) (Entry, error) {
-	dir, name := filepath.Split(filepath.Clean(path))
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+// describeGlobal describes the device-wide entry g (see globalParent for a
+// directory that cannot be trusted).
+func (l Layout) describeGlobal(g string, locks map[[2]uint64][]int) (Entry, error) {
+	fd, held, err := globalParent(g)
 	if err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-			return Entry{}, fmt.Errorf("look at %s: %w", path, os.ErrNotExist)
-		}
-		return Entry{}, fmt.Errorf("look at %s: %w", path, err)
+		return Entry{}, err
+	}
+	if held != nil {
+		return *held, nil
 	}
 	defer unix.Close(fd)
-	return describe(fd, path, name, locks)
+	return describe(fd, g, filepath.Base(g), locks, l.LockUID)
+}
+
+// openServices opens Dir/services for reading (each level checked as
+// openLevel does). It returns -1 and no error when it does not exist.
+func (l Layout) openServices() (int, string, error) {
+	root := filepath.Clean(l.Dir)
+	pfd, _, err := openPath(filepath.Dir(root), false)
+	if errors.Is(err, unix.ENOENT) {
+		return -1, "", nil
+	}
+	if err != nil {
+		return -1, "", fmt.Errorf("scan locks: %w", err)
+	}
+	rfd, err := openLevel(pfd, root, filepath.Base(root), privateMode, true, false)
+	unix.Close(pfd)
+	if errors.Is(err, unix.ENOENT) {
+		return -1, "", nil
+	}
+	if err != nil {
+		return -1, "", fmt.Errorf("scan locks: %w", err)
+	}
+	sdir := filepath.Join(root, "services")
+	sfd, err := openLevel(rfd, sdir, "services", privateMode, true, false)
+	unix.Close(rfd)
+	if errors.Is(err, unix.ENOENT) {
+		return -1, "", nil
+	}
+	if err != nil {
+		return -1, "", fmt.Errorf("scan locks: %w", err)
+	}
+	return sfd, sdir, nil
+}
+
+// describeService appends the held entries in the service directory dfd.
+func (l Layout) describeService(out []Entry, dfd int, dir string, s Service, locks map[[2]uint64][]int) ([]Entry, error) {
+	for _, name := range HeldNames {
+		e, err := describe(dfd, filepath.Join(dir, name), name, locks, l.LockUID)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return out, fmt.Errorf("scan locks: %w", err)
+		}
+		e.App, e.Service = s.App, s.Service
+		out = append(out, e)
+	}
+	return out, nil
 }
 
 func (l Layout) scanServices(locks map[[2]uint64][]int) ([]Entry, error) {
-	root := filepath.Clean(l.Dir)
-	pfd, err := unix.Open(filepath.Dir(root), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("scan locks: open %s: %w", filepath.Dir(root), err)
-	}
-	rfd, err := openDirAt(pfd, root, filepath.Base(root), false)
-	unix.Close(pfd)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("scan locks: %w", err)
-	}
-	sdir := filepath.Join(root, "services")
-	sfd, err := openDirAt(rfd, sdir, "services", false)
-	unix.Close(rfd)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("scan locks: %w", err)
+	sfd, sdir, err := l.openServices()
+	if err != nil || sfd < 0 {
+		return nil, err
 	}
 	defer unix.Close(sfd)
 	var out []Entry
@@ -348,13 +399,32 @@ func (l Layout) scanServices(locks map[[2]uint64][]int) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scan locks: read %s: %w", sdir, err)
 	}
-	for _, app := range apps {
-		if validName(app) != nil {
-			continue
+	foreign, skipped := 0, 0
+	// visit opens the directory name in dirfd unless it is not a lock
+	// directory, or is one more made by another user than Scan looks at.
+	visit := func(dirfd int, name string) int {
+		if validName(name) != nil {
+			return -1
 		}
-		afd, err := openDirAt(sfd, filepath.Join(sdir, app), app, false)
+		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			continue // vanished, a symlink or not a directory: not a lock directory
+			return -1 // vanished, a symlink or not a directory: not a lock directory
+		}
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && !trusted(st.Uid) {
+			if foreign >= MaxForeignDirs {
+				skipped++
+				unix.Close(fd)
+				return -1
+			}
+			foreign++
+		}
+		return fd
+	}
+	for _, app := range apps {
+		afd := visit(sfd, app)
+		if afd < 0 {
+			continue
 		}
 		svcs, err := readDirNames(afd)
 		if err != nil {
@@ -362,30 +432,21 @@ func (l Layout) scanServices(locks map[[2]uint64][]int) ([]Entry, error) {
 			return nil, fmt.Errorf("scan locks: read %s: %w", filepath.Join(sdir, app), err)
 		}
 		for _, svc := range svcs {
-			if validName(svc) != nil {
+			dfd := visit(afd, svc)
+			if dfd < 0 {
 				continue
 			}
-			dir := filepath.Join(sdir, app, svc)
-			dfd, err := openDirAt(afd, dir, svc, false)
-			if err != nil {
-				continue
-			}
-			for _, name := range HeldNames {
-				e, err := describe(dfd, filepath.Join(dir, name), name, locks)
-				if errors.Is(err, os.ErrNotExist) {
-					continue
-				}
-				if err != nil {
-					unix.Close(dfd)
-					unix.Close(afd)
-					return nil, fmt.Errorf("scan locks: %w", err)
-				}
-				e.App, e.Service = app, svc
-				out = append(out, e)
-			}
+			out, err = l.describeService(out, dfd, filepath.Join(sdir, app, svc), Service{app, svc}, locks)
 			unix.Close(dfd)
+			if err != nil {
+				unix.Close(afd)
+				return nil, err
+			}
 		}
 		unix.Close(afd)
+	}
+	if skipped > 0 {
+		return out, &TruncatedError{Dir: sdir, Skipped: skipped}
 	}
 	return out, nil
 }
@@ -403,27 +464,66 @@ func readDirNames(dirfd int) ([]string, error) {
 	return names, err
 }
 
-// Blocking returns the entries that block an action on any of svcs: their
-// service entries and every device-wide entry.
+// Blocking returns the entries that block an action on any of svcs: the
+// held entries in their service directories and every device-wide entry,
+// sorted by path. It looks at those directories alone, not the whole tree.
+// A service directory that is a symlink counts as held (at that path): the
+// service sees whatever it points to as its lock directory.
 func (l Layout) Blocking(svcs []Service) ([]Entry, error) {
-	all, err := l.Scan()
-	if err != nil {
-		return nil, err
-	}
+	locks := readProcLocks()
 	var out []Entry
-	for _, e := range all {
-		if e.App == "" || slices.Contains(svcs, Service{e.App, e.Service}) {
-			out = append(out, e)
+	if l.Dir != "" {
+		for _, s := range svcs {
+			if validName(s.App) != nil || validName(s.Service) != nil {
+				return nil, fmt.Errorf("blocking locks of %s: not a valid APP/SERVICE", s)
+			}
+			dir := l.ServiceDir(s)
+			dfd, err := l.openServiceDir(s, false)
+			switch {
+			case errors.Is(err, unix.ENOENT):
+				continue
+			case errors.Is(err, ErrSymlink) && (isLink(filepath.Dir(dir)) || isLink(dir)):
+				link := dir
+				if isLink(filepath.Dir(dir)) {
+					link = filepath.Dir(dir)
+				}
+				var st unix.Stat_t
+				unix.Lstat(link, &st)
+				out = append(out, Entry{App: s.App, Service: s.Service, Path: link, Kind: KindSymlink, UID: int(st.Uid), Since: timeOf(st.Mtim), State: StateHeld,
+					Reason: "the lock directory of " + s.String() + " goes through a symlink: latch never follows it, so the service counts as locked until it is removed"})
+				continue
+			case err != nil:
+				return nil, fmt.Errorf("blocking locks of %s: %w", s, err)
+			}
+			out, err = l.describeService(out, dfd, dir, s, locks)
+			unix.Close(dfd)
+			if err != nil {
+				return nil, err
+			}
 		}
 	}
-	return out, nil
+	gs, err := l.globals(locks)
+	if err != nil {
+		return nil, fmt.Errorf("blocking locks: %w", err)
+	}
+	out = append(out, gs...)
+	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
+	return slices.CompactFunc(out, func(a, b Entry) bool { return a.Path == b.Path }), nil
+}
+
+func isLink(path string) bool {
+	var st unix.Stat_t
+	return unix.Lstat(path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK
 }
 
 // Leftovers lists the entries in service directories that are owned by uid
 // and carry latch's RoleAgent record: the agent's own, e.g. after a crash.
+// Every directory the agent made is looked at, however many other users
+// made (a *TruncatedError from Scan is not an error here).
 func (l Layout) Leftovers(uid int) ([]Entry, error) {
+	l.LockUID = uid
 	all, err := l.Scan()
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrTruncated) {
 		return nil, err
 	}
 	var out []Entry
@@ -435,19 +535,38 @@ func (l Layout) Leftovers(uid int) ([]Entry, error) {
 	return out, nil
 }
 
-// Inspect describes the entry at path (never following it), with App and
-// Service filled in when path is in a service lock directory. It returns an
-// error wrapping fs.ErrNotExist when nothing is there.
+// Inspect describes the entry at path (never following it, nor any
+// directory on the way), with App and Service filled in when path is in a
+// service lock directory. It returns an error wrapping fs.ErrNotExist when
+// nothing is there.
 func (l Layout) Inspect(path string) (Entry, error) {
 	path = filepath.Clean(path)
-	e, err := describePath(path, readProcLocks())
-	if err != nil {
-		return Entry{}, err
-	}
-	if s, _, ok := l.serviceOf(path); ok {
+	locks := readProcLocks()
+	if s, name, ok := l.serviceOf(path); ok {
+		dfd, err := l.openServiceDir(s, false)
+		if errors.Is(err, unix.ENOENT) {
+			return Entry{}, fmt.Errorf("look at %s: %w", path, os.ErrNotExist)
+		}
+		if err != nil {
+			return Entry{}, fmt.Errorf("look at %s: %w", path, err)
+		}
+		defer unix.Close(dfd)
+		e, err := describe(dfd, path, name, locks, l.LockUID)
 		e.App, e.Service = s.App, s.Service
+		return e, err
 	}
-	return e, nil
+	if slices.Contains(l.Global, path) {
+		return l.describeGlobal(path, locks)
+	}
+	fd, name, err := openParent(path)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return Entry{}, fmt.Errorf("look at %s: %w", path, os.ErrNotExist)
+		}
+		return Entry{}, fmt.Errorf("look at %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	return describe(fd, path, name, locks, l.LockUID)
 }
 
 // serviceOf reports whether path is Dir/services/<app>/<service>/<name>
@@ -467,13 +586,22 @@ func (l Layout) serviceOf(path string) (Service, string, bool) {
 	return Service{parts[0], parts[1]}, parts[2], true
 }
 
+// IsEntryPath reports whether path is a lock entry of the layout: a held
+// name in a service lock directory, or a device-wide path.
+func (l Layout) IsEntryPath(path string) bool {
+	path = filepath.Clean(path)
+	_, _, ok := l.serviceOf(path)
+	return ok || slices.Contains(l.Global, path)
+}
+
 // RemoveEntry removes the entry e (a file, a symlink or a directory tree,
 // never following a symlink) if it is still the same device and inode, else
 // it returns ErrNotOurs (an entry from Inspect or a scan must also keep its
 // type, owner, size and ctime, since inode numbers are reused at once). It is
 // for force, override and --break-stale, and refuses (ErrOutside) a path that
-// is neither a held name in a service lock directory nor a device-wide path.
-// An entry already gone is not an error.
+// is neither a held name in a service lock directory nor a device-wide path,
+// and (ErrSymlink, ErrUntrusted) a device-wide lock whose directory is a
+// symlink or another user's. An entry already gone is not an error.
 func (l Layout) RemoveEntry(e Entry) error {
 	path := filepath.Clean(e.Path)
 	var dirfd int
@@ -488,16 +616,23 @@ func (l Layout) RemoveEntry(e Entry) error {
 		}
 		dirfd, name = fd, n
 	} else if slices.Contains(l.Global, path) {
-		fd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, held, err := globalParent(path)
 		if err != nil {
-			if errors.Is(err, unix.ENOENT) {
+			if errors.Is(err, os.ErrNotExist) {
 				return nil
 			}
 			return fmt.Errorf("remove lock %s: %w", path, err)
 		}
+		if held != nil {
+			why := ErrUntrusted
+			if held.Kind == KindSymlink {
+				why = ErrSymlink
+			}
+			return fmt.Errorf("remove lock %s: %s: %w; latch removes nothing through it", path, held.Path, why)
+		}
 		dirfd, name = fd, filepath.Base(path)
 	} else {
-		return fmt.Errorf("remove lock %s: %w", path, ErrOutside)
+		return fmt.Errorf("remove lock %s: %w (only a held name in %s/APP/SERVICE or a device-wide lock path is removed)", path, ErrOutside, filepath.Join(l.Dir, "services"))
 	}
 	defer unix.Close(dirfd)
 	return removeAt(dirfd, path, name, e.Dev, e.Ino, e.seen)

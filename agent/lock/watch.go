@@ -14,10 +14,15 @@ import (
 
 // Watcher reports, within milliseconds, that an entry appeared or
 // disappeared in a lock directory or at a device-wide path. It watches the
-// lock root, services, every app and service directory and the parent of
-// every device-wide path with inotify; a directory that does not exist yet is
-// awaited by watching its nearest existing ancestor. It has no polling
-// goroutine: its one goroutine sleeps in read(2) until the kernel has news.
+// lock root, services, every app and service directory (or, after
+// SetServices, those of the named services alone) and the parent of every
+// device-wide path with inotify; a directory that does not exist yet is
+// awaited by watching its nearest existing ancestor. Only events about the
+// names that matter wake it: a held name in a service directory, the
+// device-wide name in its directory, a directory appearing or going in
+// services/ and the app directories; any other file a user makes there
+// (notes.txt, an editor's .swp) is ignored. It has no polling goroutine: its
+// one goroutine sleeps in read(2) until the kernel has news.
 type Watcher struct {
 	// C receives a value (coalesced, buffered 1) whenever the locks may have
 	// changed, including after an inotify queue overflow: rescan then.
@@ -30,10 +35,19 @@ type Watcher struct {
 	done   chan struct{}
 	closeO sync.Once
 
-	// Owned by the reading goroutine (and New before it starts).
-	wds   map[int]string             // watch descriptor -> directory
-	paths map[string]int             // directory -> watch descriptor
-	want  map[string]map[string]bool // directory -> names of interest (nil: all)
+	mu    sync.Mutex          // guards the fields below
+	wds   map[int]string      // watch descriptor -> directory
+	paths map[string]int      // directory -> watch descriptor
+	want  map[string]interest // directory -> what matters in it
+	svcs  []Service           // nil: every service
+	syncs int                 // how many times the watches were computed
+}
+
+// interest says which events in one watched directory matter.
+type interest struct {
+	names  map[string]bool // these names
+	dirs   bool            // any directory with a valid name
+	resync bool            // such an event changes what is watched
 }
 
 const watchMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO |
@@ -63,8 +77,28 @@ func (l Layout) newWatcher() (*Watcher, error) {
 		wds:   map[int]string{},
 		paths: map[string]int{},
 	}
+	w.mu.Lock()
 	w.sync()
+	w.mu.Unlock()
 	return w, nil
+}
+
+// SetServices narrows the watcher to svcs: afterwards only the lock root,
+// services/, the app and service directories of svcs and the device-wide
+// directories are watched, so that directories other users make cost no
+// watch and no rescan. nil watches every service again.
+func (w *Watcher) SetServices(svcs []Service) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if svcs == nil {
+		w.svcs = nil
+	} else {
+		w.svcs = slices.Clone(svcs)
+		if w.svcs == nil {
+			w.svcs = []Service{}
+		}
+	}
+	w.sync()
 }
 
 // Close stops the watcher. C is not closed.
@@ -101,6 +135,15 @@ func (w *Watcher) loop() {
 
 // handle processes one read's worth of inotify events.
 func (w *Watcher) handle(buf []byte) {
+	w.mu.Lock()
+	relevant := w.handleLocked(buf)
+	w.mu.Unlock()
+	if relevant {
+		w.notify()
+	}
+}
+
+func (w *Watcher) handleLocked(buf []byte) bool {
 	n := len(buf)
 	relevant, resync := false, false
 	for off := 0; off+unix.SizeofInotifyEvent <= n; {
@@ -126,24 +169,20 @@ func (w *Watcher) handle(buf []byte) {
 			if !ok {
 				continue
 			}
-			names, ok := w.want[dir]
-			if ok && (names == nil || names[name]) {
+			in, ok := w.want[dir]
+			if !ok {
+				continue
+			}
+			if in.names[name] || in.dirs && ev.Mask&unix.IN_ISDIR != 0 && validName(name) == nil {
 				relevant = true
-				if ev.Mask&unix.IN_ISDIR != 0 || names != nil && !slices.Contains(HeldNames, name) {
-					resync = true
-				}
-				if names == nil { // lock root tree: a new app or service
-					resync = true
-				}
+				resync = resync || in.resync
 			}
 		}
 	}
 	if resync {
 		w.sync()
 	}
-	if relevant {
-		w.notify()
-	}
+	return relevant
 }
 
 func clen(b []byte) int {
@@ -155,32 +194,35 @@ func clen(b []byte) int {
 	return len(b)
 }
 
-// sync computes the directories to watch and adds or removes watches. It
+// sync computes the directories to watch and adds or removes watches (w.mu
+// is held). It
 // repeats until no watch is new: a directory created between listing its
 // parent and watching the parent is then seen by the next listing, since
 // the parent's watch is in place before it.
 func (w *Watcher) sync() {
+	w.syncs++
 	for i := 0; i < 64 && w.syncOnce(); i++ {
 	}
 }
 
 // syncOnce adds and removes watches once and reports whether it added one.
+// w.mu is held.
 func (w *Watcher) syncOnce() bool {
 	added := false
-	want := map[string]map[string]bool{}
-	add := func(dir string, name string) {
-		names, seen := want[dir]
-		switch {
-		case name == "":
-			want[dir] = nil
-		case seen && names == nil:
-		default:
-			if names == nil {
-				names = map[string]bool{}
-				want[dir] = names
-			}
-			names[name] = true
+	want := map[string]interest{}
+	add := func(dir, name string, resync bool) {
+		in := want[dir]
+		if in.names == nil {
+			in.names = map[string]bool{}
 		}
+		in.names[name] = true
+		in.resync = in.resync || resync
+		want[dir] = in
+	}
+	addDirs := func(dir string) {
+		in := want[dir]
+		in.dirs, in.resync = true, true
+		want[dir] = in
 	}
 	// await watches the nearest existing ancestor of the missing dir for
 	// the next component towards it.
@@ -191,10 +233,15 @@ func (w *Watcher) syncOnce() bool {
 				return
 			}
 			if isDir(parent) {
-				add(parent, filepath.Base(dir))
+				add(parent, filepath.Base(dir), true)
 				return
 			}
 			dir = parent
+		}
+	}
+	service := func(sd string) {
+		for _, n := range HeldNames {
+			add(sd, n, false)
 		}
 	}
 	if w.l.Dir != "" {
@@ -204,17 +251,27 @@ func (w *Watcher) syncOnce() bool {
 		case !isDir(root):
 			await(root)
 		case !isDir(services):
-			add(root, "services")
-		default:
-			add(services, "")
+			add(root, "services", true)
+		case w.svcs == nil:
+			addDirs(services)
 			for _, app := range listDirs(services) {
 				ad := filepath.Join(services, app)
-				add(ad, "")
+				addDirs(ad)
 				for _, svc := range listDirs(ad) {
-					sd := filepath.Join(ad, svc)
-					for _, n := range HeldNames {
-						add(sd, n)
-					}
+					service(filepath.Join(ad, svc))
+				}
+			}
+		default:
+			add(root, "services", true)
+			for _, s := range w.svcs {
+				ad := filepath.Join(services, s.App)
+				add(services, s.App, true)
+				if !isDir(ad) {
+					continue
+				}
+				add(ad, s.Service, true)
+				if sd := filepath.Join(ad, s.Service); isDir(sd) {
+					service(sd)
 				}
 			}
 		}
@@ -223,7 +280,7 @@ func (w *Watcher) syncOnce() bool {
 		g = filepath.Clean(g)
 		parent := filepath.Dir(g)
 		if isDir(parent) {
-			add(parent, filepath.Base(g))
+			add(parent, filepath.Base(g), false)
 		} else {
 			await(parent)
 		}
