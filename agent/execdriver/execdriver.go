@@ -9,7 +9,10 @@
 // the timeout or when ctx ends; a non-zero exit is an error naming the
 // service, the command, the status and the last lines of output. A start
 // command may leave a daemon running in the background: the call returns when
-// the shell exits, even if the daemon keeps the output open.
+// the shell exits, even if the daemon keeps the output open. With RunFile,
+// a command runs only once its process group is recorded there, and Reap
+// kills the groups a killed driver left in flight, so that an orphaned stop
+// never lands after the next agent finished.
 //
 // The package imports nothing from the rest of latch.
 package execdriver
@@ -68,6 +71,13 @@ type Driver struct {
 	// Log, if set, receives every line of command output, prefixed with
 	// the service and the step.
 	Log func(format string, args ...any)
+	// RunFile, if set, records the process group of every command in
+	// flight (see Reap), so that the commands of a driver that was killed
+	// never run on beside the next one.
+	RunFile string
+
+	mu      sync.Mutex           // guards running
+	running map[int]runningGroup // pgid -> what it is
 }
 
 // Stop runs the service's stop command.
@@ -133,7 +143,26 @@ func (d *Driver) run(ctx context.Context, what, command string, env []string) er
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	cmd := exec.CommandContext(cctx, shell, "-c", command)
+	var cmd *exec.Cmd
+	var gate *os.File
+	if d.RunFile == "" {
+		cmd = exec.CommandContext(cctx, shell, "-c", command)
+	} else {
+		// The command waits at a gate (fd 3) until its process group is
+		// recorded; if the driver dies first, the gate closes unopened
+		// and the command never runs.
+		gr, gw, err := os.Pipe()
+		if err != nil {
+			pr.Close()
+			pw.Close()
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		defer gw.Close()
+		gate = gw
+		cmd = exec.CommandContext(cctx, shell, "-c", gateScript, shell, command)
+		cmd.ExtraFiles = []*os.File{gr}
+		defer gr.Close()
+	}
 	cmd.Env = append(append(os.Environ(), d.Env...), env...)
 	cmd.Stdout, cmd.Stderr = pw, pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -147,6 +176,19 @@ func (d *Driver) run(ctx context.Context, what, command string, env []string) er
 		return fmt.Errorf("%s: run %q: %w", what, command, err)
 	}
 	pw.Close()
+	if gate != nil {
+		cmd.ExtraFiles[0].Close()
+		pgid := cmd.Process.Pid
+		if err := d.track(pgid, true); err != nil {
+			syscall.Kill(-pgid, syscall.SIGKILL)
+			cmd.Wait()
+			pr.Close()
+			return fmt.Errorf("%s: record the command's process group in %s: %w", what, d.RunFile, err)
+		}
+		defer d.track(pgid, false)
+		gate.Write([]byte{'\n'})
+		gate.Close()
+	}
 	out := &tail{}
 	drained := make(chan struct{})
 	go func() {
@@ -175,6 +217,116 @@ func (d *Driver) run(ctx context.Context, what, command string, env []string) er
 		return fmt.Errorf("%s: %q failed: %s%s", what, command, describe(ee), out.quote())
 	}
 	return fmt.Errorf("%s: %q: %w", what, command, werr)
+}
+
+// gateScript runs the command ($1) once a line arrives on fd 3, in the
+// same process (exec), so its process group is the recorded one.
+const gateScript = `read -r _ <&3 || exit 125; exec 3<&-; exec "$0" -c "$1"`
+
+// runningGroup identifies a process group leader across pid reuse.
+type runningGroup struct {
+	start string // field 22 of /proc/PID/stat: its start time since boot
+	boot  string // the boot it ran in
+}
+
+// track records (or forgets) a command's process group in RunFile, durably,
+// before the command may run.
+func (d *Driver) track(pgid int, add bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.running == nil {
+		d.running = map[int]runningGroup{}
+	}
+	if add {
+		d.running[pgid] = runningGroup{start: startTime(pgid), boot: bootID()}
+	} else {
+		delete(d.running, pgid)
+	}
+	var b bytes.Buffer
+	for pgid, g := range d.running {
+		fmt.Fprintf(&b, "%d %s %s\n", pgid, g.start, g.boot)
+	}
+	return writeSync(d.RunFile, b.Bytes())
+}
+
+// Reap kills the process groups of commands that RunFile says were in
+// flight when a previous driver died (the same boot, the same process start
+// time: never a process that merely reused the pid), then forgets them. It
+// returns how many groups it killed. Call it before running any command.
+func (d *Driver) Reap() (int, error) {
+	if d.RunFile == "" {
+		return 0, nil
+	}
+	b, err := os.ReadFile(d.RunFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", d.RunFile, err)
+	}
+	killed := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		var pgid int
+		var start, boot string
+		if n, _ := fmt.Sscanf(line, "%d %s %s", &pgid, &start, &boot); n != 3 || pgid <= 1 {
+			continue
+		}
+		if boot != bootID() || start != startTime(pgid) {
+			continue // gone, or the pid now names another process
+		}
+		if err := syscall.Kill(-pgid, syscall.SIGKILL); err == nil {
+			killed++
+		}
+	}
+	return killed, writeSync(d.RunFile, nil)
+}
+
+// startTime is a process's start time (in clock ticks since boot), "" when
+// it does not exist.
+func startTime(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19] // field 22 overall
+}
+
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// writeSync replaces path's content durably (temporary file, fsync, rename).
+func writeSync(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 func describe(ee *exec.ExitError) string {

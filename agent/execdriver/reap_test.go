@@ -1,0 +1,121 @@
+package execdriver
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary play a driver that is killed in the middle
+// of a command (LATCH_EXEC_ORPHAN names the run file and the marker).
+func TestMain(m *testing.M) {
+	if spec := os.Getenv("LATCH_EXEC_ORPHAN"); spec != "" {
+		runFile, marker, _ := strings.Cut(spec, ":")
+		d := &Driver{RunFile: runFile}
+		// The command writes its pid, then stays: the parent kills this
+		// process meanwhile, as a power cut or SIGKILL would.
+		d.Stop(context.Background(), Service{App: "a", Service: "s", Stop: "echo $$ > " + marker + "; sleep 600"})
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+
+
+// A command of a driver that was killed keeps running (its process group is
+// its own); the next driver's Reap kills it before anything else runs.
+func TestReapKillsTheCommandsOfADeadDriver(t *testing.T) {
+	dir := t.TempDir()
+	runFile, marker := filepath.Join(dir, "exec-running"), filepath.Join(dir, "pid")
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), "LATCH_EXEC_ORPHAN="+runFile+":"+marker)
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	for deadline := time.Now().Add(30 * time.Second); pid == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			child.Process.Kill()
+			t.Fatal("the command never started")
+		}
+		if b, err := os.ReadFile(marker); err == nil && len(b) > 0 && b[len(b)-1] == '\n' {
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+	}
+	child.Process.Kill()
+	child.Wait()
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
+	if !alive(pid) {
+		t.Fatalf("the orphaned command %d died with its driver: nothing to reap, the test proves nothing", pid)
+	}
+	rec, _ := os.ReadFile(runFile)
+	if !strings.HasPrefix(string(rec), strconv.Itoa(pid)+" ") {
+		t.Fatalf("run file holds %q, want the command's process group %d", rec, pid)
+	}
+
+	n, err := (&Driver{RunFile: runFile}).Reap()
+	if err != nil || n != 1 {
+		t.Fatalf("Reap = %d, %v; want 1 group killed", n, err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); alive(pid) && !zombie(pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still runs after Reap", pid)
+		}
+	}
+	if rec, _ := os.ReadFile(runFile); len(rec) != 0 {
+		t.Errorf("run file after Reap holds %q, want nothing", rec)
+	}
+	// A second Reap finds nothing, and a recorded pid that now names
+	// another process (its start time differs) is never killed.
+	os.WriteFile(runFile, []byte(strconv.Itoa(os.Getpid())+" 1 "+bootID()+"\n"), 0o600)
+	if n, err := (&Driver{RunFile: runFile}).Reap(); err != nil || n != 0 {
+		t.Fatalf("Reap of a reused pid = %d, %v; want 0 killed", n, err)
+	}
+}
+
+func zombie(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
+}
+
+// A command whose driver dies before its process group is recorded never
+// runs: the gate closes unopened.
+func TestGateClosedUnopenedRunsNothing(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "ran")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", gateScript, "/bin/sh", "touch "+marker)
+	cmd.ExtraFiles = []*os.File{r}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	w.Close() // the driver died
+	err = cmd.Wait()
+	if _, serr := os.Stat(marker); serr == nil {
+		t.Fatal("the command ran although its gate was never opened")
+	}
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 125 {
+		t.Fatalf("gate exit = %v, want status 125", err)
+	}
+	// And with the gate opened, it runs.
+	d := &Driver{RunFile: filepath.Join(t.TempDir(), "run")}
+	if err := d.Start(context.Background(), Service{Start: "touch " + marker}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("gated command did not run: %v", err)
+	}
+}
