@@ -26,8 +26,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-
-
 // A command of a driver that was killed keeps running (its process group is
 // its own); the next driver's Reap kills it before anything else runs.
 func TestReapKillsTheCommandsOfADeadDriver(t *testing.T) {
