@@ -25,6 +25,46 @@
 // calls OpenOrReset, which moves such a file aside as
 // journal.db.corrupt-<UTC time> and starts a fresh one.
 //
+// The journal path is looked at with lstat before anything opens it, and
+// only a regular file is opened, with O_NOFOLLOW and O_NONBLOCK: a named
+// pipe, a socket, a directory, a device or a symbolic link (dangling or
+// not) at the path is ErrCorrupt naming its kind. It is never read, never
+// waited on, and a link is never followed: OpenOrReset renames the thing
+// itself aside (a directory with all it holds; a link, not what it points
+// to) and deletes nothing.
+//
+// # Losing the file
+//
+// The journal file can be deleted or replaced while the agent runs (an
+// operator cleaning up, a script that rewrites the state directory). The
+// open Journal goes on working on the file it has open, so nothing fails,
+// but everything it holds would be gone at the next start. Journal.Check
+// tells (one fstat of the open file, one lstat of the path): ErrGone when
+// the path holds nothing, another file, or anything else, or the open file
+// has no link left. The agent calls it now and then, and at ErrGone calls
+// Journal.Restore, which promises:
+//
+//   - a consistent copy: one read transaction of the open journal, read
+//     through the file bbolt has open, written to a new file in the same
+//     directory (created when it is gone too), fsynced, renamed to the path
+//     without replacing anything, and the directory fsynced;
+//   - nothing deleted: whatever was put at the path meanwhile (a file, a
+//     directory, a link) is first renamed aside as <path>.replaced-<UTC
+//     time>, the thing itself and not what a link points to;
+//   - one switch: the Journal then opens the file at the path, checks it
+//     like Open, and closes the old one; every later commit lands in the
+//     file at the path. Views and Updates that run meanwhile wait for the
+//     switch (a copy of a small journal takes milliseconds) and are never
+//     lost: each lands in the old file before the copy or in the new one;
+//   - a trace: an event of kind "journal" in the restored journal says what
+//     was found and where it was moved;
+//   - when it fails, the Journal goes on with the file it has open and the
+//     error says what failed; Check still reports ErrGone, so Restore can
+//     be tried again.
+//
+// Restore does nothing when Check reports no error. A crash during Restore
+// can leave a <path>.restore-* file behind; nothing reads or removes it.
+//
 // # Caveats
 //
 // Durability is bbolt's default: a commit writes its pages, fsyncs the

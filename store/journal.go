@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -72,9 +73,17 @@ const (
 // Journal is an open journal file. Its methods are safe for concurrent use:
 // Views run concurrently, Updates one at a time.
 type Journal struct {
-	db        *bolt.DB
 	path      string
+	timeout   time.Duration
 	maxEvents int
+
+	// mu guards db and file: View, Update and Check hold it shared, Restore
+	// and Close exclusively, so that no transaction runs while Restore
+	// switches to the file it wrote. Transactions must therefore not call
+	// View or Update of the same journal (bbolt forbids that too).
+	mu   sync.RWMutex
+	db   *bolt.DB
+	file *os.File // the file bbolt opened; bbolt owns and closes it
 }
 
 // Open opens the journal at path, creating it (mode 0600, parent directory
@@ -82,43 +91,56 @@ type Journal struct {
 // then fails with ErrInUse. It migrates an older schema, refuses a newer one
 // with ErrSchema, and checks the whole file before returning: a file that
 // bbolt cannot open, that is inconsistent, or that holds a record that does
-// not decode gives ErrCorrupt.
+// not decode gives ErrCorrupt. So does anything at path that is not a
+// regular file (a named pipe, a socket, a directory, a device, a symbolic
+// link, dangling or not): it is not opened, nor followed.
 func Open(path string, opts *Options) (*Journal, error) {
-	timeout, maxEvents := defaultTimeout, defaultMaxEvents
+	j := &Journal{path: path, timeout: defaultTimeout, maxEvents: defaultMaxEvents}
 	if opts != nil {
 		if opts.Timeout > 0 {
-			timeout = opts.Timeout
+			j.timeout = opts.Timeout
 		}
 		if opts.MaxEvents > 0 {
-			maxEvents = opts.MaxEvents
+			j.maxEvents = opts.MaxEvents
 		}
 	}
+	if err := j.open(); err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+	return j, nil
+}
+
+// open opens the file at j.path into j.db and j.file and checks it; on an
+// error it leaves them as they were.
+func (j *Journal) open() error {
+	path := j.path
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open journal %s: create directory: %w", path, err)
+		return fmt.Errorf("create directory: %w", err)
 	}
-	_, statErr := os.Lstat(path)
-	created := errors.Is(statErr, os.ErrNotExist)
-
+	exists, err := checkKind(path)
+	if err != nil {
+		return err
+	}
 	if err := precheck(path); err != nil {
-		return nil, fmt.Errorf("open journal %s: %w", path, err)
+		return err
 	}
 
 	var file *os.File // the file bbolt opened, to release it if bbolt panics
 	bopts := &bolt.Options{
-		Timeout:      timeout,
+		Timeout:      j.timeout,
 		FreelistType: bolt.FreelistMapType,
 		// No InitialMmapSize: bbolt maps the file's size rounded up (32 KiB
 		// at least) and grows the mapping as the file grows, which keeps the
 		// address space small on 32-bit boards. The journal stays small.
 		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
-			f, err := os.OpenFile(name, flag, mode)
+			f, err := openRegular(name, flag, mode)
 			file = f
 			return f, err
 		},
 	}
 	var db *bolt.DB
-	err := guard(func() error {
+	err = guard(func() error {
 		var err error
 		db, err = bolt.Open(path, 0o600, bopts)
 		return err
@@ -126,7 +148,7 @@ func Open(path string, opts *Options) (*Journal, error) {
 	switch {
 	case err == nil:
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("open journal %s: %w (waited %s)", path, ErrInUse, timeout)
+		return fmt.Errorf("%w (waited %s)", ErrInUse, j.timeout)
 	case errors.Is(err, ErrCorrupt):
 		if db == nil && file != nil {
 			// bbolt panicked half-way: release its mapping and fd, and with
@@ -134,25 +156,26 @@ func Open(path string, opts *Options) (*Journal, error) {
 			unmapFile(file)
 			file.Close()
 		}
-		return nil, fmt.Errorf("open journal %s: %w", path, err)
+		return err
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
 		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrInvalidMapping):
-		return nil, fmt.Errorf("open journal %s: %w: %w", path, ErrCorrupt, err)
+		return fmt.Errorf("%w: %w", ErrCorrupt, err)
 	default:
-		return nil, fmt.Errorf("open journal %s: %w", path, err)
+		return err
 	}
-	if created {
+	if !exists {
 		if err := syncDir(dir); err != nil {
 			db.Close()
-			return nil, fmt.Errorf("open journal %s: %w", path, err)
+			return err
 		}
 	}
-	j := &Journal{db: db, path: path, maxEvents: maxEvents}
-	if err := guard(j.prepare); err != nil {
+	nj := &Journal{path: path, timeout: j.timeout, maxEvents: j.maxEvents, db: db, file: file}
+	if err := guard(nj.prepare); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open journal %s: %w", path, err)
+		return err
 	}
-	return j, nil
+	j.db, j.file = db, file
+	return nil
 }
 
 // prepare checks the schema version, migrates, and verifies the file.
@@ -202,7 +225,7 @@ func schemaVersion(tx *bolt.Tx) (int, error) {
 // a garbled page that makes bbolt panic or fault becomes ErrCorrupt; bbolt's
 // check then only revisits pages already read safely.
 func (j *Journal) verify(btx *bolt.Tx) error {
-	if fi, err := os.Stat(j.path); err != nil {
+	if fi, err := j.file.Stat(); err != nil {
 		return fmt.Errorf("stat: %w", err)
 	} else if fi.Size() < btx.Size() {
 		return fmt.Errorf("%w: file is %d bytes, its pages need %d (truncated)", ErrCorrupt, fi.Size(), btx.Size())
@@ -274,27 +297,24 @@ func syncDir(dir string) error {
 }
 
 // OpenOrReset opens the journal like Open. When Open reports ErrCorrupt it
-// moves the file aside as <path>.corrupt-<UTC time 20060102T150405Z>, opens
-// a fresh journal and returns the aside path (empty when nothing was moved).
-// ErrInUse, ErrSchema and other errors are returned as they are.
+// moves what is at path aside as <path>.corrupt-<UTC time 20060102T150405Z>
+// (with .1, .2, ... appended when that name is taken), opens a fresh
+// journal and returns the aside path (empty when nothing was moved). What
+// is moved is the thing at path itself, whatever its kind: a directory is
+// renamed with all it holds, a symbolic link is renamed and what it points
+// to is left as it was. Nothing is deleted. ErrInUse, ErrSchema and other
+// errors are returned as they are.
 func OpenOrReset(path string, opts *Options) (j *Journal, aside string, err error) {
 	j, err = Open(path, opts)
 	if err == nil || !errors.Is(err, ErrCorrupt) {
 		return j, "", err
 	}
 	openErr := err
-	base := path + ".corrupt-" + time.Now().UTC().Format("20060102T150405Z")
-	aside = base
-	for n := 1; ; n++ {
-		if _, err := os.Lstat(aside); errors.Is(err, os.ErrNotExist) {
-			break
+	aside, err = moveAside(path, ".corrupt-")
+	if err != nil {
+		if aside == "" {
+			return nil, "", fmt.Errorf("move corrupt journal aside (%v): %w", openErr, err)
 		}
-		aside = fmt.Sprintf("%s.%d", base, n)
-	}
-	if err := os.Rename(path, aside); err != nil {
-		return nil, "", fmt.Errorf("move corrupt journal aside (%v): %w", openErr, err)
-	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
 		return nil, aside, fmt.Errorf("move corrupt journal aside: %w", err)
 	}
 	j, err = Open(path, opts)
@@ -306,6 +326,8 @@ func OpenOrReset(path string, opts *Options) (j *Journal, aside string, err erro
 
 // Close closes the journal. It is safe to call more than once.
 func (j *Journal) Close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
 	if err := j.db.Close(); err != nil {
 		return fmt.Errorf("close journal %s: %w", j.path, err)
 	}
@@ -317,6 +339,8 @@ func (j *Journal) Path() string { return j.path }
 
 // View runs fn in a read-only transaction; it sees one consistent state.
 func (j *Journal) View(fn func(*Tx) error) error {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
 	return j.db.View(func(btx *bolt.Tx) error {
 		return fn(&Tx{tx: btx, j: j})
 	})
@@ -326,6 +350,8 @@ func (j *Journal) View(fn func(*Tx) error) error {
 // write it made is committed together and fsynced before Update returns;
 // when fn returns an error (or panics) none of them is.
 func (j *Journal) Update(fn func(*Tx) error) error {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
 	return j.db.Update(func(btx *bolt.Tx) error {
 		return fn(&Tx{tx: btx, j: j})
 	})

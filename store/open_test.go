@@ -3,6 +3,7 @@ package store
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +39,59 @@ func TestHelperProcess(t *testing.T) {
 	case "crash":
 		crashChild(path)
 		os.Exit(0)
+	case "dump":
+		// Print what the journal file holds, as another process sees it.
+		j, err := Open(path, nil)
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		var d dump
+		err = j.View(func(tx *Tx) error {
+			var err error
+			if d.Holds, err = tx.Holds(); err != nil {
+				return err
+			}
+			if d.Apps, err = tx.Apps(); err != nil {
+				return err
+			}
+			d.Events, err = tx.Events(0)
+			return err
+		})
+		j.Close()
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		json.NewEncoder(os.Stdout).Encode(d)
+		os.Exit(0)
 	}
+}
+
+// dump is what the "dump" helper process prints.
+type dump struct {
+	Holds  []Hold
+	Apps   []App
+	Events []Event
+}
+
+// dumpOther reads the journal at path from another process.
+func dumpOther(t *testing.T, path string) dump {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), "LATCH_STORE_HELPER=dump", "LATCH_STORE_JOURNAL="+path)
+	cmd.Stderr = os.Stderr
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	startHelper(t, cmd)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("dump of %s in another process: %v: %s", path, err, out.Bytes())
+	}
+	var d dump
+	if err := json.Unmarshal(out.Bytes(), &d); err != nil {
+		t.Fatalf("dump of %s in another process: %v: %s", path, err, out.Bytes())
+	}
+	return d
 }
 
 // helper starts the test binary as a helper process of the given kind.

@@ -50,9 +50,10 @@ func parseMeta(page []byte) (metaInfo, bool) {
 // bbolt trusts them and reads pages past the end of a truncated file, which
 // faults. It reports ErrCorrupt when the newest valid meta page names pages
 // the file does not have. A file with no valid meta page is left to bbolt,
-// which reports it as invalid.
+// which reports it as invalid. Anything but a regular file at path is
+// ErrCorrupt, and is never opened in a way that blocks or follows a link.
 func precheck(path string) error {
-	f, err := os.Open(path)
+	f, err := openRegular(path, os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
