@@ -126,6 +126,7 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	cfg := agent.Config{
 		StateDir:    p.stateDir,
+		RunDir:      p.runDir,
 		Layout:      lock.Layout{Dir: p.lockDir, Global: p.globals},
 		LockUID:     uid,
 		LockGID:     gid,
@@ -153,6 +154,7 @@ func runAgent(ctx context.Context, args []string) error {
 			ShutdownCommand: *shutdownCmd,
 			Env:             []string{"LATCH_CONFIG_FILE=" + filepath.Join(p.stateDir, "config.env")},
 			Log:             logf,
+			RunFile:         filepath.Join(p.stateDir, "exec-running"),
 		}}
 	case "systemd":
 		units, err := systemd.Connect(ctx)
@@ -244,6 +246,7 @@ func (x *execAdapter) Start(ctx context.Context, s agent.Service) error {
 func (x *execAdapter) Health(ctx context.Context, s agent.Service) error {
 	return x.d.Health(ctx, x.svc(s))
 }
+func (x *execAdapter) Reap() (int, error)                 { return x.d.Reap() }
 func (x *execAdapter) Reboot(ctx context.Context) error   { return x.d.Reboot(ctx) }
 func (x *execAdapter) Shutdown(ctx context.Context) error { return x.d.Shutdown(ctx) }
 

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -26,8 +27,12 @@ func (a *Agent) PushTarget(ctx context.Context, doc target.Doc, by string) error
 	return a.do(ctx, func() error { return a.accept(doc, by) })
 }
 
-// accept verifies and parses a target document, applies its configuration,
-// and journals the update it asks for (if any).
+// accept verifies and parses a target document, journals it, then applies
+// its configuration and prepares its services. Nothing changes before the
+// journal has it: a document refused for any reason, a full disk included,
+// leaves no trace but the refusal in the log. One accepted while an action
+// is in flight is journalled as queued, and taken up once the action ends,
+// also after a crash.
 func (a *Agent) accept(doc target.Doc, by string) error {
 	if a.cfg.TrustKey != nil {
 		if err := target.Verify(a.cfg.TrustKey, doc.Data, doc.Sig); err != nil {
@@ -36,28 +41,107 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 		}
 	}
 	st, err := target.Parse(doc.Data)
+	if err == nil {
+		err = a.checkPaths(st)
+	}
 	if err != nil {
 		a.event("rejected", by, "target from %s rejected: %v", doc.Source, err)
 		return err
 	}
-	a.st.latest = st
-	// Kept for the next start: the services it names get their lock
-	// directories (and drop-ins) before the agent reports ready, even when
-	// the target comes from a URL that is not reachable at boot.
-	if err := writeFileAtomic(a.latestPath(), doc.Data, 0o600); err != nil {
-		a.logf("keep the target state: %v", err)
+	if a.busy() {
+		return a.queue(doc, st, by)
 	}
-	a.prepare(st)
-	if err := a.applyConfig(st, by); err != nil {
+	if err := a.journalUpdate(doc, st, by); err != nil {
 		return err
 	}
-	a.reconcileHolds()
-	if a.st.applying {
-		// Never disturb an apply in flight: take the newest target after it.
-		d := doc
-		a.st.queued, a.st.queuedBy = &d, by
-		return nil
+	a.accepted(doc, st, by)
+	return nil
+}
+
+// queue journals a target that arrived during an action; it is taken up
+// when the action ends. A target asking for the releases that run, while an
+// interrupted apply waits to resume, is a cancel: the apply is rolled back.
+func (a *Agent) queue(doc target.Doc, st *target.State, by string) error {
+	q := &store.Queued{Doc: bytes.Clone(doc.Data), Source: doc.Source, By: by, Accepted: time.Now()}
+	p := a.st.pending
+	revert := a.st.resume != nil && !isRestart(a.st.resume) && p != nil && len(makePlan(st, a.st.apps, a.st.running, nil)) == 0
+	err := a.journal(func(tx *store.Tx) error {
+		if err := tx.SetQueued(q); err != nil {
+			return err
+		}
+		msg := fmt.Sprintf("target from %s accepted during an action: it is taken up once the action ends", doc.Source)
+		if revert {
+			p.Reason, p.Updated = cancelPrefix+by+": the target asks for the releases that ran before; rolling back", time.Now()
+			if err := tx.PutPending(p); err != nil {
+				return err
+			}
+			msg = fmt.Sprintf("target from %s asks for the releases that ran before update %s: it is rolled back once its locks can be taken", doc.Source, short(p.ID))
+		}
+		_, err := tx.Log(store.Event{Kind: "update", By: by, Message: msg})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("journal the target: %w", err)
 	}
+	a.st.queued = q
+	return nil
+}
+
+// takeQueued accepts the target that was queued during an action.
+func (a *Agent) takeQueued() {
+	q := a.st.queued
+	st, err := target.Parse(q.Doc)
+	if err == nil {
+		err = a.journalUpdate(target.Doc{Data: q.Doc, Source: q.Source}, st, q.By)
+	}
+	if err != nil && !errors.Is(err, target.ErrInvalid) {
+		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
+		a.logf("queued target from %s: %v", q.Source, err)
+		return
+	}
+	if err != nil {
+		a.event("rejected", q.By, "queued target from %s rejected: %v", q.Source, err)
+	}
+	if a.journal(func(tx *store.Tx) error { return tx.DeleteQueued() }) != nil {
+		return
+	}
+	a.st.queued = nil
+	if err == nil {
+		a.accepted(target.Doc{Data: q.Doc, Source: q.Source}, st, q.By)
+	}
+}
+
+// checkPaths refuses a target that would install a file into latch's own
+// state: the state dir (journal, downloads), the lock directories, the
+// device-wide lock paths and the API's run dir.
+func (a *Agent) checkPaths(st *target.State) error {
+	var own []string
+	for _, d := range []string{a.cfg.StateDir, a.cfg.Layout.Dir, a.cfg.RunDir} {
+		if d != "" {
+			own = append(own, filepath.Clean(d))
+		}
+	}
+	for _, g := range a.cfg.Layout.Global {
+		own = append(own, filepath.Clean(g), filepath.Dir(filepath.Clean(g)))
+	}
+	for _, app := range sortedKeys(st.Apps) {
+		for _, name := range sortedKeys(st.Apps[app].Services) {
+			for i, f := range st.Apps[app].Services[name].Files {
+				for _, d := range own {
+					if f.Path == d || strings.HasPrefix(f.Path, d+"/") {
+						return fmt.Errorf("%w: apps.%s.services.%s.files[%d].path %s is inside %s, which latch keeps for itself (journal, downloads, locks, API socket)", target.ErrInvalid, app, name, i, f.Path, d)
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// journalUpdate journals the update that st asks for (if any) in one
+// transaction, or drops a pending update that it makes moot. The loop's
+// state is changed only once the journal has it.
+func (a *Agent) journalUpdate(doc target.Doc, st *target.State, by string) error {
 	id := target.Digest(doc.Data)
 	if p := a.st.pending; p != nil && p.ID == id {
 		return nil // the update already pending (or failed) for this document
@@ -91,11 +175,8 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 			})
 		}
 	}
-	if a.st.cancelDownload != nil {
-		a.st.cancelDownload() // the old download's completion is ignored
-	}
 	var names []string
-	err = a.journal(func(tx *store.Tx) error {
+	err := a.journal(func(tx *store.Tx) error {
 		if err := tx.PutPending(u); err != nil {
 			return err
 		}
@@ -114,6 +195,9 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 	if err != nil {
 		return fmt.Errorf("journal the update: %w", err)
 	}
+	if a.st.cancelDownload != nil {
+		a.st.cancelDownload() // the old download's completion is ignored
+	}
 	for app := range changed {
 		ap := a.st.apps[app]
 		ap.Name, ap.Target = app, st.Apps[app].Release
@@ -124,6 +208,22 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 	a.setPending(u, st)
 	a.logf("update %s accepted: %s", short(id), strings.Join(names, ", "))
 	return nil
+}
+
+// accepted does what follows a journalled target: it becomes the latest
+// (kept for the next start, so that its services get their lock directories
+// and drop-ins before READY even when its source is unreachable at boot), its
+// services are prepared and its configuration applied.
+func (a *Agent) accepted(doc target.Doc, st *target.State, by string) {
+	a.st.latest = st
+	if err := writeFileAtomic(a.latestPath(), doc.Data, 0o600); err != nil {
+		a.logf("keep the target state: %v", err)
+	}
+	a.prepare(st)
+	if err := a.applyConfig(st, by); err != nil {
+		a.logf("configuration of the target from %s: %v", doc.Source, err)
+	}
+	a.reconcileHolds(false)
 }
 
 func orNone(s string) string {
@@ -266,6 +366,7 @@ func envFile(m map[string]string) []byte {
 		v = strings.ReplaceAll(v, `\`, `\\`)
 		v = strings.ReplaceAll(v, `"`, `\"`)
 		v = strings.ReplaceAll(v, `$`, `\$`)
+		v = strings.ReplaceAll(v, "`", "\\`")
 		fmt.Fprintf(&b, "%s=\"%s\"\n", k, v)
 	}
 	return b.Bytes()

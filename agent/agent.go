@@ -36,6 +36,13 @@ type Preparer interface {
 	Prepare(ctx context.Context, svcs []Service) error
 }
 
+// Reaper is implemented by drivers whose commands can outlive a killed
+// agent (the exec driver): Reap kills what a previous agent left in flight,
+// before this one acts, and says how many it killed.
+type Reaper interface {
+	Reap() (int, error)
+}
+
 // Service is what a driver needs to act on one service.
 type Service struct {
 	App, Name string
@@ -53,6 +60,7 @@ type Notifier interface {
 // Config is everything the agent needs; main builds it from flags.
 type Config struct {
 	StateDir string
+	RunDir   string // the API socket's directory: no target may install into it
 	Layout   lock.Layout
 	// LockUID and LockGID own the agent's lock entries (spec: 65534).
 	LockUID, LockGID int
@@ -142,6 +150,7 @@ func New(cfg Config, j *store.Journal) (*Agent, error) {
 	if cfg.Driver == nil {
 		return nil, fmt.Errorf("%w: no service driver", ErrInvalid)
 	}
+	cfg.Layout.LockUID = cfg.LockUID // entries claiming to be the agent's count only when owned by it
 	a := &Agent{
 		cfg:    cfg,
 		j:      j,
@@ -215,8 +224,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("create state dir %s: %w", d, err)
 		}
 	}
-	if err := os.MkdirAll(a.cfg.Layout.Dir, 0o755); err != nil {
-		return fmt.Errorf("create lock dir %s: %w", a.cfg.Layout.Dir, err)
+	if err := os.MkdirAll(filepath.Dir(a.cfg.Layout.Dir), 0o755); err != nil {
+		return fmt.Errorf("create the parent of lock dir %s: %w", a.cfg.Layout.Dir, err)
+	}
+	// /tmp/balena and /tmp/resin belong to root from the start: a user who
+	// made them first could point them anywhere.
+	if err := a.cfg.Layout.EnsureGlobalDirs(); err != nil {
+		a.logf("warning: %v", err)
 	}
 	w, err := a.cfg.Layout.Watch()
 	if err != nil {
@@ -224,6 +238,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer w.Close()
 
+	if r, ok := a.cfg.Driver.(Reaper); ok {
+		n, err := r.Reap()
+		if err != nil {
+			return fmt.Errorf("stop the commands a previous agent left running: %w", err)
+		}
+		if n > 0 {
+			a.logf("killed %d command(s) that the previous agent left running", n)
+		}
+	}
 	if err := a.recover(); err != nil {
 		return err
 	}
@@ -243,7 +266,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopSources()
 	a.startSources(srcCtx, &wg)
 
-	a.resumeApply()
 	err = a.loop(ctx, w)
 	stopSources()
 	a.shutdown()
@@ -290,6 +312,7 @@ func (a *Agent) loop(ctx context.Context, w *lock.Watcher) error {
 			case <-wake:
 			case <-tick.C:
 				a.beat.Store(time.Now().UnixNano())
+				a.checkJournal()
 				if time.Since(lastScan) < a.cfg.Rescan {
 					woke = false
 				} else {
@@ -306,13 +329,32 @@ func (a *Agent) loop(ctx context.Context, w *lock.Watcher) error {
 	}
 }
 
+// checkJournal puts the journal file back when it was deleted or replaced
+// while the agent runs (a cleanup of the state dir): what it holds would
+// otherwise be gone at the next start.
+func (a *Agent) checkJournal() {
+	err := a.j.Check()
+	if err == nil || !errors.Is(err, store.ErrGone) {
+		return
+	}
+	a.logf("journal: %v: writing it back from the open journal", err)
+	if err := a.j.Restore(); err != nil {
+		a.logf("journal: restore %s: %v", a.j.Path(), err)
+		return
+	}
+	a.event("journal", "", "journal file %s was deleted or replaced while the agent ran: written back from the open journal", a.j.Path())
+}
+
 // startSources starts the goroutines that deliver target documents.
 func (a *Agent) startSources(ctx context.Context, wg *sync.WaitGroup) {
 	if a.cfg.TargetFile != "" {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := target.WatchFile(ctx, a.cfg.TargetFile, a.docs); err != nil && !errors.Is(err, context.Canceled) {
+			err := target.WatchFileReport(ctx, a.cfg.TargetFile, a.docs, func(err error) {
+				a.logf("target file %s: %v", a.cfg.TargetFile, err)
+			})
+			if err != nil && !errors.Is(err, context.Canceled) {
 				a.logf("watch target file %s: %v", a.cfg.TargetFile, err)
 			}
 		}()

@@ -40,42 +40,33 @@ type applyDone struct {
 	id          string
 	err         error // nil: applied and healthy
 	interrupted bool  // the agent is stopping; the journal says where to resume
+	where       string // for an interrupted apply: how far each service got
 }
 
 // tryApply takes the locks of every service the pending update touches, all
-// or nothing, and starts the apply; when a lock is held (and neither force
-// nor override says otherwise) it records what blocks and waits for the
+// or nothing, and starts the apply; when something blocks it (and neither
+// force nor override says otherwise) it records what blocks and waits for the
 // watcher to report a change.
 func (a *Agent) tryApply() {
 	p := a.st.pending
+	if a.restageMissing() {
+		return
+	}
 	svcs := services(a.st.plan)
 	force := p.Forced || a.st.override.Enabled
-	blocking, err := a.blockers(svcs, force)
+	why, by := "override", "override:"+a.st.override.By
+	if p.Forced {
+		why, by = "forced update", a.forcedBy()
+	}
+	locks, blocking, err := a.take(svcs, force, why, by)
 	if err != nil {
-		a.logf("scan locks: %v", err)
+		p.Reason = "cannot take the locks: " + err.Error()
+		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
+		a.logf("take locks for update %s: %v", short(p.ID), err)
 		return
 	}
 	if len(blocking) > 0 {
 		a.setBlocked(blocking)
-		return
-	}
-	if force {
-		why, by := "override", "override"
-		if p.Forced {
-			why, by = "forced update", p.By
-		}
-		a.removeUserLocks(svcs, why, by)
-	}
-	locks, err := a.acquire(svcs, force)
-	if err != nil {
-		var he *lock.HeldError
-		if errors.As(err, &he) {
-			a.setBlocked([]lock.Entry{he.Entry}) // taken in between: wait for the watcher
-			return
-		}
-		p.Reason = "cannot take the locks: " + err.Error()
-		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
-		a.logf("take locks for update %s: %v", short(p.ID), err)
 		return
 	}
 	ap := &store.Apply{UpdateID: p.ID, Locks: lockRefs(locks), Started: time.Now()}
@@ -110,6 +101,44 @@ func (a *Agent) tryApply() {
 	a.startApply(ap, locks, false)
 }
 
+// restageMissing puts the pending update back to downloading when a staged
+// file went missing from the state dir (a cleanup, a full disk's victim), so
+// that it is fetched again instead of failing the apply.
+func (a *Agent) restageMissing() bool {
+	p := a.st.pending
+	var missing []int
+	for i, f := range p.Files {
+		if _, err := os.Lstat(a.staged(f.SHA256)); err != nil {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) == 0 {
+		return false
+	}
+	err := a.journal(func(tx *store.Tx) error {
+		for _, i := range missing {
+			if err := tx.SetFileProgress(i, 0, false); err != nil {
+				return err
+			}
+			p.Files[i].Done, p.Files[i].Complete = 0, false
+		}
+		p.State, p.Updated = store.Downloading, time.Now()
+		if err := tx.PutPending(p); err != nil {
+			return err
+		}
+		_, err := tx.Log(store.Event{Kind: "download", Message: fmt.Sprintf("update %s: %d staged file(s) missing from %s, downloading again", short(p.ID), len(missing), a.downloadDir())})
+		return err
+	})
+	if err != nil {
+		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
+		return true
+	}
+	for _, i := range missing {
+		a.st.fileDone[i] = 0
+	}
+	return true
+}
+
 func svcList(svcs []lock.Service) string {
 	names := make([]string, len(svcs))
 	for i, s := range svcs {
@@ -128,7 +157,7 @@ func lockRefs(locks []*lock.Lock) []store.LockRef {
 
 // startApply runs the apply worker beside the loop.
 func (a *Agent) startApply(ap *store.Apply, locks []*lock.Lock, rollback bool) {
-	a.st.applying, a.st.applyLocks, a.st.applyStarted = true, locks, time.Now()
+	a.st.applying, a.st.actionLocks, a.st.applyStarted = true, locks, time.Now()
 	w := &applyWorker{
 		a:        a,
 		ap:       cloneApply(ap),
@@ -188,6 +217,18 @@ func (w *applyWorker) running(i int) Service {
 // effect runs with a context that shutdown does not cancel, so the step in
 // flight finishes; the worker stops between steps when ctx ends.
 func (w *applyWorker) run(ctx context.Context) applyDone {
+	d := w.run1(ctx)
+	if d.interrupted {
+		var parts []string
+		for _, st := range w.ap.Steps {
+			parts = append(parts, st.App+"/"+st.Service+" "+st.Phase)
+		}
+		d.where = strings.Join(parts, ", ")
+	}
+	return d
+}
+
+func (w *applyWorker) run1(ctx context.Context) applyDone {
 	id := w.ap.UpdateID
 	if w.rollback || w.inRollback() {
 		err := w.restore(ctx, errors.New("apply interrupted during its rollback"))
@@ -344,7 +385,9 @@ func (a *Agent) onApplied(ev applyDone) {
 	s := &a.st
 	s.applying = false
 	if ev.interrupted {
-		return // the journal and the locks stay as they are, for the next start
+		// The journal and the locks stay as they are, for the next start.
+		a.logf("apply of update %s interrupted by shutdown: %s; the next start re-takes its locks and resumes from there", short(s.pending.ID), ev.where)
+		return
 	}
 	p := s.pending
 	dur := time.Since(s.applyStarted).Seconds()
@@ -403,11 +446,16 @@ func (a *Agent) onApplied(ev applyDone) {
 		}
 		s.appliesOK++
 		a.logf("update %s applied: %s", short(p.ID), releases(s.plan))
-		a.releaseApplyLocks()
+		a.releaseActionLocks()
 		a.setPending(nil, nil)
 		a.cleanDownloads()
 	} else {
 		s.appliesFailed++
+		if cancelled(p) {
+			a.releaseActionLocks()
+			a.cancelPending(cancelledBy(p), "rolled back: "+ev.err.Error())
+			return
+		}
 		final := p.Attempts >= a.cfg.MaxAttempts
 		a.journal(func(tx *store.Tx) error {
 			p.Reason, p.Updated = ev.err.Error(), time.Now()
@@ -429,15 +477,9 @@ func (a *Agent) onApplied(ev applyDone) {
 			return err
 		})
 		a.logf("update %s failed (attempt %d of %d): %v", short(p.ID), p.Attempts, a.cfg.MaxAttempts, ev.err)
-		a.releaseApplyLocks()
+		a.releaseActionLocks()
 		if !final {
 			s.retryAt = time.Now().Add(a.cfg.RetryDelay << min(p.Attempts-1, 6))
-		}
-	}
-	if q := s.queued; q != nil {
-		s.queued = nil
-		if err := a.accept(*q, s.queuedBy); err != nil {
-			a.logf("queued target rejected: %v", err)
 		}
 	}
 }
@@ -467,17 +509,17 @@ func releases(plan []planned) string {
 	return strings.Join(out, ", ")
 }
 
-// releaseApplyLocks removes the apply's lock entries (only those still the
-// ones the agent created).
-func (a *Agent) releaseApplyLocks() {
-	if len(a.st.applyLocks) == 0 {
+// releaseActionLocks removes the entries of the action that ended (only
+// those still the ones the agent created).
+func (a *Agent) releaseActionLocks() {
+	if len(a.st.actionLocks) == 0 {
 		return
 	}
-	if err := lock.ReleaseAll(a.st.applyLocks); err != nil {
+	if err := lock.ReleaseAll(a.st.actionLocks); err != nil {
 		a.logf("release locks: %v", err)
 	}
-	a.event("lock-released", "", "locks released: %s", lockPaths(a.st.applyLocks))
-	a.st.applyLocks = nil
+	a.event("lock-released", "", "locks released: %s", lockPaths(a.st.actionLocks))
+	a.st.actionLocks = nil
 }
 
 func lockPaths(locks []*lock.Lock) string {
@@ -488,30 +530,62 @@ func lockPaths(locks []*lock.Lock) string {
 	return strings.Join(paths, ", ")
 }
 
-// resumeApply restarts an apply that the journal says was interrupted, once
-// its locks are re-taken (recover did that, or retakeApplyLocks will).
-func (a *Agent) resumeApply() {
-	var ap *store.Apply
-	err := a.j.View(func(tx *store.Tx) error {
-		var err error
-		ap, err = tx.Apply()
-		return err
-	})
-	if errors.Is(err, store.ErrNotFound) || ap == nil || len(a.st.retake) > 0 {
+// tryResume takes the locks of the apply (or the restart) that a crash or a
+// shutdown interrupted, through the same gate as every other action: in the
+// lock directories the agent uses now, with the device-wide paths and the
+// recorded holds, and with force, override and cancel working on it. Until it
+// can, the update shows as waiting, naming what blocks it. Before the agent is
+// ready it only takes the locks; the loop starts the worker.
+func (a *Agent) tryResume() {
+	s := &a.st
+	ap := s.resume
+	if isRestart(ap) {
+		a.tryResumeRestart()
 		return
 	}
-	if err != nil {
-		a.logf("read apply record: %v", err)
-		return
-	}
-	p := a.st.pending
-	if p == nil || p.ID != ap.UpdateID || !stepsMatch(ap.Steps, a.st.plan) {
+	p := s.pending
+	if p == nil || p.ID != ap.UpdateID || !stepsMatch(ap.Steps, s.plan) {
 		a.logf("apply record of %s does not match the pending update: dropping it", short(ap.UpdateID))
 		a.journal(func(tx *store.Tx) error { return tx.DeleteApply() })
-		a.releaseApplyLocks()
+		s.resume = nil
+		a.releaseActionLocks()
 		return
 	}
-	rollback := p.Attempts >= a.cfg.MaxAttempts
+	if len(s.actionLocks) == 0 {
+		force := p.Forced || s.override.Enabled
+		why, by := "override", "override:"+s.override.By
+		if p.Forced {
+			why, by = "forced resume of an interrupted update", a.forcedBy()
+		}
+		locks, blocking, err := a.take(services(s.plan), force, why, by)
+		if err != nil {
+			a.logf("re-take the locks of the interrupted apply of %s: %v", short(p.ID), err)
+			s.retryAt = time.Now().Add(a.cfg.RetryDelay)
+			return
+		}
+		if len(blocking) > 0 {
+			a.setResumeBlocked(blocking)
+			return
+		}
+		s.actionLocks = locks
+		s.blockedBy, s.blockedSince, s.blockKey = nil, time.Time{}, ""
+		a.journal(func(tx *store.Tx) error {
+			ap.Locks = lockRefs(locks)
+			p.Forced, p.Updated = false, time.Now()
+			if err := tx.PutPending(p); err != nil {
+				return err
+			}
+			if err := tx.PutApply(ap); err != nil {
+				return err
+			}
+			_, err := tx.Log(store.Event{Kind: "lock-taken", Message: "re-took the locks of the interrupted apply of " + short(p.ID) + ": " + lockPaths(locks)})
+			return err
+		})
+	}
+	if !a.isReady() {
+		return // Run starts the worker once ready
+	}
+	rollback := p.Attempts >= a.cfg.MaxAttempts || cancelled(p)
 	a.journal(func(tx *store.Tx) error {
 		p.State, p.Attempts, p.Updated = store.Applying, p.Attempts+1, time.Now()
 		if err := tx.PutPending(p); err != nil {
@@ -519,12 +593,61 @@ func (a *Agent) resumeApply() {
 		}
 		msg := fmt.Sprintf("resuming interrupted apply of %s (attempt %d)", short(p.ID), p.Attempts)
 		if rollback {
-			msg = fmt.Sprintf("rolling back interrupted apply of %s: %d attempts used", short(p.ID), p.Attempts-1)
+			msg = fmt.Sprintf("rolling back interrupted apply of %s", short(p.ID))
 		}
 		_, err := tx.Log(store.Event{Kind: "resumed", Message: msg})
 		return err
 	})
-	a.startApply(ap, a.st.applyLocks, rollback)
+	s.resume = nil
+	a.startApply(ap, s.actionLocks, rollback)
+}
+
+// setResumeBlocked records what keeps an interrupted apply from resuming;
+// the update shows as waiting (the journal keeps it "applying", so that it
+// still resumes after another crash).
+func (a *Agent) setResumeBlocked(entries []lock.Entry) {
+	s := &a.st
+	if s.blockedSince.IsZero() {
+		s.blockedSince = time.Now()
+	}
+	s.blockedBy = entries
+	key := entryKey(entries)
+	if key == s.blockKey {
+		return
+	}
+	s.blockKey = key
+	msg := "interrupted apply waiting for the lock: " + describe(entries[0])
+	a.event("deferred", "", "update %s: %s", short(s.resume.UpdateID), msg)
+	a.logf("update %s: %s", short(s.resume.UpdateID), msg)
+}
+
+func entryKey(entries []lock.Entry) string {
+	paths := make([]string, len(entries))
+	for i, e := range entries {
+		paths[i] = e.Path
+	}
+	return strings.Join(paths, "\x00")
+}
+
+// isReady reports whether Run has reported ready and the loop runs.
+func (a *Agent) isReady() bool {
+	select {
+	case <-a.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// cancelPrefix starts the reason of an update whose cancel was asked for
+// while it was half applied: it is rolled back, then dropped.
+const cancelPrefix = "cancelled by "
+
+func cancelled(p *store.Update) bool { return strings.HasPrefix(p.Reason, cancelPrefix) }
+
+func cancelledBy(p *store.Update) string {
+	by, _, _ := strings.Cut(strings.TrimPrefix(p.Reason, cancelPrefix), ":")
+	return by
 }
 
 // stepsMatch reports whether an apply record's steps are the services of plan.
@@ -540,9 +663,6 @@ func stepsMatch(steps []store.Step, plan []planned) bool {
 	return true
 }
 
-func modeOf(f store.File) os.FileMode {
-	if f.Mode == 0 {
-		return 0o644
-	}
-	return os.FileMode(f.Mode) & os.ModePerm
-}
+// modeOf is a file's mode as accepted: the target's default (0644) was
+// filled in at acceptance, so 0 is a mode of 0000 asked for.
+func modeOf(f store.File) os.FileMode { return os.FileMode(f.Mode) & os.ModePerm }

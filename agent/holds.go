@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"latch/agent/lock"
@@ -43,6 +44,10 @@ func (a *Agent) Hold(ctx context.Context, r HoldRequest) (store.Hold, error) {
 		h.Expires = h.Created.Add(r.For)
 	}
 	err := a.do(ctx, func() error {
+		if err := a.holdAllowed(h); err != nil {
+			return err
+		}
+		prev := slices.Clone(a.st.holds)
 		err := a.journal(func(tx *store.Tx) error {
 			if err := tx.PutHold(h); err != nil {
 				return err
@@ -61,9 +66,58 @@ func (a *Agent) Hold(ctx context.Context, r HoldRequest) (store.Hold, error) {
 			return err
 		}
 		a.st.holds = replaceHold(a.st.holds, h)
-		return a.reconcileHolds()
+		if err := a.reconcileHolds(false); err != nil {
+			// Refused holds leave no trace: the journal forgets it again.
+			a.st.holds = prev
+			a.journal(func(tx *store.Tx) error {
+				if i := findHold(prev, h.App, h.Service, h.All); i >= 0 {
+					return tx.PutHold(prev[i])
+				}
+				if err := tx.DeleteHold(h.App, h.Service, h.All); err != nil {
+					return err
+				}
+				_, err := tx.Log(store.Event{Kind: "release", App: h.App, Service: h.Service, By: h.By, Message: "hold on " + holdName(h) + " not taken: " + err.Error()})
+				return err
+			})
+			a.reconcileHolds(false)
+			return err
+		}
+		return nil
 	})
 	return h, err
+}
+
+// holdAllowed refuses a hold that an action in flight would break (the
+// action already holds the service's locks: the hold could not be kept), and
+// a hold on a service that no target names once targets are known.
+func (a *Agent) holdAllowed(h store.Hold) error {
+	s := &a.st
+	var busy []lock.Service
+	switch {
+	case s.rebooting:
+		return &LockedError{Action: "hold on " + holdName(h) + " (a " + s.reboot.Kind + " is under way)", Entries: a.actionEntries()}
+	case s.restarting != nil:
+		busy = []lock.Service{*s.restarting}
+	case s.applying || s.resume != nil:
+		busy = services(s.plan)
+		if s.resume != nil && isRestart(s.resume) {
+			st := s.resume.Steps[0]
+			busy = []lock.Service{{App: st.App, Service: st.Service}}
+		}
+	}
+	for _, b := range busy {
+		if h.All || (b.App == h.App && b.Service == h.Service) {
+			return &LockedError{Action: "hold on " + holdName(h) + " while " + b.String() + " is being updated; ask again once it is done", Entries: a.actionEntries()}
+		}
+	}
+	if h.All {
+		return nil
+	}
+	known := a.knownServices()
+	if len(known) > 0 && !slices.Contains(known, lock.Service{App: h.App, Service: h.Service}) {
+		return fmt.Errorf("%w: no target state names %s/%s, so there is nothing to hold; check the name (latch status lists the apps)", ErrNotFound, h.App, h.Service)
+	}
+	return nil
 }
 
 // Release ends a hold (or the --all hold) and removes its entry unless
@@ -86,7 +140,7 @@ func (a *Agent) Release(ctx context.Context, app, service string, all bool, by s
 			return err
 		}
 		a.st.holds = append(a.st.holds[:i:i], a.st.holds[i+1:]...)
-		return a.reconcileHolds()
+		return a.reconcileHolds(true)
 	})
 }
 
@@ -143,13 +197,15 @@ func (a *Agent) expireHolds(now time.Time) {
 		return
 	}
 	a.st.holds = keep
-	a.reconcileHolds()
+	a.reconcileHolds(true)
 }
 
 // reconcileHolds makes the hold entries on disk match the journal's holds:
 // it creates (or adopts) an entry in every service directory a hold covers,
-// and removes the agent's hold entries that no hold needs any more.
-func (a *Agent) reconcileHolds() error {
+// and removes the agent's hold entries that no hold needs any more. With
+// leftovers it also looks for hold entries of a dead agent that no hold
+// needs (a scan of every lock directory: at start and when a hold ends).
+func (a *Agent) reconcileHolds(leftovers bool) error {
 	want := map[string]lock.Service{}
 	for _, h := range a.st.holds {
 		if h.All {
@@ -189,9 +245,12 @@ func (a *Agent) reconcileHolds() error {
 	}
 	// Hold entries of the agent's own that no hold needs (expired or released
 	// while the agent was down).
+	if !leftovers {
+		return firstErr
+	}
 	if entries, err := a.ownEntries(lock.RoleHold); err == nil {
 		for _, e := range entries {
-			if _, ok := want[filepath.Dir(e.Path)]; ok {
+			if _, ok := want[filepath.Dir(e.Path)]; ok || a.classify(e) != entryDead {
 				continue
 			}
 			a.cfg.Layout.RemoveEntry(e)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"latch/agent/lock"
@@ -94,32 +93,6 @@ func (a *Agent) recover() error {
 		}
 	}
 
-	// The interrupted apply's locks come first.
-	if apply != nil {
-		s.retake = slices.Clone(apply.Locks)
-		a.retakeApplyLocks()
-	}
-	keep := map[string]bool{}
-	if apply != nil {
-		for _, r := range apply.Locks {
-			keep[r.Path] = true
-		}
-	}
-	leftovers, err := a.ownEntries(lock.RoleAgent)
-	if err != nil {
-		return fmt.Errorf("look for the agent's leftover locks: %w", err)
-	}
-	for _, e := range leftovers {
-		if keep[e.Path] {
-			continue
-		}
-		if err := a.cfg.Layout.RemoveEntry(e); err != nil {
-			a.logf("remove leftover lock %s: %v", e.Path, err)
-			continue
-		}
-		a.event("lock-released", "", "removed the agent's leftover lock %s", e.Path)
-	}
-
 	// The services of the last accepted target (and of the pending update)
 	// get their lock directories and drop-ins before READY=1: /tmp and /run
 	// were cleared at boot, and units ordered after latch start right after.
@@ -136,59 +109,72 @@ func (a *Agent) recover() error {
 		a.prepare(s.tgt)
 	}
 
-	// Then every hold, minus the ones that expired while the agent was down.
+	if s.queued, err = a.readQueued(); err != nil {
+		return err
+	}
+	// The holds' entries come first, so that the interrupted action's locks
+	// are taken through the same gate as ever, holds included.
 	a.expireHolds(time.Now())
-	a.reconcileHolds()
+	a.reconcileHolds(true)
+
+	// The interrupted apply's (or restart's) locks, before READY: through
+	// the one gate every action uses, in the lock directories of this
+	// start's layout, with the device-wide paths and the holds. If something
+	// blocks, the update waits for it like any other, and says so.
+	if apply != nil {
+		s.resume = apply
+		a.tryResume()
+	}
+	// Entries of a dead agent that nothing needs any more. An entry whose
+	// recorded process is alive on this boot is another agent's, never ours
+	// to remove.
+	leftovers, err := a.ownEntries(lock.RoleAgent)
+	if err != nil {
+		return fmt.Errorf("look for the agent's leftover locks: %w", err)
+	}
+	for _, e := range leftovers {
+		if a.classify(e) != entryDead {
+			continue
+		}
+		if err := a.cfg.Layout.RemoveEntry(e); err != nil {
+			a.logf("remove leftover lock %s: %v", e.Path, err)
+			continue
+		}
+		a.event("lock-released", "", "removed the agent's leftover lock %s (pid %d is gone)", e.Path, e.Record.PID)
+	}
+	for _, g := range a.cfg.Layout.Global {
+		e, err := a.cfg.Layout.Inspect(g)
+		if err != nil || a.classify(e) != entryDead {
+			continue
+		}
+		if err := a.cfg.Layout.RemoveEntry(e); err == nil {
+			a.event("lock-released", "", "removed the agent's leftover lock %s (pid %d is gone)", e.Path, e.Record.PID)
+		}
+	}
+
 	return nil
 }
 
-// retakeApplyLocks re-creates (or adopts) the locks of an interrupted apply.
-// A lock that someone else took meanwhile is waited for: the apply resumes
-// only once all of them are the agent's again.
-func (a *Agent) retakeApplyLocks() {
-	s := &a.st
-	var still []store.LockRef
-	for _, r := range s.retake {
-		l, err := a.takeOwn(r.Path, lock.RoleAgent)
-		if err != nil {
-			var he *lock.HeldError
-			if errors.As(err, &he) {
-				s.blockedBy = []lock.Entry{he.Entry}
-				if s.blockedSince.IsZero() {
-					s.blockedSince = time.Now()
-				}
-			} else {
-				a.logf("re-take lock %s: %v", r.Path, err)
-			}
-			still = append(still, r)
-			continue
-		}
-		s.applyLocks = append(s.applyLocks, l)
-	}
-	s.retake = still
-	if len(still) > 0 {
-		return
-	}
-	s.blockedBy, s.blockedSince = nil, time.Time{}
-	a.event("lock-taken", "", "re-took the locks of the interrupted apply: %s", lockPaths(s.applyLocks))
-	// Record the entries' new identities before anything else happens.
-	a.journal(func(tx *store.Tx) error {
-		ap, err := tx.Apply()
-		if err != nil {
-			return err
-		}
-		ap.Locks = lockRefs(s.applyLocks)
-		return tx.PutApply(ap)
+// readQueued reads the target accepted during an action before a restart.
+func (a *Agent) readQueued() (*store.Queued, error) {
+	var q *store.Queued
+	err := a.j.View(func(tx *store.Tx) error {
+		var err error
+		q, err = tx.Queued()
+		return err
 	})
-	select {
-	case <-a.ready:
-		a.resumeApply() // the locks came back after start-up: resume now
-	default: // still starting: Run resumes once ready
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
 	}
+	if err != nil {
+		return nil, fmt.Errorf("read journal: %w", err)
+	}
+	return q, nil
 }
 
-// takeOwn creates path as the agent's entry with the given role, or adopts an
-// entry that is already the agent's own (its record and its owner say so).
+// takeOwn creates path as the agent's entry with the given role, or adopts
+// an entry of the same role that a dead agent left (its record, its owner and
+// its dead process say so).
 func (a *Agent) takeOwn(path string, role lock.Role) (*lock.Lock, error) {
 	dir := filepath.Dir(path)
 	if svc, ok := a.serviceOf(dir); ok {
@@ -201,8 +187,8 @@ func (a *Agent) takeOwn(path string, role lock.Role) (*lock.Lock, error) {
 		return l, nil
 	}
 	var he *lock.HeldError
-	if errors.As(err, &he) && he.Entry.Record != nil && he.Entry.Record.Role == role && he.Entry.UID == a.cfg.LockUID {
-		return lock.Adopt(path)
+	if errors.As(err, &he) && a.classify(he.Entry) == entryDead && he.Entry.Record.Role == role {
+		return lock.Adopt(path) // a dead agent's entry for the same purpose
 	}
 	return nil, err
 }
@@ -228,32 +214,4 @@ func cutPath(rel string) (string, string, bool) {
 		return "", "", false
 	}
 	return app, svc, true
-}
-
-// existingServiceDirs lists the service lock directories that exist.
-func (a *Agent) existingServiceDirs() []lock.Service {
-	root := filepath.Join(a.cfg.Layout.Dir, "services")
-	apps, err := os.ReadDir(root)
-	if err != nil {
-		return nil
-	}
-	var out []lock.Service
-	for _, ad := range apps {
-		if !ad.IsDir() {
-			continue
-		}
-		svcs, err := os.ReadDir(filepath.Join(root, ad.Name()))
-		if err != nil {
-			continue
-		}
-		for _, sd := range svcs {
-			if !sd.IsDir() {
-				continue
-			}
-			if s, err := lock.ParseService(ad.Name() + "/" + sd.Name()); err == nil {
-				out = append(out, s)
-			}
-		}
-	}
-	return out
 }

@@ -24,14 +24,25 @@ func (a *Agent) Update(ctx context.Context, force, cancel bool, by string) (bool
 		}
 		if cancel {
 			if a.st.applying {
-				return fmt.Errorf("%w: update %s is being applied and cannot be cancelled", ErrInvalid, short(p.ID))
+				return fmt.Errorf("%w: update %s is being applied and cannot be cancelled now; cancel again once it waits or failed", ErrBusy, short(p.ID))
+			}
+			triggered = true
+			if a.st.resume != nil {
+				// Half applied: it is rolled back under its locks, then dropped.
+				return a.journal(func(tx *store.Tx) error {
+					p.Reason, p.Updated = cancelPrefix+by+": rolling back the half-done apply once its locks can be taken", time.Now()
+					if err := tx.PutPending(p); err != nil {
+						return err
+					}
+					_, err := tx.Log(store.Event{Kind: "cancelled", By: by, Message: "update " + short(p.ID) + " cancelled while half applied: it is rolled back once its locks can be taken"})
+					return err
+				})
 			}
 			a.cancelPending(by, "cancelled on request")
-			triggered = true
 			return nil
 		}
 		if a.st.applying {
-			return nil // already under way
+			return fmt.Errorf("%w: update %s is being applied now", ErrBusy, short(p.ID))
 		}
 		triggered = true
 		a.st.retryAt = time.Time{}
@@ -46,6 +57,7 @@ func (a *Agent) Update(ctx context.Context, force, cancel bool, by string) (bool
 			}
 			if force {
 				p.Forced = true
+				a.st.forcedBy = by
 				msg += " with force"
 			}
 			if err := tx.PutPending(p); err != nil {
@@ -73,9 +85,8 @@ func downloaded(p *store.Update) bool {
 
 // rebootDone is the outcome of a reboot or shutdown request to the driver.
 type rebootDone struct {
-	kind  string
-	locks []*lock.Lock
-	err   error
+	kind string
+	err  error
 }
 
 // Reboot reboots the device through the driver once it holds the locks of
@@ -95,8 +106,8 @@ func (a *Agent) powerRequest(ctx context.Context, kind string, force bool, by st
 		if a.st.rebooting {
 			return nil
 		}
-		if a.st.applying {
-			return &LockedError{Action: kind, Entries: lockEntries(a.st.applyLocks)}
+		if a.busy() {
+			return &LockedError{Action: kind, Entries: a.actionEntries()}
 		}
 		return a.power(kind, "requested", force, by)
 	})
@@ -106,27 +117,16 @@ func (a *Agent) powerRequest(ctx context.Context, kind string, force bool, by st
 func (a *Agent) power(kind, reason string, force bool, by string) error {
 	svcs := a.knownServices()
 	ignore := force || a.st.override.Enabled
-	blocking, err := a.blockers(svcs, ignore)
+	why := "forced " + kind
+	if !force {
+		why, by = "override", "override:"+a.st.override.By
+	}
+	locks, blocking, err := a.take(svcs, ignore, why, by)
 	if err != nil {
-		return err
+		return fmt.Errorf("take the locks for %s: %w", kind, err)
 	}
 	if len(blocking) > 0 {
 		return &LockedError{Action: kind, Entries: blocking}
-	}
-	if ignore {
-		why := "forced " + kind
-		if !force {
-			why = "override"
-		}
-		a.removeUserLocks(svcs, why, by)
-	}
-	locks, err := a.acquire(svcs, ignore)
-	if err != nil {
-		var he *lock.HeldError
-		if errors.As(err, &he) {
-			return &LockedError{Action: kind, Entries: []lock.Entry{he.Entry}}
-		}
-		return fmt.Errorf("take the locks for %s: %w", kind, err)
 	}
 	r := &store.Reboot{Kind: kind, BootID: a.bootID, Reason: reason, Requested: time.Now(), By: by}
 	if a.st.reboot != nil {
@@ -147,7 +147,7 @@ func (a *Agent) power(kind, reason string, force bool, by string) error {
 		lock.ReleaseAll(locks)
 		return err
 	}
-	a.st.reboot, a.st.rebooting = r, true
+	a.st.reboot, a.st.rebooting, a.st.actionLocks = r, true, locks
 	drv := a.cfg.Driver
 	go func() {
 		ctx := context.WithoutCancel(a.ctx)
@@ -157,7 +157,7 @@ func (a *Agent) power(kind, reason string, force bool, by string) error {
 		} else {
 			err = drv.Reboot(ctx)
 		}
-		a.send(rebootDone{kind: kind, locks: locks, err: err})
+		a.send(rebootDone{kind: kind, err: err})
 	}()
 	return nil
 }
@@ -168,32 +168,48 @@ func (a *Agent) power(kind, reason string, force bool, by string) error {
 func (a *Agent) onRebootDone(ev rebootDone) {
 	a.st.rebooting = false
 	if ev.err != nil {
-		a.event("failed", "", "%s failed: %v", ev.kind, ev.err)
-		a.logf("%s: %v", ev.kind, ev.err)
-		lock.ReleaseAll(ev.locks)
-		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
+		a.st.rebootFailures++
+		delay := min(a.cfg.RetryDelay<<min(a.st.rebootFailures-1, 6), time.Hour)
+		a.st.rebootError = fmt.Sprintf("%s command failed (%d times): %v; next try at %s", ev.kind, a.st.rebootFailures, ev.err, time.Now().Add(delay).Format(time.TimeOnly))
+		a.event("failed", "", "%s", a.st.rebootError)
+		a.logf("%s", a.st.rebootError)
+		a.releaseActionLocks()
+		a.st.rebootRetryAt = time.Now().Add(delay)
 		return
 	}
+	a.st.rebootFailures, a.st.rebootError = 0, ""
 	a.journal(func(tx *store.Tx) error { return tx.SetPendingReboot(nil) })
 	a.st.reboot = nil
-	lock.ReleaseAll(ev.locks)
+	a.releaseActionLocks()
 	a.event(ev.kind, "", "%s command returned", ev.kind)
 }
 
 // tryPendingReboot reboots for a configuration change once no lock is held.
 func (a *Agent) tryPendingReboot() {
-	if time.Now().Before(a.st.retryAt) {
+	if time.Now().Before(a.st.rebootRetryAt) {
 		return
 	}
 	err := a.power(a.st.reboot.Kind, a.st.reboot.Reason, false, a.st.reboot.By)
 	var le *LockedError
 	if errors.As(err, &le) {
+		if a.st.blockedSince.IsZero() || entryKey(le.Entries) != entryKey(a.st.blockedBy) {
+			a.st.blockedSince = time.Now()
+		}
 		a.st.blockedBy = le.Entries
 		return
 	}
+	a.st.blockedBy, a.st.blockedSince = nil, time.Time{}
 	if err != nil {
 		a.logf("pending %s: %v", a.st.reboot.Kind, err)
 	}
+}
+
+// actionEntries describes the agent's entries of the action in flight.
+func (a *Agent) actionEntries() []lock.Entry {
+	if len(a.st.actionLocks) == 0 && len(a.st.blockedBy) > 0 {
+		return a.st.blockedBy // an interrupted apply waiting for these
+	}
+	return lockEntries(a.st.actionLocks)
 }
 
 func lockEntries(locks []*lock.Lock) []lock.Entry {
@@ -202,62 +218,6 @@ func lockEntries(locks []*lock.Lock) []lock.Entry {
 		out[i] = lock.Entry{Path: l.Path, State: lock.StateAgent}
 	}
 	return out
-}
-
-// RestartService restarts one service of the current target under its lock
-// (a held lock refuses it with a *LockedError unless force).
-func (a *Agent) RestartService(ctx context.Context, app, service string, force bool, by string) error {
-	var svc Service
-	var locks []*lock.Lock
-	err := a.do(ctx, func() error {
-		st := a.st.latest
-		if st == nil {
-			return fmt.Errorf("%w: no target state known yet", ErrNotFound)
-		}
-		ta, ok := st.Apps[app]
-		if !ok {
-			return fmt.Errorf("%w: app %q", ErrNotFound, app)
-		}
-		spec, ok := ta.Services[service]
-		if !ok {
-			return fmt.Errorf("%w: service %q of app %q", ErrNotFound, service, app)
-		}
-		ls := lock.Service{App: app, Service: service}
-		ignore := force || a.st.override.Enabled
-		blocking, err := a.blockers([]lock.Service{ls}, ignore)
-		if err != nil {
-			return err
-		}
-		if len(blocking) > 0 {
-			return &LockedError{Action: "restart of " + ls.String(), Entries: blocking}
-		}
-		if ignore {
-			a.removeUserLocks([]lock.Service{ls}, "forced restart", by)
-		}
-		locks, err = a.acquire([]lock.Service{ls}, ignore)
-		if err != nil {
-			var he *lock.HeldError
-			if errors.As(err, &he) {
-				return &LockedError{Action: "restart of " + ls.String(), Entries: []lock.Entry{he.Entry}}
-			}
-			return err
-		}
-		svc = Service{App: app, Name: service, Spec: spec, LockDir: a.cfg.Layout.ServiceDir(ls)}
-		a.event("restart", by, "restarting %s", ls)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	// The driver runs outside the loop, under the locks just taken.
-	defer lock.ReleaseAll(locks)
-	if err := a.cfg.Driver.Stop(ctx, svc); err != nil {
-		return fmt.Errorf("stop %s/%s: %w", app, service, err)
-	}
-	if err := a.cfg.Driver.Start(ctx, svc); err != nil {
-		return fmt.Errorf("start %s/%s: %w", app, service, err)
-	}
-	return nil
 }
 
 // SetOverride turns the persistent lock override on or off. Turning it on
@@ -284,7 +244,7 @@ func (a *Agent) setOverride(on bool, by string) error {
 	}
 	a.st.override = o
 	if on {
-		a.removeUserLocks(a.knownServices(), "override", by)
+		a.removeOthers(a.knownServices(), "override", by)
 	}
 	return nil
 }

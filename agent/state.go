@@ -23,9 +23,9 @@ type loopState struct {
 	plan     []planned            // what pending changes, in apply order
 	latest   *target.State        // the latest accepted target
 	running  *target.State        // the target last applied in full (nil: not known)
-	queued   *target.Doc          // a target that arrived during an apply
-	queuedBy string
+	queued   *store.Queued        // a target accepted during an action, journalled, taken after it
 	override store.Override
+	forcedBy string // who armed the pending update's force (the journal keeps only that it is armed)
 	holds    []store.Hold
 	reboot   *store.Reboot // pending reboot or shutdown
 
@@ -38,12 +38,19 @@ type loopState struct {
 	lastJournalled time.Time
 
 	applying     bool
-	applyLocks   []*lock.Lock
+	actionLocks  []*lock.Lock // the agent's entries for the action in flight (apply, restart, reboot)
 	applyStarted time.Time
-	retake       []store.LockRef // apply locks still to re-take after a crash
+	// resume is an apply (or a restart) that a crash or a shutdown
+	// interrupted, waiting for its locks; nil when none.
+	resume *store.Apply
+	// restarting is the service being restarted through the API, if any.
+	restarting *lock.Service
 
-	rebooting    bool
-	blockedBy    []lock.Entry
+	rebooting      bool
+	rebootFailures int       // reboot or shutdown commands that failed in a row
+	rebootError    string    // the last failure, shown in the status
+	rebootRetryAt  time.Time // earliest next try of a failed reboot or shutdown
+	blockedBy      []lock.Entry
 	blockedSince time.Time
 	blockKey     string    // paths of blockedBy, to journal a deferral once per change
 	retryAt      time.Time // earliest next download or apply attempt
@@ -88,6 +95,12 @@ func (s *loopState) nextWake(now time.Time) (time.Duration, bool) {
 	}
 	for _, h := range s.holds {
 		consider(h.Expires)
+	}
+	if s.reboot != nil {
+		consider(s.rebootRetryAt)
+	}
+	if s.resume != nil {
+		consider(s.retryAt)
 	}
 	if next.IsZero() {
 		return 0, false
@@ -191,8 +204,10 @@ func services(plan []planned) []lock.Service {
 	return out
 }
 
-// knownServices is every service the agent knows of: those of the latest and
-// the pending target, and every service lock directory that exists.
+// knownServices is every service that a target names: the latest, the
+// pending and the running one's, and the services that holds name. Lock
+// directories that users made for services no target names are not the
+// agent's business: it neither watches nor locks them.
 func (a *Agent) knownServices() []lock.Service {
 	seen := map[lock.Service]bool{}
 	add := func(st *target.State) {
@@ -207,8 +222,11 @@ func (a *Agent) knownServices() []lock.Service {
 	}
 	add(a.st.latest)
 	add(a.st.tgt)
-	for _, s := range a.existingServiceDirs() {
-		seen[s] = true
+	add(a.st.running)
+	for _, h := range a.st.holds {
+		if !h.All {
+			seen[lock.Service{App: h.App, Service: h.Service}] = true
+		}
 	}
 	out := make([]lock.Service, 0, len(seen))
 	for s := range seen {
@@ -299,8 +317,27 @@ func (a *Agent) snapshot() Status {
 			st.BlockedSince = s.blockedSince
 		}
 	}
-	if s.applying {
+	if s.resume != nil && !s.applying && len(s.blockedBy) > 0 {
+		// An interrupted apply (or restart) waits for its locks.
+		st.State, st.BlockedBy, st.BlockedSince = StateWaiting, slices.Clone(s.blockedBy), s.blockedSince
+		what := "the interrupted apply"
+		if isRestart(s.resume) {
+			what = "the interrupted " + strings.Replace(s.resume.UpdateID, ":", " of ", 1)
+		} else if s.pending != nil && cancelled(s.pending) {
+			what = "the rollback of the cancelled update"
+		}
+		st.Reason = what + " waits for the lock: " + describe(s.blockedBy[0])
+	}
+	if s.applying || s.restarting != nil {
 		st.State = StateApplying
+	}
+	if s.reboot != nil && !s.rebooting && st.State == StateIdle {
+		if s.rebootError != "" {
+			st.Reason = s.rebootError
+		} else if len(s.blockedBy) > 0 {
+			st.BlockedBy, st.BlockedSince = slices.Clone(s.blockedBy), s.blockedSince
+			st.Reason = "pending " + s.reboot.Kind + " (" + s.reboot.Reason + ") waits for the lock: " + describe(s.blockedBy[0])
+		}
 	}
 	if s.rebooting {
 		st.State = StateRebooting
@@ -319,6 +356,8 @@ func (a *Agent) handle(ev any) {
 		a.onApplied(ev)
 	case rebootDone:
 		a.onRebootDone(ev)
+	case restartDone:
+		a.onRestarted(ev)
 	default:
 		panic(fmt.Sprintf("agent: unknown event %T", ev))
 	}
@@ -331,9 +370,15 @@ func (a *Agent) advance() {
 	if a.st.rebooting {
 		return
 	}
-	if len(a.st.retake) > 0 {
-		a.retakeApplyLocks()
+	if len(a.st.holds) > 0 {
+		a.reconcileHolds(false) // an entry a cleanup deleted is put back
+	}
+	if a.st.resume != nil && !a.st.applying {
+		a.tryResume()
 		return
+	}
+	if a.st.queued != nil && !a.busy() {
+		a.takeQueued()
 	}
 	if a.cfg.BreakStale {
 		a.breakStale()
@@ -357,47 +402,18 @@ func (a *Agent) advance() {
 	}
 }
 
-// blockers returns the entries that keep the agent from taking the locks of
-// svcs, minus the ones a force or an override may ignore when ignore is set:
-// with ignore, only the agent's own entries of another action in flight
-// still block (they go away by themselves).
-func (a *Agent) blockers(svcs []lock.Service, ignore bool) ([]lock.Entry, error) {
-	entries, err := a.cfg.Layout.Blocking(svcs)
-	if err != nil {
-		return nil, err
-	}
-	var out []lock.Entry
-	for _, e := range entries {
-		if ignore && e.State != lock.StateAgent {
-			continue
-		}
-		out = append(out, e)
-	}
-	return out, nil
-}
-
-// acquire takes the agent's locks (both names) in every service of svcs,
-// all or nothing. Forced (or overridden), the agent's own hold entries do
-// not stop it: force and override ignore every lock.
-func (a *Agent) acquire(svcs []lock.Service, force bool) ([]*lock.Lock, error) {
-	var ignore func(lock.Entry) bool
-	if force {
-		ignore = func(e lock.Entry) bool { return e.State == lock.StateHold && e.UID == a.cfg.LockUID }
-	}
-	return a.cfg.Layout.AcquireExcept(svcs, []string{lock.UpdatesName, lock.ResinName}, lock.NewRecord(lock.RoleAgent), a.cfg.LockUID, a.cfg.LockGID, ignore)
-}
-
-// removeUserLocks removes the user entries (not the agent's own, not holds)
-// that stand where the agent must create its locks for svcs: forced or
-// overridden. It journals what it removed and why.
-func (a *Agent) removeUserLocks(svcs []lock.Service, why, by string) {
+// removeOthers removes the entries of others (not the agent's own, not its
+// holds) that stand in svcs' lock directories and at the device-wide paths:
+// the override does this when it is turned on. It journals what it removed,
+// why and for whom.
+func (a *Agent) removeOthers(svcs []lock.Service, why, by string) {
 	entries, err := a.cfg.Layout.Blocking(svcs)
 	if err != nil {
 		a.logf("scan locks: %v", err)
 		return
 	}
 	for _, e := range entries {
-		if e.State == lock.StateAgent || e.State == lock.StateHold {
+		if a.classify(e) != entryOther {
 			continue
 		}
 		if err := a.cfg.Layout.RemoveEntry(e); err != nil {
@@ -406,16 +422,6 @@ func (a *Agent) removeUserLocks(svcs []lock.Service, why, by string) {
 		}
 		a.event("lock-removed", by, "%s: removed %s (%s)", why, e.Path, holderText(e))
 	}
-}
-
-func holderText(e lock.Entry) string {
-	if e.Holder != nil && e.Holder.PID > 0 {
-		if e.Holder.Command != "" {
-			return fmt.Sprintf("held by pid %d, %s", e.Holder.PID, e.Holder.Command)
-		}
-		return fmt.Sprintf("held by pid %d", e.Holder.PID)
-	}
-	return fmt.Sprintf("uid %d, holder unknown", e.UID)
 }
 
 // setBlocked records what blocks the pending update, journalling a deferral
@@ -464,6 +470,15 @@ func (a *Agent) breakStale() {
 		}
 		a.event("lock-removed", "break-stale", "removed stale lock %s (%s)", e.Path, holderText(e))
 	}
+}
+
+// forcedBy names who armed the force of the pending update, for the journal
+// of what the force removed.
+func (a *Agent) forcedBy() string {
+	if a.st.forcedBy != "" {
+		return a.st.forcedBy
+	}
+	return "force (asked for before the agent restarted)"
 }
 
 // errInterrupted: an apply stopped between steps because the agent is

@@ -162,4 +162,7 @@ var (
 	ErrInvalid = errors.New("invalid request")
 	// ErrStopped: the agent is shutting down.
 	ErrStopped = errors.New("agent is stopping")
+	// ErrBusy: the request cannot be served while an action is in flight
+	// (the message says which); ask again once it is over.
+	ErrBusy = errors.New("busy")
 )
