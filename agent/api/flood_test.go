@@ -222,9 +222,9 @@ func TestFlood(t *testing.T) {
 	if _, per := e.srv.tcpLim.counts("127.0.0.2"); per > MaxTCPConnsPerIP {
 		t.Errorf("TCP connections held from 127.0.0.2: %d, the cap is %d", per, MaxTCPConnsPerIP)
 	}
-	// A new TCP client, even one with the key, is refused at once with a
-	// 503 that says why: the listener is full.
-	resp, body := rawCall(t, "tcp", e.srv.Addr().String(), "GET /v1/device HTTP/1.1\r\nHost: latch\r\nAuthorization: Bearer "+testKey+"\r\n\r\n")
+	// A new TCP client is refused at once with a 503 that says why, before
+	// it sends anything: the listener is full.
+	resp, body := readRefusal(t, "tcp", e.srv.Addr().String())
 	var eb ErrorBody
 	if resp.StatusCode != 503 || json.Unmarshal(body, &eb) != nil || eb.Status != "failed" || !strings.Contains(eb.Message, "the limit is 64") {
 		t.Errorf("TCP request under the flood: got %d %s, want 503 naming the cap", resp.StatusCode, body)
@@ -247,6 +247,30 @@ func TestFlood(t *testing.T) {
 	if a := e.transports()[1].call(t, "GET", "/v1/device", nil, nil); a.code != 200 {
 		t.Errorf("TCP after the flood: got %d %s, want 200", a.code, a.body)
 	}
+}
+
+// readRefusal connects to network/addr and reads the answer that a
+// connection over a cap gets without sending anything (the server does not
+// read it; a request written after its close could reset the connection
+// before the answer is read).
+func readRefusal(t *testing.T, network, addr string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.Dial(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second)) // a bound for a hung server, not a timing assertion
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("read the refusal of a connection over the cap to %s: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, b
 }
 
 // dialFrom opens a TCP connection to addr from the loopback address src.
@@ -280,7 +304,7 @@ func ping(t *testing.T, c net.Conn) int {
 // without being read, another peer is still served, and a closed
 // connection gives its slot back; on the unix socket the peer is the uid.
 func TestConnCapPerPeer(t *testing.T) {
-	e := newEnv(t, envOpts{tune: func(s *Server) { s.unixPerUID = 3 }})
+	e := newEnv(t, envOpts{tune: func(s *Server) { s.unixLim.perPeer = 3 }})
 	addr := e.srv.Addr().String()
 	var held []net.Conn
 	for range MaxTCPConnsPerIP {
@@ -289,7 +313,8 @@ func TestConnCapPerPeer(t *testing.T) {
 	waitFor(t, "the connections from 127.0.0.1 to be accepted", func() bool { _, n := e.srv.tcpLim.counts("127.0.0.1"); return n == MaxTCPConnsPerIP })
 	over := dialFrom(t, "127.0.0.1", addr)
 	over.SetReadDeadline(time.Now().Add(20 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(over), nil)
+	br := bufio.NewReader(over)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("the connection over the cap, sending nothing: got %v, want a 503 answer", err)
 	}
@@ -297,7 +322,7 @@ func TestConnCapPerPeer(t *testing.T) {
 	if resp.StatusCode != 503 || !strings.Contains(string(b), "from 127.0.0.1, the limit per peer is 8") {
 		t.Errorf("the connection over the cap: got %d %s, want 503 naming the peer's cap", resp.StatusCode, b)
 	}
-	if _, err := over.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Errorf("the connection over the cap after its answer: got %v, want it closed (EOF)", err)
 	}
 	// Another address is another peer.
@@ -324,7 +349,7 @@ func TestConnCapPerPeer(t *testing.T) {
 		defer c.Close()
 	}
 	waitFor(t, "the unix connections to be accepted", func() bool { _, n := e.srv.unixLim.counts(me); return n == 3 })
-	resp, body := rawCall(t, "unix", e.socket, "GET /v1/device HTTP/1.1\r\nHost: latch\r\n\r\n")
+	resp, body := readRefusal(t, "unix", e.socket)
 	if resp.StatusCode != 503 || !strings.Contains(string(body), me+", the limit per peer is 3") {
 		t.Errorf("the 4th unix connection of %s: got %d %s, want 503 naming the cap", me, resp.StatusCode, body)
 	}

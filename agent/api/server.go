@@ -87,9 +87,9 @@ type Server struct {
 	tcpReadHeaderTimeout, tcpIdleTimeout                      time.Duration
 	shutdownTimeout                                           time.Duration
 
-	// Connection caps of the listeners; Listen sets the Max* constants.
-	tcpMax, tcpPerIP, unixMax, unixPerUID int
-	// The capped listeners, set by Serve; tests read their counts.
+	// The capped listeners that Serve serves, around unix and tcp (nil
+	// without TCP); Listen sets the Max* caps, tests change them before
+	// Serve and read their counts.
 	unixLim, tcpLim *limitListener
 
 	closeOnce sync.Once
@@ -118,16 +118,13 @@ func Listen(cfg Config) (*Server, error) {
 		tcpReadHeaderTimeout: 3 * time.Second,
 		tcpIdleTimeout:       30 * time.Second,
 		shutdownTimeout:      5 * time.Second,
-		tcpMax:               MaxTCPConns,
-		tcpPerIP:             MaxTCPConnsPerIP,
-		unixMax:              MaxUnixConns,
-		unixPerUID:           MaxUnixConnsPerUID,
 	}
 	ul, err := listenUnix(cfg.Socket, cfg.SocketGID)
 	if err != nil {
 		return nil, err
 	}
 	s.unix = ul
+	s.unixLim = newLimitListener(ul, "unix socket", MaxUnixConns, MaxUnixConnsPerUID, unixPeer, cfg.Logf)
 	if cfg.Listen != "" {
 		tl, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
@@ -135,6 +132,7 @@ func Listen(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
 		s.tcp = tl
+		s.tcpLim = newLimitListener(tl, "TCP listener", MaxTCPConns, MaxTCPConnsPerIP, tcpPeer, cfg.Logf)
 	}
 	return s, nil
 }
@@ -224,10 +222,8 @@ func (s *Server) Serve(ctx context.Context, a *agent.Agent) error {
 		l  net.Listener
 	}
 	var srvs []srv
-	s.unixLim = newLimitListener(s.unix, "unix socket", s.unixMax, s.unixPerUID, unixPeer, s.cfg.Logf)
 	srvs = append(srvs, srv{s.httpServer(s.Handler(a, false), s.readHeaderTimeout, s.idleTimeout), s.unixLim})
 	if s.tcp != nil {
-		s.tcpLim = newLimitListener(s.tcp, "TCP listener", s.tcpMax, s.tcpPerIP, tcpPeer, s.cfg.Logf)
 		srvs = append(srvs, srv{s.httpServer(s.Handler(a, true), s.tcpReadHeaderTimeout, s.tcpIdleTimeout), s.tcpLim})
 	}
 	errc := make(chan error, len(srvs))
