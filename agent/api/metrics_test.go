@@ -2,7 +2,12 @@ package api
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,12 +70,17 @@ func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, want ma
 	return found[0]
 }
 
-// TestMetricsAgainstAgent reads /metrics of a real agent through the client
-// and checks the values against the agent's state as it changes.
+// TestMetricsAgainstAgent drives a real agent through a scenario and reads
+// /metrics through the client after each step. Every expected value comes
+// from what the test did (3 bytes served, one hold taken, one apply made to
+// fail, one to succeed, a lock file dated 42 s back), never from the
+// agent's status, so a bug in the status model fails it as well as one in
+// the rendering.
 func TestMetricsAgainstAgent(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	e := newEnv(t, envOpts{maxAttempts: 1})
 	c := NewClient(e.socket)
 	ctx := t.Context()
+	defer func(f func() time.Time) { nowFunc = f }(nowFunc)
 	read := func() map[string]*dto.MetricFamily {
 		t.Helper()
 		text, err := c.Metrics(ctx)
@@ -79,99 +89,144 @@ func TestMetricsAgainstAgent(t *testing.T) {
 		}
 		return parseMetrics(t, text)
 	}
+	type want struct {
+		name   string
+		labels map[string]string
+		value  float64
+	}
+	check := func(step string, fams map[string]*dto.MetricFamily, wants []want) {
+		t.Helper()
+		for _, w := range wants {
+			if got := value(t, fams, w.name, w.labels); got != w.value {
+				t.Errorf("%s: %s%v: got %v, want %v", step, w.name, w.labels, got, w.value)
+			}
+		}
+	}
+	// state returns the wants of latch_update_state with only s at 1.
+	state := func(s string) []want {
+		var ws []want
+		for _, x := range states {
+			ws = append(ws, want{"latch_update_state", map[string]string{"state": x}, boolf(x == s)})
+		}
+		return ws
+	}
+
+	// A fresh agent: idle, nothing pending, held or counted.
 	fams := read()
-	for _, tt := range []struct {
-		name string
-		want float64
-	}{
-		{"latch_update_pending", 0}, {"latch_override_lock", 0}, {"latch_update_failed", 0},
-		{"latch_loop_alive", 1}, {"latch_update_blocked_seconds", 0}, {"latch_holds", 0},
-	} {
-		if got := value(t, fams, tt.name, nil); got != tt.want {
-			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
-		}
-	}
-	if got := value(t, fams, "latch_update_state", map[string]string{"state": "idle"}); got != 1 {
-		t.Errorf("latch_update_state{state=idle}: got %v, want 1", got)
-	}
-	if got := len(fams["latch_lock_held"].GetMetric()); got != 0 {
-		t.Errorf("latch_lock_held: got %d series, want 0", got)
-	}
-
-	// A hold and a pending update blocked by it.
-	if _, err := c.Hold(ctx, HoldRequest{App: "kiosk", Service: "ui"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.PushTarget(ctx, []byte(targetDoc("2")), nil); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the update to wait", func() bool { return e.a.Status().State == agent.StateWaiting })
-	fams = read()
-	holdPath := filepath.Join(e.layout.Dir, "services", "kiosk", "ui", lock.HoldName)
-	if got := value(t, fams, "latch_lock_held", map[string]string{"app": "kiosk", "service": "ui", "path": holdPath, "state": "hold"}); got != 1 {
-		t.Errorf("latch_lock_held for the hold: got %v, want 1", got)
-	}
-	for _, tt := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
-		{"latch_update_pending", nil, 1},
-		{"latch_update_downloaded", nil, 1},
-		{"latch_holds", nil, 1},
-		{"latch_update_state", map[string]string{"state": "waiting"}, 1},
-		{"latch_update_state", map[string]string{"state": "idle"}, 0},
-		{"latch_download_progress_ratio", nil, float64(e.a.Status().DownloadProgress) / 100},
-	} {
-		if got := value(t, fams, tt.name, tt.labels); got != tt.want {
-			t.Errorf("%s%v: got %v, want %v", tt.name, tt.labels, got, tt.want)
-		}
-	}
-	if st := e.a.Status(); !st.BlockedSince.IsZero() {
-		if got := value(t, fams, "latch_update_blocked_seconds", nil); got < 0 || got > time.Since(st.BlockedSince).Seconds() {
-			t.Errorf("latch_update_blocked_seconds: got %v, want between 0 and %v", got, time.Since(st.BlockedSince).Seconds())
-		}
-	}
-
-	// Override on: the gauge is 1; the hold goes, the update applies.
-	if _, err := c.SetOverride(ctx, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Release(ctx, "kiosk", "ui", false); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the update to apply", func() bool { return e.a.Status().AppliesSucceeded == 1 })
-	fams = read()
-	st := e.a.Status()
-	for _, tt := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
-		{"latch_override_lock", nil, 1},
-		{"latch_update_pending", nil, 0},
-		{"latch_applies_total", map[string]string{"result": "success"}, 1},
+	check("fresh agent", fams, append(state(agent.StateIdle), []want{
+		{"latch_update_pending", nil, 0}, {"latch_update_downloaded", nil, 0}, {"latch_update_failed", nil, 0},
+		{"latch_override_lock", nil, 0}, {"latch_reboot_pending", nil, 0}, {"latch_loop_alive", nil, 1},
+		{"latch_update_blocked_seconds", nil, 0}, {"latch_download_progress_ratio", nil, 0},
+		{"latch_download_bytes_total", nil, 0}, {"latch_holds", nil, 0},
+		{"latch_applies_total", map[string]string{"result": "success"}, 0},
 		{"latch_applies_total", map[string]string{"result": "failure"}, 0},
-		{"latch_apply_last_duration_seconds", nil, st.LastApplySeconds},
-		{"latch_apply_duration_seconds_total", nil, st.ApplySecondsTotal},
-		{"latch_download_bytes_total", nil, float64(st.DownloadedBytes)},
-	} {
-		if got := value(t, fams, tt.name, tt.labels); got != tt.want {
-			t.Errorf("%s%v: got %v, want %v", tt.name, tt.labels, got, tt.want)
-		}
+		{"latch_apply_last_duration_seconds", nil, 0}, {"latch_apply_duration_seconds_total", nil, 0},
+	}...))
+	if got := len(fams["latch_lock_held"].GetMetric()); got != 0 {
+		t.Errorf("fresh agent: latch_lock_held: got %d series, want 0", got)
 	}
 	if fams["latch_applies_total"].GetType() != dto.MetricType_COUNTER || fams["latch_update_state"].GetType() != dto.MetricType_GAUGE {
 		t.Errorf("types: got %v and %v, want counter and gauge", fams["latch_applies_total"].GetType(), fams["latch_update_state"].GetType())
 	}
 
-	// A device-wide lock taken by another tool.
+	// Release 1 ships a file of 3 bytes; a hold blocks its apply.
+	files := map[string]string{"/ui-1": "abc", "/ui-2": "wxyz"}
+	fileSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, ok := files[r.URL.Path]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, body)
+	}))
+	defer fileSrv.Close()
+	install := filepath.Join(e.dir, "opt", "ui")
+	doc := func(rel string) []byte {
+		sum := sha256.Sum256([]byte(files["/ui-"+rel]))
+		return []byte(`{"apps":{"kiosk":{"release":"` + rel + `","services":{"ui":{"unit":"kiosk-ui.service","files":[` +
+			`{"source":"` + fileSrv.URL + `/ui-` + rel + `","sha256":"` + hex.EncodeToString(sum[:]) + `","path":"` + install + `","mode":"0755"}]}}}}}`)
+	}
+	if _, err := c.Hold(ctx, HoldRequest{App: "kiosk", Service: "ui"}); err != nil {
+		t.Fatal(err)
+	}
+	pushed := time.Now()
+	if err := c.PushTarget(ctx, doc("1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the update to wait for the hold", func() bool { return e.a.Status().State == agent.StateWaiting })
+	seen := time.Now()
+	// The blocked-seconds gauge, on a clock 100 s after the test saw the
+	// block: the block began between the push and then.
+	nowFunc = func() time.Time { return seen.Add(100 * time.Second) }
+	fams = read()
+	holdPath := filepath.Join(e.layout.Dir, "services", "kiosk", "ui", lock.HoldName)
+	check("waiting for the hold", fams, append(state(agent.StateWaiting), []want{
+		{"latch_update_pending", nil, 1}, {"latch_update_downloaded", nil, 1}, {"latch_update_failed", nil, 0},
+		{"latch_holds", nil, 1}, {"latch_download_progress_ratio", nil, 1}, {"latch_download_bytes_total", nil, 3},
+		{"latch_lock_held", map[string]string{"app": "kiosk", "service": "ui", "path": holdPath, "state": "hold"}, 1},
+		{"latch_applies_total", map[string]string{"result": "success"}, 0},
+		{"latch_applies_total", map[string]string{"result": "failure"}, 0},
+	}...))
+	if got, lo, hi := value(t, fams, "latch_update_blocked_seconds", nil), 100.0, seen.Add(100*time.Second).Sub(pushed).Seconds(); got < lo || got > hi {
+		t.Errorf("latch_update_blocked_seconds: got %v, want between %v and %v", got, lo, hi)
+	}
+	nowFunc = time.Now
+
+	// The service does not stay up: with one attempt, the update fails.
+	e.drv.failHealth.Store(true)
+	released := time.Now()
+	if err := c.Release(ctx, "kiosk", "ui", false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the apply to fail", func() bool { return e.a.Status().State == agent.StateFailed })
+	fams = read()
+	check("after a failed apply", fams, append(state(agent.StateFailed), []want{
+		{"latch_update_failed", nil, 1}, {"latch_holds", nil, 0}, {"latch_download_bytes_total", nil, 3},
+		{"latch_applies_total", map[string]string{"result": "success"}, 0},
+		{"latch_applies_total", map[string]string{"result": "failure"}, 1},
+	}...))
+
+	// Release 2 (4 bytes) applies, under the override.
+	e.drv.failHealth.Store(false)
+	if _, err := c.SetOverride(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PushTarget(ctx, doc("2"), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "release 2 to apply", func() bool { return e.a.Status().Release == "kiosk=2" && e.a.Status().State == agent.StateIdle })
+	applied := time.Since(released).Seconds()
+	fams = read()
+	check("after a good apply", fams, append(state(agent.StateIdle), []want{
+		{"latch_override_lock", nil, 1}, {"latch_update_pending", nil, 0}, {"latch_update_failed", nil, 0},
+		{"latch_update_blocked_seconds", nil, 0}, {"latch_download_bytes_total", nil, 3 + 4},
+		{"latch_applies_total", map[string]string{"result": "success"}, 1},
+		{"latch_applies_total", map[string]string{"result": "failure"}, 1},
+	}...))
+	// Two applies ran in the time since the hold was released.
+	last, total := value(t, fams, "latch_apply_last_duration_seconds", nil), value(t, fams, "latch_apply_duration_seconds_total", nil)
+	if last <= 0 || total <= last || total > applied {
+		t.Errorf("apply durations: got last %v, total %v; want 0 < last < total (two applies) <= %v (since the release)", last, total, applied)
+	}
+	if got, err := os.ReadFile(install); err != nil || string(got) != "wxyz" {
+		t.Errorf("installed file: got %q, %v; want release 2's", got, err)
+	}
+
+	// A device-wide lock taken by another tool, dated 42 s back.
 	g := e.layout.Global[0]
 	if err := os.WriteFile(g, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	mtime := time.Now().Add(-time.Hour).Truncate(time.Second)
+	if err := os.Chtimes(g, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	nowFunc = func() time.Time { return mtime.Add(42 * time.Second) }
 	fams = read()
-	if got := value(t, fams, "latch_lock_held", map[string]string{"app": "", "service": "", "path": g, "state": "held"}); got != 1 {
-		t.Errorf("latch_lock_held for %s: got %v, want 1", g, got)
+	gl := map[string]string{"app": "", "service": "", "path": g, "state": "held"}
+	check("a device-wide lock", fams, []want{{"latch_lock_held", gl, 1}, {"latch_lock_age_seconds", gl, 42}})
+	if got := len(fams["latch_lock_held"].GetMetric()); got != 1 {
+		t.Errorf("latch_lock_held: got %d series, want 1 (the hold is gone)", got)
 	}
 }
 
