@@ -38,7 +38,17 @@ func testLayout(t *testing.T) Layout {
 	// Let other users (setpriv) reach the lock directories.
 	os.Chmod(root, 0o755)
 	os.Chmod(filepath.Dir(root), 0o755)
-	return Layout{Dir: filepath.Join(root, "latch"), Global: []string{filepath.Join(root, "balena", "updates.lock"), filepath.Join(root, "resin", "resin-updates.lock")}}
+	return Layout{Dir: filepath.Join(root, "latch"), Global: []string{filepath.Join(root, "balena", "updates.lock"), filepath.Join(root, "resin", "resin-updates.lock")},
+		LockUID: os.Geteuid()}
+}
+
+// agentUID is the owner the tests give the agent's entries: 65534 as root
+// (as the agent does), else the caller's own (-1: no chown).
+func agentUID() int {
+	if os.Geteuid() == 0 {
+		return 65534
+	}
+	return -1
 }
 
 func inode(t *testing.T, path string) uint64 {
@@ -221,6 +231,9 @@ func TestScanRules(t *testing.T) {
 				t.Fatalf("Scan: got %d entries (%+v), want 1", len(got), got)
 			}
 			e := got[0]
+			if tc.wantUID == 0 {
+				tc.wantUID = os.Geteuid() // made by the test itself
+			}
 			if e.Path != path || e.Kind != tc.wantKind || e.State != tc.wantState || e.UID != tc.wantUID {
 				t.Errorf("got path %s kind %s state %s uid %d; want %s %s %s %d", e.Path, e.Kind, e.State, e.UID, path, tc.wantKind, tc.wantState, tc.wantUID)
 			}
@@ -400,7 +413,7 @@ func TestSymlinkAttacks(t *testing.T) {
 			os.Symlink(target, p)
 			return p
 		}, func(l Layout) error {
-			_, err := Create(filepath.Join(l.ServiceDir(svc), UpdatesName), NewRecord(RoleUser), 0, 0)
+			_, err := Create(filepath.Join(l.ServiceDir(svc), UpdatesName), NewRecord(RoleUser), agentUID(), agentUID())
 			return err
 		}, ErrHeld},
 		{"lock path symlink, agent acquire", func(l Layout, target string) string {
@@ -409,14 +422,14 @@ func TestSymlinkAttacks(t *testing.T) {
 			os.Symlink(target, p)
 			return p
 		}, func(l Layout) error {
-			_, err := l.Acquire([]Service{svc}, []string{ResinName, UpdatesName}, NewRecord(RoleAgent), 65534, 65534)
+			_, err := l.Acquire([]Service{svc}, []string{ResinName, UpdatesName}, NewRecord(RoleAgent), agentUID(), agentUID())
 			return err
 		}, ErrHeld},
 		{"global parent is a symlink", func(l Layout, target string) string {
 			p := filepath.Dir(l.Global[0])
 			os.Symlink(filepath.Dir(target), p)
 			return p
-		}, func(l Layout) error { _, err := Create(l.Global[0], NewRecord(RoleUser), 0, 0); return err }, ErrSymlink},
+		}, func(l Layout) error { _, err := Create(l.Global[0], NewRecord(RoleUser), agentUID(), agentUID()); return err }, ErrSymlink},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := testLayout(t)
@@ -792,7 +805,7 @@ func TestWatcherOverflow(t *testing.T) {
 // AcquireExcept passes the entries its caller ignores (a forced action and
 // the agent's own hold), and still blocks on the others.
 func TestAcquireExcept(t *testing.T) {
-	l := Layout{Dir: t.TempDir(), Global: []string{filepath.Join(t.TempDir(), "updates.lock")}}
+	l := Layout{Dir: t.TempDir(), Global: []string{filepath.Join(t.TempDir(), "updates.lock")}, LockUID: os.Geteuid()}
 	s := Service{App: "a", Service: "s"}
 	dir, err := l.EnsureServiceDir(s)
 	if err != nil {
