@@ -429,7 +429,10 @@ func TestSymlinkAttacks(t *testing.T) {
 			p := filepath.Dir(l.Global[0])
 			os.Symlink(filepath.Dir(target), p)
 			return p
-		}, func(l Layout) error { _, err := Create(l.Global[0], NewRecord(RoleUser), agentUID(), agentUID()); return err }, ErrSymlink},
+		}, func(l Layout) error {
+			_, err := Create(l.Global[0], NewRecord(RoleUser), agentUID(), agentUID())
+			return err
+		}, ErrSymlink},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := testLayout(t)
