@@ -37,6 +37,13 @@ var (
 	ErrChecksum = errors.New("checksum mismatch")
 	// ErrBusy: another Fetch is downloading to the same destination.
 	ErrBusy = errors.New("download already in progress")
+	// ErrNoPrevious: Restore found an installed file but no previous version.
+	ErrNoPrevious = errors.New("no previous version kept")
+	// ErrUnsafeDir: an install directory, or a symbolic link on the way to
+	// it, can be changed by a user other than the agent's, who could use it
+	// to make latch overwrite other files. The error names the directory
+	// and what to do.
+	ErrUnsafeDir = errors.New("install directory is writable by another user")
 )
 
 // bufSize is the copy buffer: the only memory a download uses for its data.
@@ -62,8 +69,14 @@ const (
 //   - progress(done, total) is called as bytes arrive, every 64 KiB or so
 //     and at the end (total is -1 when unknown); progress may be nil;
 //   - at the end the sha256 is checked (a mismatch removes the .part and
-//     returns an error wrapping ErrChecksum naming both digests), the file
-//     is fsynced and renamed to dest, and the directory fsynced;
+//     returns an error wrapping ErrChecksum naming the expected digest, and
+//     for http and https sources the received one too: the digest of a
+//     local file is never quoted, so an error cannot tell anyone the digest
+//     of a file they cannot read), the file is fsynced and renamed to dest,
+//     and the directory fsynced;
+//   - a file URL must name a regular file (a FIFO, device or directory is
+//     refused, and opening never blocks); symbolic links are followed, the
+//     digest being what vouches for the content;
 //   - if dest already has the right sha256, Fetch returns at once;
 //   - ctx cancels promptly; a cancelled or interrupted download keeps the
 //     .part for the next call to resume.
@@ -85,7 +98,7 @@ func Fetch(ctx context.Context, client *http.Client, src, sha256hex, dest string
 		return nil
 	}
 	part := dest + ".part"
-	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("fetch %s: %w", src, err)
 	}
@@ -116,6 +129,9 @@ func Fetch(ctx context.Context, client *http.Client, src, sha256hex, dest string
 	if got != want {
 		f.Close()
 		os.Remove(part)
+		if u.Scheme == "file" {
+			return fmt.Errorf("fetch %s: the content does not have the expected sha256 %s: %w", src, want, ErrChecksum)
+		}
 		return fmt.Errorf("fetch %s: sha256 %s, want %s: %w", src, got, want, ErrChecksum)
 	}
 	if err := f.Sync(); err != nil {
@@ -226,7 +242,7 @@ func (d *download) report(force bool) {
 }
 
 func (d *download) fromFile(path string) error {
-	src, err := os.Open(path)
+	src, err := openRegular(path)
 	if err != nil {
 		return err
 	}
@@ -234,9 +250,6 @@ func (d *download) fromFile(path string) error {
 	st, err := src.Stat()
 	if err != nil {
 		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", path)
 	}
 	d.total = st.Size()
 	if d.done > d.total {
@@ -354,9 +367,10 @@ func digits(s string) bool {
 	return s != ""
 }
 
-// FileSHA256 hashes a file, streaming, and returns lowercase hex.
+// FileSHA256 hashes a regular file, streaming, and returns lowercase hex.
+// Anything else (a FIFO, a device, a directory) is an error.
 func FileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := openRegular(path)
 	if err != nil {
 		return "", err
 	}
@@ -366,6 +380,41 @@ func FileSHA256(path string) (string, error) {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// openRegular opens path for reading if it is a regular file. O_NONBLOCK
+// makes opening a FIFO return at once instead of waiting for a writer; the
+// type is checked on the open descriptor, so a swap after a stat does not
+// matter.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file (%s): want a regular file", path, kindOf(st.Mode()))
+	}
+	return f, nil
+}
+
+func kindOf(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "mode " + m.String()
 }
 
 // normHex checks a sha256 hex digest and lowercases it.

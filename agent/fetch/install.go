@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Files Install keeps next to an install path DST. Their presence is the
@@ -18,9 +20,18 @@ import (
 //	DST.latch-prev    a hard link to what DST was before (a file or a symlink)
 //	DST.latch-absent  empty: DST did not exist before
 //	DST.latch-new     the sha256 of the content Install put at DST; written
-//	                  before the rename, so DST having that content with this
-//	                  marker present means the rename happened and the two
-//	                  files above describe the version before it
+//	                  before the rename, so DST having that content and mode
+//	                  with this marker present means the rename happened and
+//	                  the two files above describe the version before it
+//	.DST.latch-tmp-*  temporary files, removed by the next Install
+//
+// Install, Restore and Commit open DST's directory once (see openDir) and do
+// everything relative to that descriptor: every file they create is new
+// (O_EXCL), every file they read is opened without following a symbolic
+// link and checked to be a regular file on its descriptor, and they change
+// the mode only of a file they have just created. A user who can write the
+// directory can therefore spoil the install in it, but cannot make latch
+// write, truncate or chmod anything elsewhere.
 const (
 	prevSuffix   = ".latch-prev"
 	absentSuffix = ".latch-absent"
@@ -28,19 +39,42 @@ const (
 	tmpInfix     = ".latch-tmp-"
 )
 
-// ErrNoPrevious: Restore found an installed file but no previous version.
-var ErrNoPrevious = errors.New("no previous version kept")
+// InstallOption changes what Install accepts.
+type InstallOption func(*installOptions)
 
-// Install puts the staged file at dst with mode mode atomically, keeping the
-// previous version so that Restore can put it back. If dst already has the
-// content sha256hex it only records that (idempotent after a crash).
-// Otherwise it copies staged to a temporary file in dst's directory (so dst
-// may be on another file system), checking its sha256 (ErrChecksum, with
-// nothing changed) and fsyncing it; saves dst as dst.latch-prev (a hard link)
-// or, if dst does not exist, creates the marker dst.latch-absent; then renames
-// the copy over dst and fsyncs the directory. Missing parent directories are
-// created (0755). A symlink at dst is replaced, never followed.
-func Install(staged, dst string, mode os.FileMode, sha256hex string) error {
+type installOptions struct {
+	allowWritableDir bool
+}
+
+// AllowWritableDir(true) lets Install write into a directory that a user
+// other than the agent's can write (the target's "allow_writable_dir").
+// Install still never follows a link there; but that user can replace the
+// installed file at any time.
+func AllowWritableDir(allow bool) InstallOption {
+	return func(o *installOptions) { o.allowWritableDir = allow }
+}
+
+// Install puts the staged file at dst with permission bits mode atomically,
+// keeping the previous version so that Restore can put it back. If dst
+// already is a regular file of the agent's with the content sha256hex and
+// the mode, it only records that (idempotent after a crash). Otherwise it
+// copies staged to a new temporary file in dst's directory (so dst may be on
+// another file system), checking its sha256 (ErrChecksum, with nothing
+// changed), setting mode on it and fsyncing it; saves dst as dst.latch-prev
+// (a hard link) or, if dst does not exist, creates the marker
+// dst.latch-absent; then renames the copy over dst and fsyncs the directory.
+// Missing parent directories are created (0755). A symlink at dst is
+// replaced, never followed.
+//
+// dst's directory must not be writable by anyone but the agent's user (nor
+// owned by another): else Install fails with ErrUnsafeDir, unless
+// AllowWritableDir(true) is given. mode must hold permission bits only
+// (0 installs a file of mode 0000).
+func Install(staged, dst string, mode os.FileMode, sha256hex string, opts ...InstallOption) error {
+	var o installOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	want, err := normHex(sha256hex)
 	if err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
@@ -48,32 +82,39 @@ func Install(staged, dst string, mode os.FileMode, sha256hex string) error {
 	if err := checkDst(dst); err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	dir := filepath.Dir(dst)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if mode&^os.ModePerm != 0 {
+		return fmt.Errorf("install %s: mode %v: only permission bits are installed (setuid, setgid and sticky bits are not installed by latch)", dst, mode)
+	}
+	d, err := openDir(filepath.Dir(dst), true)
+	if err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	st, err := os.Lstat(dst)
-	exists := err == nil
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("install %s: %w", dst, err)
-	}
-	if exists && st.IsDir() {
-		return fmt.Errorf("install %s: is a directory", dst)
-	}
-	if exists && st.Mode().IsRegular() {
-		got, err := FileSHA256(dst)
-		if err != nil {
+	defer d.close()
+	if !o.allowWritableDir {
+		if err := d.checkTrusted(); err != nil {
 			return fmt.Errorf("install %s: %w", dst, err)
 		}
-		if got == want {
-			if readMarker(dst+newSuffix) != want {
+	}
+	base := filepath.Base(dst)
+	st, exists, err := d.lstat(base)
+	if err != nil {
+		return fmt.Errorf("install %s: %w", dst, err)
+	}
+	if exists && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return fmt.Errorf("install %s: is a directory", dst)
+	}
+	if exists && st.Mode&unix.S_IFMT == unix.S_IFREG {
+		got, fst, err := d.hash(base)
+		if err != nil && !errors.Is(err, errNotRegular) {
+			return fmt.Errorf("install %s: %w", dst, err)
+		}
+		// Only a file of the agent's own, with the very mode, is left in
+		// place; anything else is replaced by a new file, so no existing
+		// file's mode is ever changed.
+		if err == nil && got == want && fst.Mode&0o7777 == uint32(mode) && int(fst.Uid) == os.Geteuid() {
+			if d.readMarker(base+newSuffix) != want {
 				// dst had this content before: it is its own previous version.
-				if err := recordPrevious(dst, true, want); err != nil {
-					return fmt.Errorf("install %s: %w", dst, err)
-				}
-			}
-			if st.Mode()&modeBits != mode&modeBits {
-				if err := os.Chmod(dst, mode); err != nil {
+				if err := recordPrevious(d, base, true, want); err != nil {
 					return fmt.Errorf("install %s: %w", dst, err)
 				}
 			}
@@ -81,68 +122,73 @@ func Install(staged, dst string, mode os.FileMode, sha256hex string) error {
 		}
 	}
 
-	removeTemps(dst)
-	tmp, err := copyVerified(staged, dst, mode, want)
+	if err := removeTemps(d, base); err != nil {
+		return fmt.Errorf("install %s: %w", dst, err)
+	}
+	tmp, err := copyVerified(d, staged, base, mode, want)
 	if err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	defer os.Remove(tmp) // a no-op once renamed
-	if err := recordPrevious(dst, exists, want); err != nil {
+	if err := recordPrevious(d, base, exists, want); err != nil {
+		d.remove(tmp)
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err := d.rename(tmp, base); err != nil {
+		d.remove(tmp)
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := d.sync(); err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
 	return nil
 }
 
-// modeBits are the bits of an os.FileMode that chmod sets.
-const modeBits = os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky
-
-// recordPrevious saves what dst is now (exists) or that it is absent, then
-// writes the new-content marker, durably, before anything replaces dst.
-func recordPrevious(dst string, exists bool, want string) error {
+// recordPrevious saves what base is now (exists) or that it is absent, then
+// writes the new-content marker, durably, before anything replaces base.
+func recordPrevious(d *dirFD, base string, exists bool, want string) error {
 	if exists {
 		// Link under a temporary name, then rename: prev is never missing
-		// once it existed, and never half-made.
-		tmp := dst + prevSuffix + tmpInfix + "link"
-		os.Remove(tmp)
-		if err := os.Link(dst, tmp); err != nil {
+		// once it existed, and never half-made. linkat without
+		// AT_SYMLINK_FOLLOW links a symlink itself, and fails on any
+		// existing name.
+		tmp := base + prevSuffix + tmpInfix + "link"
+		if err := d.remove(tmp); err != nil {
 			return fmt.Errorf("keep previous version: %w", err)
 		}
-		if err := os.Rename(tmp, dst+prevSuffix); err != nil {
-			os.Remove(tmp)
+		if err := unix.Linkat(d.fd, base, d.fd, tmp, 0); err != nil {
+			return fmt.Errorf("keep previous version: link %s: %w", d.name(base), err)
+		}
+		if err := d.rename(tmp, base+prevSuffix); err != nil {
+			d.remove(tmp)
 			return fmt.Errorf("keep previous version: %w", err)
 		}
-		if err := removeIfExists(dst + absentSuffix); err != nil {
+		if err := d.remove(base + absentSuffix); err != nil {
 			return err
 		}
 	} else {
-		if err := writeFileSync(dst+absentSuffix, nil); err != nil {
+		if err := d.writeMarker(base, base+absentSuffix, nil); err != nil {
 			return err
 		}
-		if err := removeIfExists(dst + prevSuffix); err != nil {
+		if err := d.remove(base + prevSuffix); err != nil {
 			return err
 		}
 	}
-	if err := writeFileSync(dst+newSuffix, []byte(want+"\n")); err != nil {
+	if err := d.writeMarker(base, base+newSuffix, []byte(want+"\n")); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(dst))
+	return d.sync()
 }
 
-// copyVerified copies staged into a new temporary file next to dst, checks
-// its sha256, sets mode and fsyncs it; it returns the temporary file's path.
-func copyVerified(staged, dst string, mode os.FileMode, want string) (string, error) {
+// copyVerified copies staged into a new temporary file next to base, checks
+// its sha256, sets mode on its descriptor and fsyncs it; it returns the
+// temporary file's name.
+func copyVerified(d *dirFD, staged, base string, mode os.FileMode, want string) (string, error) {
 	in, err := os.Open(staged)
 	if err != nil {
 		return "", err
 	}
 	defer in.Close()
-	out, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+tmpInfix+"*")
+	out, name, err := d.createTemp(base)
 	if err != nil {
 		return "", err
 	}
@@ -150,15 +196,17 @@ func copyVerified(staged, dst string, mode os.FileMode, want string) (string, er
 	defer func() {
 		if !ok {
 			out.Close()
-			os.Remove(out.Name())
+			d.remove(name)
 		}
 	}()
 	h := sha256.New()
 	if _, err := io.CopyBuffer(io.MultiWriter(out, h), in, make([]byte, bufSize)); err != nil {
 		return "", fmt.Errorf("copy %s: %w", staged, err)
 	}
+	// The staged file's own digest is not quoted: it may have come from a
+	// file that the reader of this error must not learn anything about.
 	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return "", fmt.Errorf("staged %s has sha256 %s, want %s: %w", staged, got, want, ErrChecksum)
+		return "", fmt.Errorf("staged %s does not have the expected sha256 %s: %w", staged, want, ErrChecksum)
 	}
 	if err := out.Chmod(mode); err != nil {
 		return "", err
@@ -170,20 +218,24 @@ func copyVerified(staged, dst string, mode os.FileMode, want string) (string, er
 		return "", err
 	}
 	ok = true
-	return out.Name(), nil
+	return name, nil
 }
 
-// removeTemps deletes temporary copies that a crashed Install left behind.
-func removeTemps(dst string) {
-	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(dst), "."+globEscape(filepath.Base(dst))+tmpInfix+"*"))
-	for _, m := range matches {
-		os.Remove(m)
+// removeTemps deletes temporary files that a crashed Install left behind
+// (unlinked, never followed).
+func removeTemps(d *dirFD, base string) error {
+	names, err := d.names()
+	if err != nil {
+		return err
 	}
-}
-
-func globEscape(s string) string {
-	r := strings.NewReplacer(`*`, `\*`, `?`, `\?`, `[`, `\[`, `\`, `\\`)
-	return r.Replace(s)
+	for _, n := range names {
+		if strings.HasPrefix(n, "."+base+tmpInfix) {
+			if err := d.remove(n); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Restore undoes Install, and only if it completed: when dst has the content
@@ -198,56 +250,64 @@ func Restore(dst, sha256hex string) error {
 	if err := checkDst(dst); err != nil {
 		return fmt.Errorf("restore %s: %w", dst, err)
 	}
-	dir := filepath.Dir(dst)
-	st, err := os.Lstat(dst)
+	d, err := openDir(filepath.Dir(dst), false)
 	if errors.Is(err, fs.ErrNotExist) {
-		// Never installed, or already restored to "absent".
-		return cleanMarkers(dst)
+		return nil // never installed: no directory, no markers
 	}
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", dst, err)
 	}
+	defer d.close()
+	base := filepath.Base(dst)
+	st, exists, err := d.lstat(base)
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", dst, err)
+	}
+	if !exists {
+		// Never installed, or already restored to "absent".
+		return cleanMarkers(d, base)
+	}
 	installed := false
-	if st.Mode().IsRegular() {
-		got, err := FileSHA256(dst)
-		if err != nil {
+	if st.Mode&unix.S_IFMT == unix.S_IFREG {
+		got, fst, err := d.hash(base)
+		if err != nil && !errors.Is(err, errNotRegular) {
 			return fmt.Errorf("restore %s: %w", dst, err)
 		}
-		installed = got == want
+		installed, st = err == nil && got == want, fst
 	}
 	if !installed {
-		return cleanMarkers(dst)
+		return cleanMarkers(d, base)
 	}
-	if _, err := os.Lstat(dst + absentSuffix); err == nil {
-		if err := os.Remove(dst); err != nil {
+	if d.isRegular(base + absentSuffix) {
+		if err := d.remove(base); err != nil {
 			return fmt.Errorf("restore %s: %w", dst, err)
 		}
-		if err := syncDir(dir); err != nil {
+		if err := d.sync(); err != nil {
 			return fmt.Errorf("restore %s: %w", dst, err)
 		}
-		return cleanMarkers(dst)
+		return cleanMarkers(d, base)
 	}
-	pst, err := os.Lstat(dst + prevSuffix)
-	if errors.Is(err, fs.ErrNotExist) {
-		if readMarker(dst+newSuffix) == "" {
+	pst, ok, err := d.lstat(base + prevSuffix)
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", dst, err)
+	}
+	if !ok {
+		if d.readMarker(base+newSuffix) == "" {
 			return nil // no install recorded: nothing to undo
 		}
 		return fmt.Errorf("restore %s: %w", dst, ErrNoPrevious)
 	}
-	if err != nil {
-		return fmt.Errorf("restore %s: %w", dst, err)
-	}
 	// When prev is a link to dst itself (the content did not change),
 	// rename(2) would do nothing; leaving both is the restored state.
-	if !os.SameFile(st, pst) {
-		if err := os.Rename(dst+prevSuffix, dst); err != nil {
+	if st.Dev != pst.Dev || st.Ino != pst.Ino {
+		if err := d.rename(base+prevSuffix, base); err != nil {
 			return fmt.Errorf("restore %s: %w", dst, err)
 		}
-		if err := syncDir(dir); err != nil {
+		if err := d.sync(); err != nil {
 			return fmt.Errorf("restore %s: %w", dst, err)
 		}
 	}
-	return cleanMarkers(dst)
+	return cleanMarkers(d, base)
 }
 
 // Commit ends an install after a successful apply: it forgets the markers
@@ -256,57 +316,33 @@ func Commit(dst string) error {
 	if err := checkDst(dst); err != nil {
 		return fmt.Errorf("commit %s: %w", dst, err)
 	}
-	if err := cleanMarkers(dst); err != nil {
+	d, err := openDir(filepath.Dir(dst), false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // nothing installed there: nothing to forget
+	}
+	if err != nil {
+		return fmt.Errorf("commit %s: %w", dst, err)
+	}
+	defer d.close()
+	if err := cleanMarkers(d, filepath.Base(dst)); err != nil {
 		return fmt.Errorf("commit %s: %w", dst, err)
 	}
 	return nil
 }
 
-func cleanMarkers(dst string) error {
-	if err := removeIfExists(dst + absentSuffix); err != nil {
+func cleanMarkers(d *dirFD, base string) error {
+	if err := d.remove(base + absentSuffix); err != nil {
 		return err
 	}
-	if err := removeIfExists(dst + newSuffix); err != nil {
+	if err := d.remove(base + newSuffix); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(dst))
+	return d.sync()
 }
 
 func checkDst(dst string) error {
 	if !filepath.IsAbs(dst) || filepath.Clean(dst) != dst || dst == "/" {
 		return fmt.Errorf("want an absolute clean file path")
-	}
-	return nil
-}
-
-// readMarker returns the digest in a .latch-new marker, "" if none.
-func readMarker(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
-}
-
-func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	return f.Close()
-}
-
-func removeIfExists(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
 	}
 	return nil
 }

@@ -41,7 +41,7 @@ func wantMode(t *testing.T, path string, want os.FileMode) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := st.Mode() & modeBits; got != want {
+	if got := st.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky); got != want {
 		t.Errorf("%s mode: got %v, want %v", path, got, want)
 	}
 }
@@ -167,14 +167,14 @@ func TestInstallInterrupted(t *testing.T) {
 	dst := filepath.Join(t.TempDir(), "app")
 	must(t, os.WriteFile(dst, []byte("v1"), 0o644))
 	staged, sum := stage(t, "v2")
-	must(t, recordPrevious(dst, true, sum))
+	must(t, recordPreviousAt(t, dst, sum))
 	must(t, os.WriteFile(filepath.Join(filepath.Dir(dst), ".app"+tmpInfix+"123"), []byte("half"), 0o600))
 
 	must(t, Restore(dst, sum))
 	wantContent(t, dst, "v1")
 	assertMissing(t, dst+newSuffix)
 
-	must(t, recordPrevious(dst, true, sum))
+	must(t, recordPreviousAt(t, dst, sum))
 	must(t, Install(staged, dst, 0o644, sum))
 	wantContent(t, dst, "v2")
 	assertMissing(t, filepath.Join(filepath.Dir(dst), ".app"+tmpInfix+"123"))
@@ -226,4 +226,16 @@ func TestInstallRefuses(t *testing.T) {
 	if err := Restore("rel", sum); err == nil {
 		t.Errorf("Restore(rel): got nil, want an error")
 	}
+}
+
+// recordPreviousAt runs the step of Install that saves dst's previous
+// version, alone, as a crash right after it would leave things.
+func recordPreviousAt(t *testing.T, dst, sum string) error {
+	t.Helper()
+	d, err := openDir(filepath.Dir(dst), false)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	return recordPrevious(d, filepath.Base(dst), true, sum)
 }
