@@ -26,32 +26,122 @@ type Doc struct {
 	Source string // "file:/path" or the URL, for messages and the journal
 }
 
-// debounce is how long WatchFile waits after the last event before reading,
-// so that a writer's several writes make one Doc.
+// debounce is how long WatchFileReport waits after the last event before
+// reading, so that a writer's several writes make one Doc.
 const debounce = 20 * time.Millisecond
 
-// WatchFile sends the file's contents (and FILE.sig's, if present) on out at
-// start and every time they change, until ctx ends; it then returns nil. It
-// watches the parent directory with inotify, so atomic renames, in-place
-// writes and files that appear later are all seen; identical contents are
-// not sent twice. A missing file is not an error: it is sent when it appears.
-// A missing parent directory is an error.
+// retryMin and retryMax bound the wait before WatchFileReport tries again
+// after a failure that a change of the file would not end (too many open
+// files, an inotify instance or watch that cannot be had, a missing
+// directory, an I/O error): it doubles from retryMin up to retryMax.
+const (
+	retryMin = 100 * time.Millisecond
+	retryMax = 10 * time.Second
+)
+
+// retryDelay is the wait after n failures in a row (n >= 1).
+func retryDelay(n int) time.Duration {
+	d := retryMin
+	for i := 1; i < n && d < retryMax; i++ {
+		d *= 2
+	}
+	return min(d, retryMax)
+}
+
+// WatchFile is WatchFileReport without an onErr: what goes wrong while
+// watching is reported nowhere (not logged either). Use WatchFileReport to
+// hear about it.
+func WatchFile(ctx context.Context, path string, out chan<- Doc) error {
+	return WatchFileReport(ctx, path, out, nil)
+}
+
+// WatchFileReport sends the file's contents (and FILE.sig's, if present) on
+// out at start and every time they change, until ctx ends; it then returns
+// nil. It watches the parent directory with inotify, so atomic renames,
+// in-place writes and files that appear later are all seen; identical
+// contents are not sent twice. A missing file is not an error: it is sent
+// when it appears.
 //
 // When FILE (or FILE.sig) is a symbolic link, the directory of every link on
 // the way to the real file is watched too, so that a change of the file the
 // link points to, or of the link itself, is seen as well.
-func WatchFile(ctx context.Context, path string, out chan<- Doc) error {
-	path = filepath.Clean(path)
+//
+// Nothing that goes wrong ends the watch. Each failure goes to onErr (if not
+// nil), once: the same failure on the same bytes is not reported again until
+// something else (a good read, a missing file, another failure) came in
+// between. A file that cannot be a target (not a regular file, over MaxSize
+// bytes, a loop of links) is left until it changes; any other failure (too
+// many open files, an I/O error, an inotify instance or watch that cannot be
+// had, a parent directory that is missing or goes away) is retried on its
+// own, waiting 100 ms and doubling up to 10 s. The file and FILE.sig are
+// opened without blocking and must be regular files, so a FIFO or a device at
+// the path never stalls the watch, and ctx ending always returns even while a
+// read hangs. The only error returned is for an empty path, at once.
+func WatchFileReport(ctx context.Context, path string, out chan<- Doc, onErr func(error)) error {
+	if path == "" {
+		return errors.New("watch target file: the path is empty: name the file that holds the target state")
+	}
+	fw := &fileWatch{path: filepath.Clean(path), out: out, onErr: onErr}
+	failures := 0
+	for {
+		watched, err := fw.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if watched {
+			failures = 0
+		}
+		failures++
+		d := retryDelay(failures)
+		fw.report(err.Error(), fmt.Errorf("%w; retrying", err))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// fileWatch is the state of one WatchFileReport that outlives an inotify
+// instance: what was sent and what was reported last. Only the goroutine of
+// WatchFileReport uses it.
+type fileWatch struct {
+	path    string
+	out     chan<- Doc
+	onErr   func(error)
+	last    *Doc   // the last document sent, nil before the first
+	lastErr string // what the last failure reported was about; "" since a good read
+}
+
+// report hands err to onErr unless the failure that key names was the last
+// one reported.
+func (fw *fileWatch) report(key string, err error) {
+	if key == fw.lastErr {
+		return
+	}
+	fw.lastErr = key
+	if fw.onErr != nil {
+		fw.onErr(err)
+	}
+}
+
+// session watches with one inotify instance until ctx ends (nil) or the
+// instance is lost (an error). watched says whether the watch was set up, so
+// that the caller's backoff starts again after a loss.
+func (fw *fileWatch) session(ctx context.Context) (watched bool, err error) {
+	path := fw.path
 	dir := filepath.Dir(path)
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
-		return fmt.Errorf("watch %s: inotify: %w", path, err)
+		return false, fmt.Errorf("watch %s: create an inotify instance: %w", path, err)
 	}
 	ino := os.NewFile(uintptr(fd), "inotify") // non-blocking: Read parks in the runtime poller
 	defer ino.Close()
 	w := &watchSet{fd: fd, primary: dir, dirs: map[string]int32{}, names: map[int32]map[string]bool{}}
 	if err := w.refresh(path); err != nil {
-		return fmt.Errorf("watch %s: %w", path, err)
+		return false, fmt.Errorf("watch %s: %w", path, err)
 	}
 
 	// The reader goroutine turns inotify events into wake-ups; Close on return ends it.
@@ -62,7 +152,7 @@ func WatchFile(ctx context.Context, path string, out chan<- Doc) error {
 		for {
 			n, err := ino.Read(buf)
 			if err != nil {
-				gone <- err
+				gone <- fmt.Errorf("read inotify events: %w", err)
 				return
 			}
 			relevant, dirGone := w.scan(buf[:n])
@@ -79,44 +169,45 @@ func WatchFile(ctx context.Context, path string, out chan<- Doc) error {
 		}
 	}()
 
-	var last *Doc
-	send := func() error {
-		doc, err := readFileDoc(path)
-		if err != nil || doc == nil {
-			return err // a missing file waits for the next event
-		}
-		if last != nil && bytes.Equal(last.Data, doc.Data) && bytes.Equal(last.Sig, doc.Sig) {
-			return nil
-		}
-		select {
-		case out <- *doc:
-			last = doc
-		case <-ctx.Done():
-		}
-		return nil
-	}
-	if err := send(); err != nil {
-		return fmt.Errorf("watch %s: %w", path, err)
-	}
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
+	retries := 0              // failed reads in a row that a change would not end
+	timer := time.NewTimer(0) // the first read is at once
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return true, nil
 		case err := <-gone:
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("watch %s: %w", path, err)
+			return true, fmt.Errorf("watch %s: %w", path, err)
 		case <-wake:
 			timer.Reset(debounce)
 		case <-timer.C:
 			if err := w.refresh(path); err != nil {
-				return fmt.Errorf("watch %s: %w", path, err)
+				return true, fmt.Errorf("watch %s: %w", path, err)
 			}
-			if err := send(); err != nil {
-				return fmt.Errorf("watch %s: %w", path, err)
+			r, ok := readTargetCtx(ctx, path)
+			if !ok {
+				return true, nil
+			}
+			switch {
+			case r.err == nil:
+				retries = 0
+				fw.lastErr = ""
+				if r.doc == nil || fw.last != nil && bytes.Equal(fw.last.Data, r.doc.Data) && bytes.Equal(fw.last.Sig, r.doc.Sig) {
+					break
+				}
+				select {
+				case fw.out <- *r.doc:
+					fw.last = r.doc
+				case <-ctx.Done():
+					return true, nil
+				}
+			case waitsForChange(r.err):
+				retries = 0
+				fw.report(r.key, fmt.Errorf("watch %s: %w; waiting for the file to change", path, r.err))
+			default:
+				retries++
+				fw.report(r.key, fmt.Errorf("watch %s: %w; retrying", path, r.err))
+				timer.Reset(retryDelay(retries))
 			}
 		}
 	}
@@ -125,10 +216,10 @@ func WatchFile(ctx context.Context, path string, out chan<- Doc) error {
 const watchMask = unix.IN_CLOSE_WRITE | unix.IN_MODIFY | unix.IN_MOVED_TO | unix.IN_MOVED_FROM |
 	unix.IN_CREATE | unix.IN_DELETE | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
 
-// maxLinks bounds how many symbolic links WatchFile follows from one name.
+// maxLinks bounds how many symbolic links WatchFileReport follows from one name.
 const maxLinks = 8
 
-// watchSet is the directories WatchFile watches and, in each, the names that
+// watchSet is the directories WatchFileReport watches and, in each, the names that
 // matter: the file, FILE.sig, and every link on the way to where they point.
 type watchSet struct {
 	fd      int
@@ -229,36 +320,8 @@ func (w *watchSet) scan(buf []byte) (relevant, dirGone bool) {
 	return relevant, dirGone
 }
 
-// readFileDoc reads path and path.sig; (nil, nil) when path does not exist.
-func readFileDoc(path string) (*Doc, error) {
-	data, err := readLimited(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	sig, err := readLimited(path + ".sig")
-	if errors.Is(err, fs.ErrNotExist) {
-		sig, err = nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &Doc{Data: data, Sig: sig, Source: "file:" + path}, nil
-}
-
-// readLimited reads a file of at most MaxSize bytes; a larger one is an
-// error rather than a memory hazard.
-func readLimited(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return readAllLimited(f, path)
-}
-
+// readAllLimited reads r to its end, refusing more than MaxSize bytes
+// rather than holding them.
 func readAllLimited(r io.Reader, what string) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(r, MaxSize+1))
 	if err != nil {
@@ -280,7 +343,10 @@ const requestTimeout = time.Minute
 // X-Latch-Signature header (or, for a file URL, FILE.sig) becomes Doc.Sig.
 // Errors go to onErr (if not nil) and are never fatal: after n failures in a
 // row the wait is interval·2ⁿ, capped at 32·interval or an hour, whichever is
-// smaller (but never below interval), and success resets it.
+// smaller (but never below interval), and success resets it. A file URL is
+// read as WatchFileReport reads its file: only a regular file of at most
+// MaxSize bytes, opened without blocking, and ctx ending returns even while
+// a read hangs.
 func PollURL(ctx context.Context, client *http.Client, rawURL string, interval time.Duration, out chan<- Doc, onErr func(error)) error {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -370,11 +436,16 @@ func (p *poller) poll(ctx context.Context) (*Doc, error) {
 	var doc *Doc
 	var err error
 	if p.url.Scheme == "file" {
-		doc, err = readFileDoc(p.url.Path)
-		if err == nil && doc == nil {
+		r, ok := readTargetCtx(ctx, p.url.Path)
+		switch {
+		case !ok:
+			return nil, ctx.Err()
+		case r.err != nil:
+			err = fmt.Errorf("poll %s: %w", p.raw, r.err)
+		case r.doc == nil:
 			err = fmt.Errorf("poll %s: %w", p.raw, fs.ErrNotExist)
-		}
-		if doc != nil {
+		default:
+			doc = r.doc
 			doc.Source = p.raw
 		}
 	} else {
