@@ -269,6 +269,9 @@ func (a *Agent) cancelPending(by, why string) {
 		if err := tx.DeletePending(); err != nil {
 			return err
 		}
+		if err := tx.DeleteApply(); err != nil { // a cancelled half-done apply was rolled back
+			return err
+		}
 		for _, pl := range a.st.plan {
 			ap := a.st.apps[pl.Svc.App]
 			ap.Target = ap.Current

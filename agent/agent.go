@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"latch/agent/lock"
@@ -227,6 +228,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(a.cfg.Layout.Dir), 0o755); err != nil {
 		return fmt.Errorf("create the parent of lock dir %s: %w", a.cfg.Layout.Dir, err)
 	}
+	a.claimLockRoot()
 	// /tmp/balena and /tmp/resin belong to root from the start: a user who
 	// made them first could point them anywhere.
 	if err := a.cfg.Layout.EnsureGlobalDirs(); err != nil {
@@ -284,9 +286,16 @@ func (a *Agent) loop(ctx context.Context, w *lock.Watcher) error {
 	tick := time.NewTicker(a.cfg.Tick)
 	defer tick.Stop()
 	lastScan := time.Now()
+	watched := "-"
 	for {
 		a.advance()
 		a.publish()
+		// Only the services some target names are watched: lock
+		// directories that users make cost no watch and no rescan.
+		if known := a.knownServices(); svcList(known) != watched {
+			w.SetServices(known)
+			watched = svcList(known)
+		}
 		a.beat.Store(time.Now().UnixNano())
 		for woke := false; !woke; {
 			var wake <-chan time.Time
@@ -327,6 +336,56 @@ func (a *Agent) loop(ctx context.Context, w *lock.Watcher) error {
 			}
 		}
 	}
+}
+
+// claimLockRoot moves aside a lock root (or its services/ directory) that
+// someone else made, or made writable by others, before the agent started
+// (a user can create /tmp/latch right after boot): the agent cannot act in
+// it safely, and refusing to start would let any user keep every update out.
+// What was there is renamed, never deleted or followed, and reported; the
+// agent then makes its own.
+func (a *Agent) claimLockRoot() {
+	root := filepath.Clean(a.cfg.Layout.Dir)
+	for _, dir := range []string{root, filepath.Join(root, "services")} {
+		fi, err := os.Lstat(dir)
+		if err != nil {
+			return // missing: the agent makes it
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if ok && fi.IsDir() && (st.Uid == 0 || int(st.Uid) == os.Geteuid()) {
+			if fi.Mode().Perm()&0o022 != 0 {
+				// Latch's own, made world-writable by an older latch:
+				// nobody but its owner could have replaced it, so it is
+				// narrowed where it stands (apps' locks inside stay).
+				if err := narrowDir(dir); err != nil {
+					a.logf("warning: lock directory %s: %v", dir, err)
+				}
+			}
+			continue
+		}
+		aside := fmt.Sprintf("%s.untrusted-%d", dir, time.Now().Unix())
+		if err := os.Rename(dir, aside); err != nil {
+			a.logf("warning: lock directory %s (%s) was not made by latch and cannot be moved aside: %v", dir, fi.Mode(), err)
+			return
+		}
+		owner := -1
+		if ok {
+			owner = int(st.Uid)
+		}
+		a.logf("warning: lock directory %s (%s, owner uid %d) was not made by latch: moved aside to %s", dir, fi.Mode(), owner, aside)
+		a.event("lock-removed", "", "lock directory %s (%s, owner uid %d) was not made by latch: moved aside to %s", dir, fi.Mode(), owner, aside)
+		return
+	}
+}
+
+// narrowDir makes the directory dir (never a symlink) mode 0755.
+func narrowDir(dir string) error {
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	return syscall.Fchmod(fd, 0o755)
 }
 
 // checkJournal puts the journal file back when it was deleted or replaced

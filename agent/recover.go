@@ -130,7 +130,7 @@ func (a *Agent) recover() error {
 	// to remove.
 	leftovers, err := a.ownEntries(lock.RoleAgent)
 	if err != nil {
-		return fmt.Errorf("look for the agent's leftover locks: %w", err)
+		a.logf("look for the agent's leftover locks: %v", err)
 	}
 	for _, e := range leftovers {
 		if a.classify(e) != entryDead {
