@@ -625,3 +625,23 @@ func TestFetchFileNotRegular(t *testing.T) {
 		t.Errorf("FileSHA256 of a FIFO: got %v, want an error saying it is not a regular file", err)
 	}
 }
+
+// TestInstallCreatesDirs: the directories Install makes are 0755 and the
+// agent's whatever the umask (a umask of 077 would make them 0700, and the
+// services running as other users could not reach their files).
+func TestInstallCreatesDirs(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	base := t.TempDir()
+	dst := filepath.Join(base, "opt", "kiosk", "bin", "app")
+	staged, sum := stage(t, "v2")
+	must(t, Install(staged, dst, 0o755, sum))
+	wantContent(t, dst, "v2")
+	for p := filepath.Dir(dst); p != base; p = filepath.Dir(p) {
+		st, err := os.Lstat(p)
+		must(t, err)
+		if st.Mode() != os.ModeDir|0o755 || int(st.Sys().(*syscall.Stat_t).Uid) != os.Geteuid() {
+			t.Errorf("%s: mode %v, uid %d; want drwxr-xr-x and uid %d", p, st.Mode(), st.Sys().(*syscall.Stat_t).Uid, os.Geteuid())
+		}
+	}
+}

@@ -32,7 +32,10 @@ type dirFD struct {
 // agent's own user) could have planted: a link is followed only when the
 // directory holding it is trusted (see trustedDir), or is sticky and trusted
 // and the link is owned by root or the agent's euid. With create, missing
-// directories are made (0755 before the umask, owned by the agent).
+// directories are made, owned by the agent, mode 0755 whatever the umask,
+// so that services of other users reach their files (the mode is set only
+// where no other user could have swapped the new directory for one of
+// theirs).
 func openDir(path string, create bool) (*dirFD, error) {
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -47,11 +50,7 @@ func openDir(path string, create bool) (*dirFD, error) {
 		next := filepath.Join(cur, name)
 		nfd, err := unix.Openat(fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if errors.Is(err, unix.ENOENT) && create {
-			if err := unix.Mkdirat(fd, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
-				unix.Close(fd)
-				return nil, fmt.Errorf("create directory %s: %w", next, err)
-			}
-			nfd, err = unix.Openat(fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			nfd, err = mkdir(fd, name, next)
 		}
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			target, lerr := trustedLink(fd, cur, name)
@@ -88,6 +87,44 @@ func openDir(path string, create bool) (*dirFD, error) {
 	return &dirFD{fd: rfd, path: path}, nil
 }
 
+// mkdir creates the directory name in dirfd (its path next) and opens it
+// like openDir does. It sets mode 0755 on it when it made it in a directory
+// where no other user can remove or rename it (trusted, or sticky and
+// trusted): elsewhere the name may already be someone else's directory.
+func mkdir(dirfd int, name, next string) (int, error) {
+	made := true
+	if err := unix.Mkdirat(dirfd, name, 0o755); errors.Is(err, unix.EEXIST) {
+		made = false // made a moment ago by someone else: opened as found
+	} else if err != nil {
+		return -1, fmt.Errorf("create directory %s: %w", next, err)
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil || !made {
+		return fd, err
+	}
+	var pst unix.Stat_t
+	if err := unix.Fstat(dirfd, &pst); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("stat directory %s: %w", filepath.Dir(next), err)
+	}
+	if !trustedOwner(pst.Uid) || pst.Mode&0o022 != 0 && pst.Mode&unix.S_ISVTX == 0 {
+		return fd, nil
+	}
+	rfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Fchmod(rfd, 0o755)
+		unix.Close(rfd)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("set mode 0755 on new directory %s: %w", next, err)
+	}
+	return fd, nil
+}
+
+// trustedOwner: uid is root or the agent's own.
+func trustedOwner(uid uint32) bool { return uid == 0 || int(uid) == os.Geteuid() }
+
 // split cuts a path into its names, dropping empty ones and ".".
 func split(p string) []string {
 	var out []string
@@ -114,8 +151,6 @@ func trustedLink(dirfd int, cur, name string) (string, error) {
 	if err := unix.Fstat(dirfd, &dst); err != nil {
 		return "", fmt.Errorf("open directory %s: %w", cur, err)
 	}
-	euid := uint32(os.Geteuid())
-	trustedOwner := func(uid uint32) bool { return uid == 0 || uid == euid }
 	ok := trustedOwner(dst.Uid) && (dst.Mode&0o022 == 0 || dst.Mode&unix.S_ISVTX != 0 && trustedOwner(lst.Uid))
 	if !ok {
 		return "", fmt.Errorf("open directory %s: it is a symbolic link in %s, which a user other than root can change (owner uid %d, mode %s); latch does not follow it: name the real directory in the target state: %w",
