@@ -38,8 +38,8 @@ var phaseRank = map[string]int{
 // applyDone is the apply worker's report.
 type applyDone struct {
 	id          string
-	err         error // nil: applied and healthy
-	interrupted bool  // the agent is stopping; the journal says where to resume
+	err         error  // nil: applied and healthy
+	interrupted bool   // the agent is stopping; the journal says where to resume
 	where       string // for an interrupted apply: how far each service got
 }
 
@@ -330,7 +330,13 @@ func (w *applyWorker) do(ctx context.Context, i int, before, after string, fn fu
 func (w *applyWorker) install(i int) error {
 	for _, fi := range w.plan[i].Files {
 		f := w.files[fi]
-		if err := fetch.Install(w.a.staged(f.SHA256), f.Path, modeOf(f), f.SHA256); err != nil {
+		allow := false // the target may allow a directory others can write, file by file
+		for _, tf := range w.plan[i].Spec.Files {
+			if tf.Path == f.Path {
+				allow = tf.AllowWritableDir
+			}
+		}
+		if err := fetch.Install(w.a.staged(f.SHA256), f.Path, modeOf(f), f.SHA256, fetch.AllowWritableDir(allow)); err != nil {
 			return err
 		}
 	}

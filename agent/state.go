@@ -51,9 +51,9 @@ type loopState struct {
 	rebootError    string    // the last failure, shown in the status
 	rebootRetryAt  time.Time // earliest next try of a failed reboot or shutdown
 	blockedBy      []lock.Entry
-	blockedSince time.Time
-	blockKey     string    // paths of blockedBy, to journal a deferral once per change
-	retryAt      time.Time // earliest next download or apply attempt
+	blockedSince   time.Time
+	blockKey       string    // paths of blockedBy, to journal a deferral once per change
+	retryAt        time.Time // earliest next download or apply attempt
 
 	downloadedBytes   int64
 	appliesOK         int
