@@ -519,3 +519,16 @@ func TestReadTargetLeavesFIFOWriter(t *testing.T) {
 		t.Errorf("the FIFO's writer, after readTarget: read %q (%v), want %q: readTarget opened the FIFO", got, err, "from-the-writer\n")
 	}
 }
+
+// WatchFile (no onErr) lives through bad files the same way.
+func TestWatchFileNoOnErr(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "target.json")
+	mkfifo(t, path)
+	ch := watch(t, path)
+	publish(t, path, bytes.Repeat([]byte("x"), 2<<20))
+	publish(t, path, []byte("good"))
+	if d := recv(t, ch); string(d.Data) != "good" {
+		t.Fatalf("after a FIFO and a 2 MiB file: got %q, want \"good\"", d.Data)
+	}
+}
