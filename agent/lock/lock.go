@@ -18,10 +18,11 @@
 //   - The lock root and services/ are owned by root (by the euid when latch
 //     does not run as root) with mode 0755; one that exists owned by another
 //     user or writable by group or other is refused with an error naming it.
-//     App and service directories have mode 1777; only the owner of
-//     services/ creates app directories, only the owner of an app directory
-//     creates its service directories, and the agent does not act in one
-//     another user made.
+//     App and service directories have mode 1777. latch makes an app
+//     directory only as the owner of services/ and a service directory only
+//     as the owner of its app directory, and does not take locks in one
+//     another user made (users can still mkdir service directories in the
+//     world-writable app directories: see Scan's bound).
 //   - Create makes an entry atomically (a temporary file carrying the holder
 //     record and the final owner, linked into place with link(2)): the entry
 //     never appears without its record or with the wrong owner, and never
