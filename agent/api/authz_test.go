@@ -92,7 +92,7 @@ func TestTargetPushNeedsRoot(t *testing.T) {
 	if code, body := curlAs(t, 1000, e.socket, "POST", "/v2/local/target-state", evil, map[string]string{"X-Latch-Signature": "AAAA"}); code != 403 {
 		t.Errorf("push with a signature header as uid 1000: got %d %s, want 403", code, body)
 	}
-	st := e.a.Status()
+	st := settled(t, e)
 	if st.UpdatePending || st.Release != "" {
 		t.Errorf("after refused pushes: got pending %v release %q, want nothing", st.UpdatePending, st.Release)
 	}
@@ -137,7 +137,7 @@ func TestTargetPushSignedByMember(t *testing.T) {
 	if code != 403 || strings.Contains(body, "only root") {
 		t.Errorf("unsigned push as uid 1000 with a trust key: got %d %s, want 403 from the signature check", code, body)
 	}
-	if e.a.Status().UpdatePending {
+	if settled(t, e).UpdatePending {
 		t.Fatalf("an update is pending after an unsigned push")
 	}
 	if code, body := curlAs(t, 1000, e.socket, "POST", "/v2/local/target-state", doc, map[string]string{"X-Latch-Signature": target.Sign(priv, []byte(doc))}); code != 202 {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -69,6 +70,9 @@ type env struct {
 	layout lock.Layout
 	socket string
 	tcpURL string
+
+	trOnce sync.Once
+	trs    []transport
 }
 
 type envOpts struct {
@@ -148,6 +152,9 @@ func newEnv(t testing.TB, o envOpts) *env {
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ctx, a) }()
 	t.Cleanup(func() {
+		for _, tr := range e.transports() {
+			tr.hc.CloseIdleConnections()
+		}
 		cancel()
 		if err := <-serveDone; err != nil {
 			t.Errorf("Serve: %v", err)
@@ -168,15 +175,20 @@ type transport struct {
 	key  string // added as Bearer unless the request sets its own auth
 }
 
+// transports returns the env's two clients, made once: a client per call
+// would leave its idle connections open and run into the server's caps.
 func (e *env) transports() []transport {
-	unixHC := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", e.socket)
-	}}}
-	return []transport{
-		{name: "unix", hc: unixHC, base: "http://latch"},
-		{name: "tcp", hc: &http.Client{}, base: e.tcpURL, key: testKey},
-	}
+	e.trOnce.Do(func() {
+		unixHC := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", e.socket)
+		}}}
+		e.trs = []transport{
+			{name: "unix", hc: unixHC, base: "http://latch"},
+			{name: "tcp", hc: &http.Client{Transport: &http.Transport{}}, base: e.tcpURL, key: testKey},
+		}
+	})
+	return slices.Clone(e.trs)
 }
 
 type answer struct {
@@ -234,6 +246,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// settled returns the agent's status once the loop has published what the
+// requests answered so far did: the loop answers a request before it
+// publishes, so a request through it (Override) is the barrier.
+func settled(t *testing.T, e *env) agent.Status {
+	t.Helper()
+	if _, err := e.a.Override(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return e.a.Status()
 }
 
 // targetDoc is a target state with one app and service at release rel.

@@ -134,7 +134,7 @@ func TestBodyKeys(t *testing.T) {
 	if calls := e.drv.Calls(); len(calls) != 0 {
 		t.Errorf("driver calls after refused bodies: %v", calls)
 	}
-	st := e.a.Status()
+	st := settled(t, e)
 	if len(st.Holds) != 0 || st.OverrideLock || st.PendingReboot != nil {
 		t.Errorf("after refused bodies: holds %v, override %v, pending reboot %v; want none", st.Holds, st.OverrideLock, st.PendingReboot)
 	}
@@ -152,7 +152,7 @@ func TestBodyKeys(t *testing.T) {
 	if a := e.transports()[0].call(t, "POST", "/v2/locks", str(`{"app":"kiosk","service":"ui","for":"1h"}`), nil); a.code != 201 {
 		t.Errorf("POST /v2/locks: got %d %s, want 201", a.code, a.body)
 	}
-	if st := e.a.Status(); len(st.Holds) != 1 || st.State != agent.StateIdle {
+	if st := settled(t, e); len(st.Holds) != 1 || st.State != agent.StateIdle {
 		t.Errorf("after a good hold: got holds %v state %s, want one hold, idle", st.Holds, st.State)
 	}
 }
