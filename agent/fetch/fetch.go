@@ -7,7 +7,11 @@
 // rename, directory fsync) only with the expected sha256. Install, Restore
 // and Commit put a staged file at its install path atomically, keep the
 // previous version, and can be called again after a crash at any point with
-// the same result.
+// the same result. They work through a descriptor of the install directory
+// and never follow a symbolic link that another user could have planted,
+// so a user who can write an install directory cannot turn them against
+// files elsewhere; Install refuses such a directory unless the target
+// allows it (ErrUnsafeDir).
 //
 // The package imports nothing from the rest of latch.
 package fetch
