@@ -73,12 +73,24 @@ func (w *waitFlag) Set(v string) error {
 // lockFlags are the flags shared by lock and unlock.
 type lockFlags struct {
 	p       paths
+	lockUID int
 	service string
 	path    string
 }
 
+// addLockUIDFlag registers --lock-uid: the uid that owns the agent's lock
+// entries, whose agent and hold records alone count as the agent's.
+func addLockUIDFlag(fs *flag.FlagSet, uid *int) {
+	def := os.Geteuid()
+	if def == 0 {
+		def = 65534
+	}
+	fs.IntVar(uid, "lock-uid", def, "the uid that owns the agent's lock entries, as given to 'latch agent' (default 65534 as root, else your uid); an agent or hold record on an entry of another owner is an ordinary lock")
+}
+
 func (lf *lockFlags) add(fs *flag.FlagSet) {
 	lf.p.addFlags(fs)
+	addLockUIDFlag(fs, &lf.lockUID)
 	fs.StringVar(&lf.service, "service", "", "the lock of service APP/SERVICE: <lock-dir>/services/APP/SERVICE/updates.lock")
 	fs.StringVar(&lf.path, "path", "", "the lock file FILE (default $BALENA_APP_LOCK_PATH, else the first device-wide lock path)")
 }
@@ -89,7 +101,10 @@ func (lf *lockFlags) target(create bool) (string, lock.Layout, error) {
 	if err := lf.p.resolve(); err != nil {
 		return "", lock.Layout{}, &exitError{code: exitUsage, msg: err.Error()}
 	}
-	layout := lock.Layout{Dir: lf.p.lockDir, Global: lf.p.globals}
+	if lf.lockUID < 0 {
+		return "", lock.Layout{}, &exitError{code: exitUsage, msg: fmt.Sprintf("--lock-uid %d: want a uid >= 0", lf.lockUID)}
+	}
+	layout := lock.Layout{Dir: lf.p.lockDir, Global: lf.p.globals, LockUID: lf.lockUID}
 	switch {
 	case lf.service != "" && lf.path != "":
 		return "", layout, &exitError{code: exitUsage, msg: "give --service or --path, not both"}
@@ -98,9 +113,16 @@ func (lf *lockFlags) target(create bool) (string, lock.Layout, error) {
 		if err != nil {
 			return "", layout, &exitError{code: exitUsage, msg: err.Error()}
 		}
-		if create {
+		// The agent creates the lock directories of its services; a user's
+		// latch lock only locks in one that exists (it cannot make them, and
+		// a lock root a user made would be refused by the agent).
+		if create && os.Geteuid() == 0 {
 			if _, err := layout.EnsureServiceDir(s); err != nil {
 				return "", layout, err
+			}
+		} else if create {
+			if fi, err := os.Lstat(layout.ServiceDir(s)); err != nil || !fi.IsDir() {
+				return "", layout, fmt.Errorf("lock directory %s of %s does not exist: the agent creates the lock directories of the services in its target (check the name, start the agent, or run as root)", layout.ServiceDir(s), s)
 			}
 		}
 		return filepath.Join(layout.ServiceDir(s), lock.UpdatesName), layout, nil
@@ -122,33 +144,15 @@ func (lf *lockFlags) target(create bool) (string, lock.Layout, error) {
 		return "", layout, &exitError{code: exitUsage, msg: "no lock path: give --path FILE or --service APP/SERVICE (no device-wide lock path is configured)"}
 	}
 	g := layout.Global[0]
-	if create {
-		if err := ensureLockParent(filepath.Dir(g)); err != nil {
+	if create && os.Geteuid() == 0 {
+		// Like /tmp/balena on a balena device: root's, mode 1777. A user's
+		// lock uses the directory if it exists and never makes it (the
+		// agent would count a user's directory as held).
+		if err := (lock.Layout{Global: []string{g}}).EnsureGlobalDirs(); err != nil {
 			return "", layout, err
 		}
 	}
 	return g, layout, nil
-}
-
-// ensureLockParent creates the directory of a device-wide lock (mode 1777,
-// like /tmp/balena on a balena device) when it is missing.
-func ensureLockParent(dir string) error {
-	if _, err := os.Lstat(dir); err == nil {
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return fmt.Errorf("create lock directory %s: %w", filepath.Dir(dir), err)
-	}
-	if err := os.Mkdir(dir, 0o1777); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return nil
-		}
-		return fmt.Errorf("create lock directory %s: %w", dir, err)
-	}
-	if err := os.Chmod(dir, 0o1777|os.ModeSticky); err != nil {
-		return fmt.Errorf("chmod lock directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 func commandUsage(fs *flag.FlagSet, synopsis, description, example string) func() {
@@ -218,7 +222,7 @@ func runLock(ctx context.Context, args []string) error {
 		fmt.Fprintln(os.Stderr, "latch lock: give -- CMD [ARG...] to run under the lock, or --detach")
 		return errUsage
 	}
-	path, _, err := lf.target(true)
+	path, layout, err := lf.target(true)
 	if err != nil {
 		return err
 	}
@@ -236,7 +240,7 @@ func runLock(ctx context.Context, args []string) error {
 		rec.PID = os.Getppid()
 		rec.Command = procCmdline(rec.PID)
 	}
-	lk, fd, err := takeLock(ctx, path, rec, wait, !*detach, sigc)
+	lk, fd, err := takeLock(ctx, layout, path, rec, wait, !*detach, sigc)
 	if err != nil {
 		return err
 	}
@@ -263,7 +267,7 @@ func runLock(ctx context.Context, args []string) error {
 
 // takeLock creates the lock at path, waiting as wait says. With withFlock it
 // also takes a flock(2) on the new file and returns its descriptor (else -1).
-func takeLock(ctx context.Context, path string, rec lock.Record, wait waitFlag, withFlock bool, sigc <-chan os.Signal) (*lock.Lock, int, error) {
+func takeLock(ctx context.Context, layout lock.Layout, path string, rec lock.Record, wait waitFlag, withFlock bool, sigc <-chan os.Signal) (*lock.Lock, int, error) {
 	var (
 		w        *lock.Watcher
 		deadline <-chan time.Time
@@ -286,10 +290,10 @@ func takeLock(ctx context.Context, path string, rec lock.Record, wait waitFlag, 
 			return nil, -1, &exitError{code: 128 + int(s.(syscall.Signal)), msg: fmt.Sprintf("%v while waiting for %s", s, path)}
 		default:
 		}
-		lk, err := lock.Create(path, rec, -1, -1)
+		lk, err := layout.Create(path, rec, -1, -1)
 		fd := -1
 		if err == nil && withFlock {
-			fd, err = flockLock(lk)
+			fd, err = flockLock(layout, lk)
 		}
 		if err == nil {
 			return lk, fd, nil
@@ -323,7 +327,7 @@ func takeLock(ctx context.Context, path string, rec lock.Record, wait waitFlag, 
 
 // flockLock takes flock(LOCK_EX) on the file lk created. If a flock(1) user
 // got it first, the lock is removed again and reported as held.
-func flockLock(lk *lock.Lock) (int, error) {
+func flockLock(layout lock.Layout, lk *lock.Lock) (int, error) {
 	fd, err := unix.Open(lk.Path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
 		lk.Remove()
@@ -338,7 +342,7 @@ func flockLock(lk *lock.Lock) (int, error) {
 	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		unix.Close(fd)
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			e, _ := lock.Layout{}.Inspect(lk.Path)
+			e, _ := layout.Inspect(lk.Path)
 			lk.Remove()
 			if e.Path == "" {
 				e = lock.Entry{Path: lk.Path, State: lock.StateHeld}
@@ -448,15 +452,25 @@ func runUnlock(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	inLayout := layout.IsEntryPath(path)
+	if *force && !inLayout {
+		return fmt.Errorf("unlock --force %s: %w: --force removes only a lock entry (%s, %s or %s in %s/APP/SERVICE, or a device-wide lock path); remove anything else yourself",
+			path, lock.ErrOutside, lock.UpdatesName, lock.ResinName, lock.HoldName, filepath.Join(layout.Dir, "services"))
+	}
 	if !*force {
 		switch {
-		case e.Record == nil:
-			return fmt.Errorf("%s (%s, uid %d) was not created by latch lock; if you are sure nobody holds it, use --force", path, e.Kind, e.UID)
-		case e.Record.Role != lock.RoleUser:
+		case e.State == lock.StateAgent || e.State == lock.StateHold:
 			return fmt.Errorf("%s is the agent's lock (state %s); use 'latch release', or --force", path, e.State)
+		case e.Record == nil || e.Kind != lock.KindFile:
+			return fmt.Errorf("%s (%s, uid %d) was not created by latch lock; if you are sure nobody holds it, use --force", path, e.Kind, e.UID)
 		}
 	}
-	layout.Global = append(layout.Global, path)
+	if !inLayout {
+		// A latch lock --detach at a path of the caller's choice: a regular
+		// file carrying latch's user record, removed only while it is the
+		// entry just looked at.
+		layout.Global = append(layout.Global, path)
+	}
 	return layout.RemoveEntry(e)
 }
 
@@ -464,6 +478,8 @@ func runLocks(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("latch locks", flag.ContinueOnError)
 	var p paths
 	p.addFlags(fs)
+	var lockUID int
+	addLockUIDFlag(fs, &lockUID)
 	asJSON := fs.Bool("json", false, "print a JSON array of lock objects (app, service, path, kind, uid, since, state, holder)")
 	fs.Usage = commandUsage(fs,
 		"  latch locks [--json]",
@@ -484,8 +500,11 @@ func runLocks(ctx context.Context, args []string) error {
 	if err := p.resolve(); err != nil {
 		return &exitError{code: exitUsage, msg: err.Error()}
 	}
-	es, err := lock.Layout{Dir: p.lockDir, Global: p.globals}.Scan()
-	if err != nil {
+	es, err := lock.Layout{Dir: p.lockDir, Global: p.globals, LockUID: lockUID}.Scan()
+	if errors.Is(err, lock.ErrTruncated) {
+		// The entries found are listed; say what was not looked at.
+		fmt.Fprintf(os.Stderr, "latch locks: warning: %v\n", err)
+	} else if err != nil {
 		return err
 	}
 	if *asJSON {

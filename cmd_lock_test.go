@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -310,6 +311,7 @@ func TestUnlock(t *testing.T) {
 	if _, errs, code := runLatch(t, root, "lock", "--path", p, "--detach"); code != 0 {
 		t.Fatal(errs)
 	}
+	// p is a configured device-wide path here: --force removes only lock entries.
 	es := locksJSON(t, root, "--global-lock", p)
 	if len(es) != 1 || es[0].Holder == nil || es[0].Holder.PID != os.Getpid() {
 		t.Errorf("detached lock: got %+v, want held by this test process %d (latch's parent)", es, os.Getpid())
@@ -330,10 +332,10 @@ func TestUnlock(t *testing.T) {
 		if err := make(); err != nil {
 			t.Fatal(err)
 		}
-		if _, errs, code := runLatch(t, root, "unlock", "--path", p); code != 1 || !lockTestExists(p) || !strings.Contains(errs, "--force") {
+		if _, errs, code := runLatch(t, root, "unlock", "--path", p, "--global-lock", p); code != 1 || !lockTestExists(p) || !strings.Contains(errs, "--force") {
 			t.Errorf("unlock of a foreign entry: %d %q exists=%v; want refused, pointing at --force", code, errs, lockTestExists(p))
 		}
-		if _, errs, code := runLatch(t, root, "unlock", "--path", p, "--force"); code != 0 || lockTestExists(p) {
+		if _, errs, code := runLatch(t, root, "unlock", "--path", p, "--global-lock", p, "--force"); code != 0 || lockTestExists(p) {
 			t.Errorf("unlock --force: %d %q exists=%v; want removed", code, errs, lockTestExists(p))
 		}
 	}
@@ -433,7 +435,8 @@ func TestRealToolsSeenHeld(t *testing.T) {
 			release: func(p string) { os.Remove(p) }},
 		{name: "procmail lockfile(1)", need: func(t *testing.T) { lockNeedBin(t, "lockfile") },
 			cmd: func(p string) *exec.Cmd {
-				return exec.Command("sh", "-c", `lockfile -1 "$0" && echo ready && cat >/dev/null; rm -f "$0"`, p)
+				// Exit 9 when lockfile(1) fails, 8 when the release fails: Wait checks it.
+				return exec.Command("sh", "-c", `lockfile -1 -r 3 "$0" || exit 9; echo ready; cat >/dev/null; rm -f "$0" || exit 8`, p)
 			}, lockAt: func(p string) string { return p }},
 		{name: "python3-lockfile", need: func(t *testing.T) {
 			if exec.Command("/usr/bin/python3", "-c", "import lockfile").Run() != nil {
@@ -609,5 +612,225 @@ func TestLockSymlinkAttack(t *testing.T) {
 				t.Errorf("outside dir holds %d entries, want 1 (CMD must not have run)", len(ents))
 			}
 		})
+	}
+}
+
+// TestUnlockForceOutside: unlock --force removes lock entries only; a file
+// or a tree anywhere else, or another name in a lock directory, is refused
+// with an error that says so, and left as it was.
+func TestUnlockForceOutside(t *testing.T) {
+	root := lockTestRoot(t)
+	if _, errs, code := runLatch(t, root, "lock", "--service", "app/svc", "--detach"); code != 0 {
+		t.Fatal(errs)
+	}
+	svcDir := filepath.Join(root, "tmp/latch/services/app/svc")
+	tree := filepath.Join(root, "etc")
+	os.MkdirAll(filepath.Join(tree, "deep"), 0o755)
+	os.WriteFile(filepath.Join(tree, "deep", "passwd"), []byte("precious"), 0o644)
+	file := filepath.Join(root, "precious.lock")
+	os.WriteFile(file, []byte("precious"), 0o644)
+	notes := filepath.Join(svcDir, "notes.txt")
+	os.WriteFile(notes, []byte("precious"), 0o644)
+	for _, p := range []string{tree, file, notes, svcDir, filepath.Join(root, "tmp/latch/services/app")} {
+		_, errs, code := runLatch(t, root, "unlock", "--force", "--path", p)
+		if code != 1 || !strings.Contains(errs, "removes only a lock entry") {
+			t.Errorf("unlock --force --path %s: status %d %q; want 1 and a refusal", p, code, errs)
+		}
+	}
+	for _, p := range []string{filepath.Join(tree, "deep", "passwd"), file, notes} {
+		if b, err := os.ReadFile(p); err != nil || string(b) != "precious" {
+			t.Errorf("%s: %q %v; want it untouched", p, b, err)
+		}
+	}
+	// The service's own lock still goes.
+	if _, errs, code := runLatch(t, root, "unlock", "--force", "--service", "app/svc"); code != 0 || lockTestExists(filepath.Join(svcDir, lock.UpdatesName)) {
+		t.Errorf("unlock --force --service: %d %q", code, errs)
+	}
+}
+
+func lockNeedRoot(t *testing.T, what string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: " + what + " was not tested")
+	}
+	lockNeedBin(t, "setpriv")
+}
+
+// latchAs runs latch as uid (setpriv) and returns its output and status.
+func latchAs(t *testing.T, uid int, root string, args ...string) (string, int) {
+	t.Helper()
+	a := append([]string{fmt.Sprintf("--reuid=%d", uid), fmt.Sprintf("--regid=%d", uid), "--clear-groups", testLatchBin, args[0], "--root", root}, args[1:]...)
+	cmd := exec.Command("setpriv", a...)
+	cmd.Env = append(os.Environ(), "BALENA_APP_LOCK_PATH=")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("setpriv latch: %v", err)
+	}
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// lockUserRoot is a device root like / with a /tmp of mode 1777.
+func lockUserRoot(t *testing.T) string {
+	root := lockTestRoot(t)
+	os.Mkdir(filepath.Join(root, "tmp"), 0o755)
+	syscall.Chmod(filepath.Join(root, "tmp"), 0o1777)
+	return root
+}
+
+// TestLockServiceAsUser: a user's latch lock --service locks in a service
+// directory the agent made, and, where there is none, says that the agent
+// makes them instead of making a lock root the agent would refuse.
+func TestLockServiceAsUser(t *testing.T) {
+	lockNeedRoot(t, "latch lock --service as uid 1000")
+	root := lockUserRoot(t)
+	out, code := latchAs(t, 1000, root, "lock", "--service", "app/svc", "--", "true")
+	if code != 1 || !strings.Contains(out, "the agent creates the lock directories") {
+		t.Errorf("no lock dirs yet: status %d %q; want 1 and that the agent creates them", code, out)
+	}
+	if lockTestExists(filepath.Join(root, "tmp/latch")) {
+		t.Fatalf("a user's latch lock made the lock root")
+	}
+	// Root (the agent, or root's latch lock) makes them: then the user locks.
+	if _, errs, code := runLatch(t, root, "lock", "--service", "app/svc", "--", "true"); code != 0 {
+		t.Fatal(errs)
+	}
+	out, code = latchAs(t, 1000, root, "lock", "--service", "app/svc", "--", "sh", "-c", `stat -c %u "$0"`, filepath.Join(root, "tmp/latch/services/app/svc/updates.lock"))
+	if code != 0 || strings.TrimSpace(out) != "1000" {
+		t.Errorf("as uid 1000 in the agent's service dir: status %d %q; want the lock taken as 1000", code, out)
+	}
+	out, code = latchAs(t, 1000, root, "lock", "--service", "app/other", "--", "true")
+	if code != 1 || !strings.Contains(out, "the agent creates the lock directories") {
+		t.Errorf("another service: status %d %q", code, out)
+	}
+}
+
+// TestLocksForgedRecord: a user's file claiming to be the agent's, naming
+// pid 1, is listed as an ordinary held lock with no holder, and plain
+// unlock does not call it the agent's.
+func TestLocksForgedRecord(t *testing.T) {
+	lockNeedRoot(t, "a record forged by uid 1000")
+	root := lockUserRoot(t)
+	if _, errs, code := runLatch(t, root, "lock", "--service", "app/svc", "--", "true"); code != 0 {
+		t.Fatal(errs)
+	}
+	p := filepath.Join(root, "tmp/latch/services/app/svc/updates.lock")
+	r := lock.NewRecord(lock.RoleAgent)
+	r.PID, r.Command = 1, "latch agent"
+	b, _ := json.Marshal(r)
+	cmd := exec.Command("setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c", `printf '%s\n' "$1" > "$0"`, p, string(b))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("forge: %v %s", err, out)
+	}
+	es := locksJSON(t, root)
+	if len(es) != 1 || es[0].State != lock.StateHeld || es[0].Holder != nil || es[0].UID != 1000 {
+		t.Fatalf("latch locks: %+v; want one held entry of uid 1000 with no holder", es)
+	}
+	out, _, _ := runLatch(t, root, "locks")
+	if strings.Contains(out, "pid 1 ") || strings.Contains(out, "latch agent") || strings.Contains(out, "agent") {
+		t.Errorf("latch locks names the forged holder:\n%s", out)
+	}
+	if _, errs, code := runLatch(t, root, "unlock", "--service", "app/svc"); code != 1 || strings.Contains(errs, "agent's lock") || !lockTestExists(p) {
+		t.Errorf("unlock: %d %q; want refused as not latch lock's, not as the agent's", code, errs)
+	}
+	// With --lock-uid 1000 the same file is the agent's.
+	es = locksJSON(t, root, "--lock-uid", "1000")
+	if len(es) != 1 || es[0].State != lock.StateAgent {
+		t.Errorf("--lock-uid 1000: %+v; want state agent", es)
+	}
+	if _, errs, code := runLatch(t, root, "unlock", "--lock-uid", "1000", "--service", "app/svc"); code != 1 || !strings.Contains(errs, "agent's lock") {
+		t.Errorf("unlock --lock-uid 1000: %d %q; want refused as the agent's lock", code, errs)
+	}
+}
+
+// TestUnlockThroughSymlinkedGlobalDir: uid 1000 makes <root>/tmp/balena a
+// symlink into a directory it cannot list; unlock --force removes nothing
+// through it, latch locks counts the device-wide lock as held, with
+// fs.protected_symlinks at 0 and at 1.
+func TestUnlockThroughSymlinkedGlobalDir(t *testing.T) {
+	lockNeedRoot(t, "a symlink planted by uid 1000")
+	const knob = "/proc/sys/fs/protected_symlinks"
+	old, err := os.ReadFile(knob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.WriteFile(knob, old, 0o644) })
+	for _, v := range []string{"0", "1"} {
+		t.Run("protected_symlinks="+v, func(t *testing.T) {
+			if err := os.WriteFile(knob, []byte(v), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			root := lockUserRoot(t)
+			secret := filepath.Join(t.TempDir(), "secret")
+			os.MkdirAll(filepath.Join(secret, lock.UpdatesName, "deep"), 0o700)
+			os.WriteFile(filepath.Join(secret, lock.UpdatesName, "deep", "data"), []byte("precious"), 0o600)
+			os.Chmod(secret, 0o700)
+			link := filepath.Join(root, "tmp/balena")
+			if out, err := exec.Command("setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "ln", "-s", secret, link).CombinedOutput(); err != nil {
+				t.Fatalf("ln: %v %s", err, out)
+			}
+			_, errs, code := runLatch(t, root, "unlock", "--force")
+			if code != 1 || !strings.Contains(errs, link) {
+				t.Errorf("unlock --force: status %d %q; want 1 naming %s", code, errs, link)
+			}
+			if b, err := os.ReadFile(filepath.Join(secret, lock.UpdatesName, "deep", "data")); err != nil || string(b) != "precious" {
+				t.Errorf("the tree behind the symlink: %q %v; want it untouched", b, err)
+			}
+			es := locksJSON(t, root)
+			if len(es) != 1 || es[0].Path != link || es[0].Kind != lock.KindSymlink || es[0].State != lock.StateHeld {
+				t.Errorf("latch locks: %+v; want the symlink, held", es)
+			}
+			if _, errs, code := runLatch(t, root, "lock", "--", "true"); code != 1 || !strings.Contains(errs, "symlink") {
+				t.Errorf("latch lock through it: %d %q; want refused naming the symlink", code, errs)
+			}
+		})
+	}
+}
+
+// TestLockInodeReuse: CMD removes the lock and makes files at its path,
+// trying to get its inode number back; latch lock then leaves the file in
+// place and says so. (latch holds the lock open for its flock while CMD
+// runs, which keeps the number from being handed out again; should it be,
+// the removal's change-time check is what keeps the file.)
+func TestLockInodeReuse(t *testing.T) {
+	root := lockTestRoot(t)
+	p := filepath.Join(root, "x.lock")
+	cmd := latchCmd(root, "lock", "--path", p, "--", "sh", "-c", "echo ready; exec cat >/dev/null")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "ready\n" {
+		t.Fatalf("CMD said %q", line)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := os.ReadFile(p)
+	reused := false
+	for i := 0; i < 2000 && !reused; i++ {
+		os.Remove(p)
+		os.WriteFile(p, rec, 0o644) // same type, owner, size and content
+		var now syscall.Stat_t
+		syscall.Lstat(p, &now)
+		if reused = now.Ino == st.Ino; !reused {
+			os.Rename(p, fmt.Sprintf("%s.aside%d", p, i))
+		}
+	}
+	if !reused {
+		os.WriteFile(p, rec, 0o644) // the replacement CMD leaves
+	}
+	stdin.Close()
+	io.Copy(io.Discard, stdout)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("latch lock: %v %s", err, errb.String())
+	}
+	t.Logf("inode number reused while latch held the lock: %v", reused)
+	if !lockTestExists(p) || !strings.Contains(errb.String(), "replaced") {
+		t.Errorf("the new file with the old inode number: exists=%v, stderr %q; want kept and reported", lockTestExists(p), errb.String())
 	}
 }
