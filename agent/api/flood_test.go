@@ -369,6 +369,8 @@ func TestUnauthenticatedClose(t *testing.T) {
 		{"401", "GET /v1/device HTTP/1.1\r\nHost: latch\r\n\r\n", 401, true},
 		{"wrong key", "GET /v1/device HTTP/1.1\r\nHost: latch\r\nAuthorization: Bearer nope\r\n\r\n", 401, true},
 		{"ping without key", "GET /ping HTTP/1.1\r\nHost: latch\r\n\r\n", 200, true},
+		{"ping with a wrong key", "GET /ping HTTP/1.1\r\nHost: latch\r\nAuthorization: Bearer nope\r\n\r\n", 200, true},
+		{"ping with the key", "GET /ping HTTP/1.1\r\nHost: latch\r\nAuthorization: Bearer " + testKey + "\r\n\r\n", 200, false},
 		{"Origin", "GET /ping HTTP/1.1\r\nHost: latch\r\nOrigin: \r\n\r\n", 403, true},
 		{"with the key", "GET /v1/device HTTP/1.1\r\nHost: latch\r\nAuthorization: Bearer " + testKey + "\r\n\r\n", 200, false},
 	} {

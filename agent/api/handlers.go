@@ -41,7 +41,8 @@ type route struct {
 }
 
 // Handler returns the API's handler for a; tcp selects the TCP rules (the
-// API key).
+// API key). Served other than by Serve, it knows nothing of its peers: over
+// the unix rules it then refuses target states unless a verifies them.
 func (s *Server) Handler(a *agent.Agent, tcp bool) http.Handler {
 	h := &handlers{a: a, logf: s.cfg.Logf}
 	routes := []route{
@@ -92,11 +93,11 @@ func (s *Server) Handler(a *agent.Agent, tcp bool) http.Handler {
 			writeError(w, http.StatusForbidden, "requests that carry an Origin header (from a web page) are refused: call the API from a program, without Origin")
 			return
 		}
-		if tcp && !(r.URL.Path == "/ping" && (r.Method == "GET" || r.Method == "HEAD")) {
-			if !keyOK(r, key) {
-				// Closing the connection keeps a client without the key
-				// from holding one of the capped TCP slots.
-				w.Header().Set("Connection", "close")
+		if tcp && !keyOK(r, key) {
+			// Closing the connection keeps a client without the key from
+			// holding one of the capped TCP slots, GET /ping included.
+			w.Header().Set("Connection", "close")
+			if !(r.URL.Path == "/ping" && (r.Method == "GET" || r.Method == "HEAD")) {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="latch"`)
 				writeError(w, http.StatusUnauthorized, "missing or wrong API key: send Authorization: Bearer KEY or ?apikey=KEY")
 				return
@@ -135,12 +136,7 @@ type handlers struct {
 	logf func(format string, args ...any)
 }
 
-func (h *handlers) ping(w http.ResponseWriter, r *http.Request) {
-	if peerOf(r).tcp && r.Header.Get("Authorization") == "" && !r.URL.Query().Has("apikey") {
-		w.Header().Set("Connection", "close") // unauthenticated: no keep-alive slot
-	}
-	writeText(w, http.StatusOK, "OK")
-}
+func (h *handlers) ping(w http.ResponseWriter, r *http.Request) { writeText(w, http.StatusOK, "OK") }
 
 func (h *handlers) healthy(w http.ResponseWriter, r *http.Request) {
 	if !h.a.Alive() {
