@@ -640,6 +640,14 @@ func TestFetchFileNotRegular(t *testing.T) {
 	if _, err := FileSHA256(fifo); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("FileSHA256 of a FIFO: got %v, want an error saying it is not a regular file", err)
 	}
+	dst := filepath.Join(t.TempDir(), "app")
+	noHang(t, "Install of a staged FIFO", unstick, func() error {
+		if err := Install(fifo, dst, 0o644, sum); err == nil || !strings.Contains(err.Error(), "is not a regular file (a FIFO)") {
+			return fmt.Errorf("got %v, want an error saying the staged file is not a regular file", err)
+		}
+		return nil
+	})
+	assertMissing(t, dst)
 }
 
 // TestInstallCreatesDirs: the directories Install makes are 0755 and the

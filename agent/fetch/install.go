@@ -183,7 +183,7 @@ func recordPrevious(d *dirFD, base string, exists bool, want string) error {
 // its sha256, sets mode on its descriptor and fsyncs it; it returns the
 // temporary file's name.
 func copyVerified(d *dirFD, staged, base string, mode os.FileMode, want string) (string, error) {
-	in, err := os.Open(staged)
+	in, err := openRegular(staged)
 	if err != nil {
 		return "", err
 	}
