@@ -549,7 +549,7 @@ func TestInstallModes(t *testing.T) {
 	}
 
 	must(t, os.WriteFile(dst, []byte("v1"), 0o644))
-	for _, m := range []os.FileMode{0o755 | os.ModeSetuid, 0o755 | os.ModeSetgid, 0o777 | os.ModeSticky, os.ModeDir | 0o755} {
+	for _, m := range []os.FileMode{0o755 | os.ModeSetuid, 0o755 | os.ModeSetgid, 0o777 | os.ModeSticky, os.ModeDir | 0o755, 0o4755} {
 		err := Install(staged, dst, m, sum)
 		if err == nil || !strings.Contains(err.Error(), "only permission bits are installed") {
 			t.Errorf("Install with mode %v: got %v, want an error refusing the special bits", m, err)

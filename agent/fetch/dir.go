@@ -194,8 +194,8 @@ func (d *dirFD) checkTrusted() error {
 	euid := os.Geteuid()
 	switch {
 	case int(st.Uid) != euid:
-		return fmt.Errorf("directory %s is owned by uid %d, not by uid %d that latch runs as: that user could make latch overwrite other files through it; make it owned by uid %d and not group- or other-writable, or set \"allow_writable_dir\": true on the file in the target state: %w",
-			d.path, st.Uid, euid, euid, ErrUnsafeDir)
+		return fmt.Errorf("directory %s is owned by uid %d, not by uid %d that latch runs as: that user could make latch overwrite other files through it; run chown %d %s and chmod go-w %s, or set \"allow_writable_dir\": true on the file in the target state: %w",
+			d.path, st.Uid, euid, euid, d.path, d.path, ErrUnsafeDir)
 	case st.Mode&0o022 != 0:
 		return fmt.Errorf("directory %s has mode %s: users other than uid %d can write it and could make latch overwrite other files through it; run chmod go-w %s, or set \"allow_writable_dir\": true on the file in the target state: %w",
 			d.path, modeString(st.Mode), euid, d.path, ErrUnsafeDir)

@@ -83,7 +83,7 @@ func Install(staged, dst string, mode os.FileMode, sha256hex string, opts ...Ins
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
 	if mode&^os.ModePerm != 0 {
-		return fmt.Errorf("install %s: mode %v: only permission bits are installed (setuid, setgid and sticky bits are not installed by latch)", dst, mode)
+		return fmt.Errorf("install %s: mode %v (%#o): only permission bits are installed (setuid, setgid and sticky bits are not installed by latch); pass mode&os.ModePerm", dst, mode, uint32(mode))
 	}
 	d, err := openDir(filepath.Dir(dst), true)
 	if err != nil {
