@@ -452,6 +452,11 @@ func runUnlock(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if e.Reason != "" {
+		// A symlinked or foreign device-wide lock directory: it counts as
+		// held and nothing is removed through it, forced or not.
+		return fmt.Errorf("%s is held: %s; latch removes nothing through it", e.Path, e.Reason)
+	}
 	inLayout := layout.IsEntryPath(path)
 	if *force && !inLayout {
 		return fmt.Errorf("unlock --force %s: %w: --force removes only a lock entry (%s, %s or %s in %s/APP/SERVICE, or a device-wide lock path); remove anything else yourself",

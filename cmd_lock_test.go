@@ -769,9 +769,11 @@ func TestUnlockThroughSymlinkedGlobalDir(t *testing.T) {
 			if out, err := exec.Command("setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "ln", "-s", secret, link).CombinedOutput(); err != nil {
 				t.Fatalf("ln: %v %s", err, out)
 			}
-			_, errs, code := runLatch(t, root, "unlock", "--force")
-			if code != 1 || !strings.Contains(errs, link) {
-				t.Errorf("unlock --force: status %d %q; want 1 naming %s", code, errs, link)
+			for _, force := range []string{"--force=false", "--force"} {
+				_, errs, code := runLatch(t, root, "unlock", force)
+				if code != 1 || !strings.Contains(errs, link) || !strings.Contains(errs, "removes nothing through it") {
+					t.Errorf("unlock %s: status %d %q; want 1 naming %s and that nothing is removed through it", force, code, errs, link)
+				}
 			}
 			if b, err := os.ReadFile(filepath.Join(secret, lock.UpdatesName, "deep", "data")); err != nil || string(b) != "precious" {
 				t.Errorf("the tree behind the symlink: %q %v; want it untouched", b, err)

@@ -268,8 +268,11 @@ func TestGlobalParentSymlink(t *testing.T) {
 				t.Errorf("Blocking: %v %+v; want the symlink", err, bl)
 			}
 			// What force and override do: remove what blocks, then take.
-			if err := l.RemoveEntry(es[0]); !errors.Is(err, ErrOutside) {
-				t.Errorf("RemoveEntry of the held symlink: %v, want ErrOutside", err)
+			if err := l.RemoveEntry(es[0]); !errors.Is(err, ErrSymlink) || !strings.Contains(err.Error(), "by hand") {
+				t.Errorf("RemoveEntry of the held symlink: %v, want ErrSymlink saying to remove it by hand", err)
+			}
+			if !exists(link) {
+				t.Errorf("RemoveEntry removed the symlink %s", link)
 			}
 			var st unix.Stat_t
 			unix.Stat(filepath.Join(target, UpdatesName), &st)
@@ -307,11 +310,14 @@ func TestGlobalParentForeign(t *testing.T) {
 	if err != nil || len(es) != 1 || es[0].Path != dir || es[0].State != StateHeld || es[0].UID != 1000 || !strings.Contains(es[0].Reason, "uid 1000") {
 		t.Fatalf("Scan: %v %+v; want the directory, held, owned by 1000, with a reason", err, es)
 	}
+	if err := l.RemoveEntry(es[0]); !errors.Is(err, ErrUntrusted) || !exists(dir+"/updates.lock") {
+		t.Errorf("RemoveEntry of the held directory: %v, want ErrUntrusted and nothing removed", err)
+	}
 	e, err := l.Inspect(dir + "/updates.lock")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.Path = dir + "/updates.lock"
+	e.Path, e.Reason = dir+"/updates.lock", ""
 	if err := l.RemoveEntry(e); !errors.Is(err, ErrUntrusted) || !exists(dir+"/updates.lock") {
 		t.Errorf("RemoveEntry in a user's directory: %v, want ErrUntrusted and kept", err)
 	}

@@ -375,24 +375,28 @@ func TestRemoveOnlyOurs(t *testing.T) {
 // TestSymlinkAttacks plants symlinks to a file outside in place of lock
 // directories and lock paths: latch refuses, and the target is untouched.
 func TestSymlinkAttacks(t *testing.T) {
+	withProtectedSymlinks(t, testSymlinkAttacks)
+}
+
+func testSymlinkAttacks(t *testing.T) {
 	svc := Service{"app", "svc"}
 	for _, tc := range []struct {
 		name    string
-		plant   func(l Layout, target string) string // returns the planted path
+		plant   func(t *testing.T, l Layout, target string) string // returns the planted path
 		act     func(l Layout) error
 		wantErr error
 	}{
-		{"lock dir is a symlink", func(l Layout, target string) string {
+		{"lock dir is a symlink", func(t *testing.T, l Layout, target string) string {
 			os.Symlink(filepath.Dir(target), l.Dir)
 			return l.Dir
 		}, func(l Layout) error { _, err := l.EnsureServiceDir(svc); return err }, ErrSymlink},
-		{"services is a symlink", func(l Layout, target string) string {
+		{"services is a symlink", func(t *testing.T, l Layout, target string) string {
 			os.MkdirAll(l.Dir, 0o755)
 			p := filepath.Join(l.Dir, "services")
 			os.Symlink(filepath.Dir(target), p)
 			return p
 		}, func(l Layout) error { _, err := l.EnsureServiceDir(svc); return err }, ErrSymlink},
-		{"app dir is a symlink", func(l Layout, target string) string {
+		{"app dir is a symlink", func(t *testing.T, l Layout, target string) string {
 			os.MkdirAll(filepath.Join(l.Dir, "services"), 0o755)
 			p := filepath.Join(l.Dir, "services", "app")
 			os.Symlink(filepath.Dir(target), p)
@@ -401,31 +405,31 @@ func TestSymlinkAttacks(t *testing.T) {
 			_, err := l.Acquire([]Service{svc}, []string{UpdatesName}, NewRecord(RoleAgent), -1, -1)
 			return err
 		}, ErrSymlink},
-		{"service dir is a file", func(l Layout, target string) string {
+		{"service dir is a file", func(t *testing.T, l Layout, target string) string {
 			os.MkdirAll(filepath.Join(l.Dir, "services", "app"), 0o755)
 			p := filepath.Join(l.Dir, "services", "app", "svc")
 			os.WriteFile(p, nil, 0o644)
 			return p
 		}, func(l Layout) error { _, err := l.EnsureServiceDir(svc); return err }, ErrNotDir},
-		{"lock path is a symlink to the file", func(l Layout, target string) string {
+		{"lock path is a symlink to the file", func(t *testing.T, l Layout, target string) string {
 			dir, _ := l.EnsureServiceDir(svc)
 			p := filepath.Join(dir, UpdatesName)
-			os.Symlink(target, p)
+			symlinkAsUser(t, target, p)
 			return p
 		}, func(l Layout) error {
 			_, err := Create(filepath.Join(l.ServiceDir(svc), UpdatesName), NewRecord(RoleUser), agentUID(), agentUID())
 			return err
 		}, ErrHeld},
-		{"lock path symlink, agent acquire", func(l Layout, target string) string {
+		{"lock path symlink, agent acquire", func(t *testing.T, l Layout, target string) string {
 			dir, _ := l.EnsureServiceDir(svc)
 			p := filepath.Join(dir, ResinName)
-			os.Symlink(target, p)
+			symlinkAsUser(t, target, p)
 			return p
 		}, func(l Layout) error {
 			_, err := l.Acquire([]Service{svc}, []string{ResinName, UpdatesName}, NewRecord(RoleAgent), agentUID(), agentUID())
 			return err
 		}, ErrHeld},
-		{"global parent is a symlink", func(l Layout, target string) string {
+		{"global parent is a symlink", func(t *testing.T, l Layout, target string) string {
 			p := filepath.Dir(l.Global[0])
 			os.Symlink(filepath.Dir(target), p)
 			return p
@@ -441,7 +445,7 @@ func TestSymlinkAttacks(t *testing.T) {
 			os.WriteFile(target, []byte("precious"), 0o600)
 			var before unix.Stat_t
 			unix.Lstat(target, &before)
-			planted := tc.plant(l, target)
+			planted := tc.plant(t, l, target)
 			err := tc.act(l)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("got error %v, want %v", err, tc.wantErr)
@@ -459,6 +463,19 @@ func TestSymlinkAttacks(t *testing.T) {
 				t.Errorf("outside dir holds %d entries, want 1", len(ents))
 			}
 		})
+	}
+}
+
+// symlinkAsUser plants a symlink as uid 1000 when root (in a world-writable
+// lock directory, where fs.protected_symlinks applies), else as the caller.
+func symlinkAsUser(t *testing.T, target, path string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		runAs(t, 1000, "ln", "-s", target, path)
+		return
+	}
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
 	}
 }
 

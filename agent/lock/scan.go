@@ -601,9 +601,19 @@ func (l Layout) IsEntryPath(path string) bool {
 // for force, override and --break-stale, and refuses (ErrOutside) a path that
 // is neither a held name in a service lock directory nor a device-wide path,
 // and (ErrSymlink, ErrUntrusted) a device-wide lock whose directory is a
-// symlink or another user's. An entry already gone is not an error.
+// symlink or another user's, and an entry that is such a directory (one
+// with a Reason). An entry already gone is not an error.
 func (l Layout) RemoveEntry(e Entry) error {
 	path := filepath.Clean(e.Path)
+	if e.Reason != "" {
+		// A directory that counts as held (see globalParent, Blocking):
+		// nothing is removed in or through it.
+		why := ErrUntrusted
+		if e.Kind == KindSymlink {
+			why = ErrSymlink
+		}
+		return fmt.Errorf("remove lock %s: %w: %s; latch removes nothing there, remove it by hand", path, why, e.Reason)
+	}
 	var dirfd int
 	var name string
 	if s, n, ok := l.serviceOf(path); ok {
