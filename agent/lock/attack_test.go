@@ -681,3 +681,37 @@ func TestNonRoot(t *testing.T) {
 		}
 	}
 }
+
+// TestWatcherSetServicesLive narrows a running watcher and widens it again:
+// locks of the named service wake it, and after SetServices(nil) so do
+// those of a service that was not named.
+func TestWatcherSetServicesLive(t *testing.T) {
+	l := testLayout(t)
+	a, b := Service{"a", "one"}, Service{"b", "two"}
+	for _, s := range []Service{a, b} {
+		if _, err := l.EnsureServiceDir(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := l.Watch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	w.SetServices([]Service{a, {"c", "later"}})
+	drain(w)
+	os.WriteFile(filepath.Join(l.ServiceDir(a), UpdatesName), nil, 0o644)
+	waitEvent(t, w, "a lock of a named service")
+	// A named service whose directories appear later is watched then.
+	if _, err := l.EnsureServiceDir(Service{"c", "later"}); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, w, "the directory of a named service appearing")
+	drain(w)
+	os.WriteFile(filepath.Join(l.ServiceDir(Service{"c", "later"}), ResinName), nil, 0o644)
+	waitEvent(t, w, "a lock in the new directory")
+	w.SetServices(nil)
+	drain(w)
+	os.WriteFile(filepath.Join(l.ServiceDir(b), UpdatesName), nil, 0o644)
+	waitEvent(t, w, "a lock of another service after SetServices(nil)")
+}

@@ -73,3 +73,42 @@ func BenchmarkBaselineExcl(b *testing.B) {
 		}
 	}
 }
+
+// floodLayout has one service of the agent's and n service directories
+// made by another user (chowned to 65534 as root) in the same app.
+func floodLayout(b *testing.B, n int) (Layout, Service) {
+	l := Layout{Dir: filepath.Join(b.TempDir(), "latch"), LockUID: -1}
+	mine := Service{"app", "mine"}
+	if _, err := l.EnsureServiceDir(mine); err != nil {
+		b.Fatal(err)
+	}
+	for i := range n {
+		d := filepath.Join(l.Dir, "services", "app", fmt.Sprintf("f%05d", i))
+		if err := os.Mkdir(d, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if os.Geteuid() == 0 {
+			os.Chown(d, 65534, 65534)
+		}
+	}
+	return l, mine
+}
+
+// BenchmarkScanFlood and BenchmarkBlockingFlood compare a full Scan with
+// Blocking of one service when another user made 10000 service
+// directories.
+func BenchmarkScanFlood(b *testing.B) {
+	l, _ := floodLayout(b, 10000)
+	for b.Loop() {
+		l.Scan()
+	}
+}
+
+func BenchmarkBlockingFlood(b *testing.B) {
+	l, mine := floodLayout(b, 10000)
+	for b.Loop() {
+		if _, err := l.Blocking([]Service{mine}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

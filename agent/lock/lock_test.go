@@ -749,7 +749,8 @@ func TestWatcher(t *testing.T) {
 		}
 		waitEvent(t, w, s.what)
 	}
-	// Irrelevant changes do not wake the watcher: a file with another name.
+	// Files with other names, then a lock: the lock's event arrives.
+	// (TestWatcherIgnoresOtherNames checks that the others wake nothing.)
 	drain(w)
 	os.WriteFile(filepath.Join(l.ServiceDir(Service{"a", "b"}), "notes.txt"), nil, 0o644)
 	os.WriteFile(filepath.Join(filepath.Dir(l.Global[0]), "other"), nil, 0o644)
