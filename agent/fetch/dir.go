@@ -30,12 +30,20 @@ type dirFD struct {
 // openDir opens the directory path (absolute and clean) one component at a
 // time, never following a symbolic link that a user other than root (or the
 // agent's own user) could have planted: a link is followed only when the
-// directory holding it is trusted (see trustedDir), or is sticky and trusted
-// and the link is owned by root or the agent's euid. With create, missing
-// directories are made, owned by the agent, mode 0755 whatever the umask,
-// so that services of other users reach their files (the mode is set only
-// where no other user could have swapped the new directory for one of
-// theirs).
+// directory holding it is owned by root or the agent's euid and is either
+// not group- or other-writable, or sticky with the link owned by root or
+// the agent's euid (see trustedLink).
+//
+// A directory on the way that another user owns is walked through, but no
+// link in it is followed: that user can put only directories of their own
+// there (which the install directory check refuses), or rename a directory
+// of root's that is already in it; a directory of root's from elsewhere
+// cannot be moved in (that needs write permission on it, for its "..").
+//
+// With create, missing directories are made, owned by the agent, mode 0755
+// whatever the umask, so that services of other users reach their files
+// (the mode is set only where no other user could have swapped the new
+// directory for one of theirs).
 func openDir(path string, create bool) (*dirFD, error) {
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
