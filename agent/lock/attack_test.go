@@ -24,7 +24,11 @@ func TestMain(m *testing.M) {
 	if action := os.Getenv("LATCH_LOCK_HELPER"); action != "" {
 		os.Exit(helper(action, os.Args[len(os.Args)-2:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if helperBin != "" {
+		os.RemoveAll(filepath.Dir(helperBin))
+	}
+	os.Exit(code)
 }
 
 // helper runs one action and prints its error (or "ok").
