@@ -669,3 +669,41 @@ func TestInstallCreatesDirs(t *testing.T) {
 		}
 	}
 }
+
+// TestInstallUserOwnsAncestor: uid 1000 owns /…/kiosk, root owns the
+// install directory /…/kiosk/bin below it. The install works; what the
+// user can then put at bin in its place (a link to a directory of root's,
+// a directory of their own) is refused, and the victim directory is left
+// alone.
+func TestInstallUserOwnsAncestor(t *testing.T) {
+	needRoot(t, "an ancestor directory owned by uid 1000")
+	base := openDirTemp(t)
+	kiosk := filepath.Join(base, "kiosk")
+	must(t, os.Mkdir(kiosk, 0o755))
+	must(t, os.Chown(kiosk, kioskUID, kioskUID))
+	bin := filepath.Join(kiosk, "bin")
+	must(t, os.Mkdir(bin, 0o755))
+	dst := filepath.Join(bin, "app")
+	staged, sum := stage(t, "v2")
+	must(t, Install(staged, dst, 0o755, sum))
+	must(t, Commit(dst))
+	wantContent(t, dst, "v2")
+
+	etc := filepath.Join(base, "etc") // a directory of root's, outside
+	must(t, os.Mkdir(etc, 0o755))
+	runAs(t, kioskUID, "mv", "-T", bin, filepath.Join(kiosk, "old"))
+	runAs(t, kioskUID, "ln", "-s", etc, bin)
+	err := Install(staged, dst, 0o755, sum)
+	if !errors.Is(err, ErrUnsafeDir) || !strings.Contains(err.Error(), bin+": it is a symbolic link in "+kiosk) {
+		t.Fatalf("Install through uid 1000's link: got %v, want ErrUnsafeDir naming the link", err)
+	}
+	wantOnly(t, etc)
+
+	runAs(t, kioskUID, "rm", bin)
+	runAs(t, kioskUID, "mkdir", bin)
+	err = Install(staged, dst, 0o755, sum)
+	if !errors.Is(err, ErrUnsafeDir) || !strings.Contains(err.Error(), "directory "+bin+" is owned by uid 1000") {
+		t.Fatalf("Install into uid 1000's own directory: got %v, want ErrUnsafeDir naming it", err)
+	}
+	wantOnly(t, bin)
+}
