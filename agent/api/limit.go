@@ -18,7 +18,8 @@ import (
 // and take the unix socket down with TCP. Each listener has a total cap and a
 // cap per peer (a TCP peer's IP address, or its /64 for IPv6; a unix peer's
 // uid), so that one peer cannot fill the total alone. A connection over a cap
-// is answered 503 at once, without reading it, and closed.
+// is answered 503 at once, without reading it, and closed (a client that
+// has already written its request may see the connection reset instead).
 //
 // The unix socket's caps are larger and its own: a flood on TCP never uses
 // them, and root is still served while a member of the socket's group floods
