@@ -150,6 +150,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 type svc struct {
 	name    string
 	content string // installed file's content; default "<app>/<svc> <release>"
+	extra   int    // when > 0, a second file of this many bytes (<installed>.data)
 }
 
 // app is one app of a target.
@@ -187,11 +188,24 @@ func (d *device) targetDoc(config map[string]any, apps ...app) []byte {
 				return d.slowSnippet(verb) + fmt.Sprintf(`l="%s $LATCH_APP/$LATCH_SERVICE $(%s) [by %s]"; `, verb, cat, a.release) +
 					d.snapshotSnippet() + fmt.Sprintf(`printf '%%s\t%%s\n' "$l" "$o" >> %s`, d.log)
 			}
+			files := []any{map[string]any{
+				"source": d.srv.URL + p, "sha256": hex.EncodeToString(sum[:]),
+				"path": file, "mode": "0644",
+			}}
+			if s.extra > 0 {
+				data := bytes.Repeat([]byte(content+"\n"), s.extra/(len(content)+1)+1)[:s.extra]
+				dp := fmt.Sprintf("/%s/%s/%s/data", a.name, a.release, s.name)
+				d.mu.Lock()
+				d.blobs[dp] = data
+				d.mu.Unlock()
+				dsum := sha256.Sum256(data)
+				files = append(files, map[string]any{
+					"source": d.srv.URL + dp, "sha256": hex.EncodeToString(dsum[:]),
+					"path": file + ".data", "mode": "0644",
+				})
+			}
 			svcs[s.name] = map[string]any{
-				"files": []any{map[string]any{
-					"source": d.srv.URL + p, "sha256": hex.EncodeToString(sum[:]),
-					"path": file, "mode": "0644",
-				}},
+				"files":  files,
 				"stop":   step("stop", "cat "+file+" 2>/dev/null"),
 				"start":  step("start", "cat "+file),
 				"health": fmt.Sprintf(`! grep -q broken %s`, file),

@@ -17,7 +17,9 @@ import (
 // Each entry is "PATH=UID:ROLE" (ROLE is the "role" of latch's record, "-"
 // for an entry without one: a directory, a symlink, another tool's file).
 // When the test has declared the step forced or overridden, the snapshot
-// ends with "forced=HOW".
+// has "forced=HOW". It ends with "pid=PID", the process that ran the command
+// (the agent: a line of a killed agent's pid landing after its death is an
+// orphaned command).
 //
 // A step is a violation (spec section 8: no update step ever runs on a
 // service whose lock is held, unless forced or overridden) when
@@ -41,7 +43,7 @@ func (d *device) snapshotSnippet() string {
 		`if [ -e "$p" ] || [ -L "$p" ]; then r=-; ` +
 		`if [ -f "$p" ] && [ ! -L "$p" ]; then r=$(sed -n 's/.*"role": *"\([a-z]*\)".*/\1/p' "$p" 2>/dev/null | head -n 1); fi; ` +
 		`o="$o $p=$(stat -c %u "$p" 2>/dev/null || echo gone):${r:--}"; fi; done; ` +
-		`if [ -e ` + dir + `/forced ]; then o="$o forced=$(cat ` + dir + `/forced)"; fi; `
+		`if [ -e ` + dir + `/forced ]; then o="$o forced=$(cat ` + dir + `/forced)"; fi; o="$o pid=$PPID"; `
 }
 
 // slowSnippet is shell code that waits while the step's gate file exists
@@ -214,41 +216,54 @@ type step struct {
 	By      string // the release whose command ran
 	Entries []lockEntry
 	Forced  string // "" unless the test declared the step forced ("once", "override")
+	PID     int    // the process that ran the command (the agent)
 }
 
 // steps parses every stop and start line of the commands log.
 func (d *device) steps() []step {
 	var out []step
 	for _, l := range d.rawCommands() {
-		head, snap, _ := strings.Cut(l, "\t")
-		verb, rest, ok := strings.Cut(head, " ")
-		if !ok || (verb != "stop" && verb != "start") {
-			continue
+		if st, ok := parseStep(l); ok {
+			out = append(out, st)
 		}
-		st := step{Line: l, Verb: verb}
-		name, rest, _ := strings.Cut(rest, " ")
-		st.App, st.Service, _ = strings.Cut(name, "/")
-		if i := strings.LastIndex(rest, " [by "); i >= 0 {
-			st.Content = rest[:i]
-			st.By = strings.TrimSuffix(rest[i+len(" [by "):], "]")
-		} else if strings.HasPrefix(rest, "[by ") {
-			st.By = strings.TrimSuffix(strings.TrimPrefix(rest, "[by "), "]")
-		}
-		for _, f := range strings.Fields(snap) {
-			if v, ok := strings.CutPrefix(f, "forced="); ok {
-				st.Forced = v
-				continue
-			}
-			i := strings.LastIndex(f, "=")
-			if i < 0 {
-				continue
-			}
-			uid, role, _ := strings.Cut(f[i+1:], ":")
-			st.Entries = append(st.Entries, lockEntry{Path: f[:i], UID: uid, Role: role})
-		}
-		out = append(out, st)
 	}
 	return out
+}
+
+// parseStep parses one line of the commands log; ok is false for a line
+// that is not a stop or a start.
+func parseStep(l string) (st step, ok bool) {
+	head, snap, _ := strings.Cut(l, "\t")
+	verb, rest, ok := strings.Cut(head, " ")
+	if !ok || (verb != "stop" && verb != "start") {
+		return step{}, false
+	}
+	st = step{Line: l, Verb: verb}
+	name, rest, _ := strings.Cut(rest, " ")
+	st.App, st.Service, _ = strings.Cut(name, "/")
+	if i := strings.LastIndex(rest, " [by "); i >= 0 {
+		st.Content = rest[:i]
+		st.By = strings.TrimSuffix(rest[i+len(" [by "):], "]")
+	} else if strings.HasPrefix(rest, "[by ") {
+		st.By = strings.TrimSuffix(strings.TrimPrefix(rest, "[by "), "]")
+	}
+	for _, f := range strings.Fields(snap) {
+		if v, ok := strings.CutPrefix(f, "forced="); ok {
+			st.Forced = v
+			continue
+		}
+		if v, ok := strings.CutPrefix(f, "pid="); ok {
+			st.PID, _ = strconv.Atoi(v)
+			continue
+		}
+		i := strings.LastIndex(f, "=")
+		if i < 0 {
+			continue
+		}
+		uid, role, _ := strings.Cut(f[i+1:], ":")
+		st.Entries = append(st.Entries, lockEntry{Path: f[:i], UID: uid, Role: role})
+	}
+	return st, true
 }
 
 // stepViolations says what is wrong with each step that ran without the
