@@ -103,22 +103,34 @@ func Install(staged, dst string, mode os.FileMode, sha256hex string, opts ...Ins
 	if exists && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return fmt.Errorf("install %s: is a directory", dst)
 	}
+	recorded := false // this install's rename already happened
 	if exists && st.Mode&unix.S_IFMT == unix.S_IFREG {
 		got, fst, err := d.hash(base)
 		if err != nil && !errors.Is(err, errNotRegular) {
 			return fmt.Errorf("install %s: %w", dst, err)
 		}
+		marked := err == nil && got == want && d.readMarker(base+newSuffix) == want
 		// Only a file of the agent's own, with the very mode, is left in
 		// place; anything else is replaced by a new file, so no existing
 		// file's mode is ever changed.
 		if err == nil && got == want && fst.Mode&0o7777 == uint32(mode) && int(fst.Uid) == os.Geteuid() {
-			if d.readMarker(base+newSuffix) != want {
+			if !marked {
 				// dst had this content before: it is its own previous version.
 				if err := recordPrevious(d, base, true, want); err != nil {
 					return fmt.Errorf("install %s: %w", dst, err)
 				}
 			}
 			return nil
+		}
+		// The content is in place and marked, but not the mode (changed
+		// since): the markers already describe the version before, unless
+		// dst is still that version itself (linked as its own previous).
+		if marked {
+			pst, ok, err := d.lstat(base + prevSuffix)
+			if err != nil {
+				return fmt.Errorf("install %s: %w", dst, err)
+			}
+			recorded = !ok || pst.Dev != fst.Dev || pst.Ino != fst.Ino
 		}
 	}
 
@@ -129,9 +141,11 @@ func Install(staged, dst string, mode os.FileMode, sha256hex string, opts ...Ins
 	if err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	if err := recordPrevious(d, base, exists, want); err != nil {
-		d.remove(tmp)
-		return fmt.Errorf("install %s: %w", dst, err)
+	if !recorded {
+		if err := recordPrevious(d, base, exists, want); err != nil {
+			d.remove(tmp)
+			return fmt.Errorf("install %s: %w", dst, err)
+		}
 	}
 	if err := d.rename(tmp, base); err != nil {
 		d.remove(tmp)

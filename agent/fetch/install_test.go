@@ -239,3 +239,42 @@ func recordPreviousAt(t *testing.T, dst, sum string) error {
 	defer d.close()
 	return recordPrevious(d, filepath.Base(dst), true, sum)
 }
+
+func TestInstallModeChangedAfterInstall(t *testing.T) {
+	// Install completed but was not committed, then dst's mode changed
+	// (by hand, or an earlier latch): the retry puts the mode right and
+	// keeps the version before the install as the previous one.
+	dst := filepath.Join(t.TempDir(), "app")
+	must(t, os.WriteFile(dst, []byte("v1"), 0o644))
+	staged, sum := stage(t, "v2")
+	must(t, Install(staged, dst, 0o755, sum))
+	must(t, os.Chmod(dst, 0o700))
+	must(t, Install(staged, dst, 0o755, sum))
+	wantContent(t, dst, "v2")
+	wantMode(t, dst, 0o755)
+	wantContent(t, dst+prevSuffix, "v1")
+	must(t, Restore(dst, sum))
+	wantContent(t, dst, "v1")
+	wantMode(t, dst, 0o644)
+
+	// The same for a file that did not exist before.
+	fresh := filepath.Join(filepath.Dir(dst), "fresh")
+	must(t, Install(staged, fresh, 0o755, sum))
+	must(t, os.Chmod(fresh, 0o700))
+	must(t, Install(staged, fresh, 0o755, sum))
+	wantMode(t, fresh, 0o755)
+	must(t, Restore(fresh, sum))
+	assertMissing(t, fresh)
+
+	// Only the mode changes, nothing else: the previous version is the
+	// same content with the old mode, and Restore brings the mode back.
+	same := filepath.Join(filepath.Dir(dst), "same")
+	must(t, os.WriteFile(same, []byte("v2"), 0o644))
+	for i := 0; i < 2; i++ { // the second time as a retry
+		must(t, Install(staged, same, 0o755, sum))
+		wantMode(t, same, 0o755)
+	}
+	must(t, Restore(same, sum))
+	wantContent(t, same, "v2")
+	wantMode(t, same, 0o644)
+}
