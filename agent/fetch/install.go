@@ -256,6 +256,9 @@ func removeTemps(d *dirFD, base string) error {
 // sha256hex, it renames dst.latch-prev back over dst, or removes dst if
 // dst.latch-absent says it did not exist. When dst has other content the
 // install never happened and dst is left alone. Idempotent after a crash.
+// Restore and Commit do not check who can write the directory (an install
+// that the target allowed there must be undoable); like Install they never
+// follow a link in it, and they only rename and remove names in it.
 func Restore(dst, sha256hex string) error {
 	want, err := normHex(sha256hex)
 	if err != nil {
