@@ -338,12 +338,18 @@ func (a *Agent) loop(ctx context.Context, w *lock.Watcher) error {
 	}
 }
 
-// claimLockRoot moves aside a lock root (or its services/ directory) that
-// someone else made, or made writable by others, before the agent started
-// (a user can create /tmp/latch right after boot): the agent cannot act in
-// it safely, and refusing to start would let any user keep every update out.
-// What was there is renamed, never deleted or followed, and reported; the
-// agent then makes its own.
+// claimLockRoot deals with a lock root (or its services/ directory) that is
+// not latch's own before the agent starts using it:
+//   - one that another user made inside a sticky, world-writable directory
+//     such as /tmp (anyone may create /tmp/latch right after boot) is renamed
+//     aside, never deleted or followed, and reported: refusing to start
+//     would let any user keep every update out;
+//   - a services/ directory of root's that an older latch made mode 1777 is
+//     narrowed to 0755 where it stands (nobody but root could have replaced
+//     it, and the applications' locks inside stay where they are).
+//
+// Anything else is left alone: the lock core refuses to act in it, with an
+// error that names it.
 func (a *Agent) claimLockRoot() {
 	root := filepath.Clean(a.cfg.Layout.Dir)
 	for _, dir := range []string{root, filepath.Join(root, "services")} {
@@ -352,28 +358,32 @@ func (a *Agent) claimLockRoot() {
 			return // missing: the agent makes it
 		}
 		st, ok := fi.Sys().(*syscall.Stat_t)
-		if ok && fi.IsDir() && (st.Uid == 0 || int(st.Uid) == os.Geteuid()) {
-			if fi.Mode().Perm()&0o022 != 0 {
-				// Latch's own, made world-writable by an older latch:
-				// nobody but its owner could have replaced it, so it is
-				// narrowed where it stands (apps' locks inside stay).
+		if !ok {
+			return
+		}
+		ours := fi.IsDir() && (st.Uid == 0 || int(st.Uid) == os.Geteuid())
+		if ours {
+			if dir != root && fi.Mode().Perm()&0o022 != 0 {
 				if err := narrowDir(dir); err != nil {
 					a.logf("warning: lock directory %s: %v", dir, err)
+				} else {
+					a.logf("lock directory %s was %s: narrowed to 0755 (applications lock in the service directories)", dir, fi.Mode())
 				}
 			}
 			continue
 		}
-		aside := fmt.Sprintf("%s.untrusted-%d", dir, time.Now().Unix())
-		if err := os.Rename(dir, aside); err != nil {
-			a.logf("warning: lock directory %s (%s) was not made by latch and cannot be moved aside: %v", dir, fi.Mode(), err)
+		parent, err := os.Lstat(filepath.Dir(dir))
+		if err != nil || parent.Mode()&os.ModeSticky == 0 || parent.Mode().Perm()&0o002 == 0 {
+			a.logf("warning: lock directory %s (%s, owner uid %d) was not made by latch; remove it, or give --lock-dir another path", dir, fi.Mode(), st.Uid)
 			return
 		}
-		owner := -1
-		if ok {
-			owner = int(st.Uid)
+		aside := fmt.Sprintf("%s.untrusted-%d", dir, time.Now().UnixNano())
+		if err := os.Rename(dir, aside); err != nil {
+			a.logf("warning: lock directory %s (%s, owner uid %d) was not made by latch and cannot be moved aside: %v", dir, fi.Mode(), st.Uid, err)
+			return
 		}
-		a.logf("warning: lock directory %s (%s, owner uid %d) was not made by latch: moved aside to %s", dir, fi.Mode(), owner, aside)
-		a.event("lock-removed", "", "lock directory %s (%s, owner uid %d) was not made by latch: moved aside to %s", dir, fi.Mode(), owner, aside)
+		a.logf("warning: lock directory %s (%s, owner uid %d) was not made by latch: moved aside to %s", dir, fi.Mode(), st.Uid, aside)
+		a.event("lock-removed", "", "lock directory %s (%s, owner uid %d) was not made by latch: moved aside to %s", dir, fi.Mode(), st.Uid, aside)
 		return
 	}
 }
@@ -411,7 +421,7 @@ func (a *Agent) startSources(ctx context.Context, wg *sync.WaitGroup) {
 		go func() {
 			defer wg.Done()
 			err := target.WatchFileReport(ctx, a.cfg.TargetFile, a.docs, func(err error) {
-				a.logf("target file %s: %v", a.cfg.TargetFile, err)
+				a.logf("%v", err) // the message names the file
 			})
 			if err != nil && !errors.Is(err, context.Canceled) {
 				a.logf("watch target file %s: %v", a.cfg.TargetFile, err)

@@ -122,7 +122,7 @@ func (a *Agent) restageMissing() bool {
 			}
 			p.Files[i].Done, p.Files[i].Complete = 0, false
 		}
-		p.State, p.Updated = store.Downloading, time.Now()
+		p.State, p.Reason, p.Updated = store.Downloading, "", time.Now()
 		if err := tx.PutPending(p); err != nil {
 			return err
 		}
@@ -136,6 +136,7 @@ func (a *Agent) restageMissing() bool {
 	for _, i := range missing {
 		a.st.fileDone[i] = 0
 	}
+	a.st.retryAt = time.Now() // wakes the loop at once: the download starts
 	return true
 }
 
@@ -557,13 +558,18 @@ func (a *Agent) tryResume() {
 		a.releaseActionLocks()
 		return
 	}
+	rollback := p.Attempts >= a.cfg.MaxAttempts || cancelled(p)
 	if len(s.actionLocks) == 0 {
 		force := p.Forced || s.override.Enabled
 		why, by := "override", "override:"+s.override.By
 		if p.Forced {
 			why, by = "forced resume of an interrupted update", a.forcedBy()
 		}
-		locks, blocking, err := a.take(services(s.plan), force, why, by)
+		svcs := services(s.plan)
+		if rollback {
+			svcs = touched(ap, s.plan) // a rollback acts on these alone
+		}
+		locks, blocking, err := a.take(svcs, force, why, by)
 		if err != nil {
 			a.logf("re-take the locks of the interrupted apply of %s: %v", short(p.ID), err)
 			s.retryAt = time.Now().Add(a.cfg.RetryDelay)
@@ -591,7 +597,6 @@ func (a *Agent) tryResume() {
 	if !a.isReady() {
 		return // Run starts the worker once ready
 	}
-	rollback := p.Attempts >= a.cfg.MaxAttempts || cancelled(p)
 	a.journal(func(tx *store.Tx) error {
 		p.State, p.Attempts, p.Updated = store.Applying, p.Attempts+1, time.Now()
 		if err := tx.PutPending(p); err != nil {
@@ -606,6 +611,18 @@ func (a *Agent) tryResume() {
 	})
 	s.resume = nil
 	a.startApply(ap, s.actionLocks, rollback)
+}
+
+// touched lists the services of an apply record that its forward pass
+// reached (a step past pending).
+func touched(ap *store.Apply, plan []planned) []lock.Service {
+	var out []lock.Service
+	for i, st := range ap.Steps {
+		if st.Phase != phasePending && i < len(plan) {
+			out = append(out, plan[i].Svc)
+		}
+	}
+	return out
 }
 
 // setResumeBlocked records what keeps an interrupted apply from resuming;

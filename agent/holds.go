@@ -269,8 +269,8 @@ func stillThere(l *lock.Lock) bool {
 // are owned by the lock uid: the agent's own, whoever else may look alike.
 func (a *Agent) ownEntries(role lock.Role) ([]lock.Entry, error) {
 	entries, err := a.cfg.Layout.Scan()
-	if err != nil {
-		return nil, err
+	if err != nil && !errors.Is(err, lock.ErrTruncated) {
+		return nil, err // truncated: other users' directories beyond the bound are not the agent's
 	}
 	var out []lock.Entry
 	for _, e := range entries {

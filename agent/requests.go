@@ -259,6 +259,10 @@ func (a *Agent) Override(ctx context.Context) (store.Override, error) {
 // Locks lists every lock entry (spec section 3).
 func (a *Agent) Locks(ctx context.Context) ([]lock.Entry, error) {
 	entries, err := a.cfg.Layout.Scan()
+	if errors.Is(err, lock.ErrTruncated) {
+		a.logf("list locks: %v", err) // other users' directories beyond the bound
+		err = nil
+	}
 	if entries == nil {
 		entries = []lock.Entry{}
 	}

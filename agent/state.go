@@ -336,7 +336,7 @@ func (a *Agent) snapshot() Status {
 			st.Reason = s.rebootError
 		} else if len(s.blockedBy) > 0 {
 			st.BlockedBy, st.BlockedSince = slices.Clone(s.blockedBy), s.blockedSince
-			st.Reason = "pending " + s.reboot.Kind + " (" + s.reboot.Reason + ") waits for the lock: " + describe(s.blockedBy[0])
+			st.Reason = "waiting for the lock: " + describe(s.blockedBy[0])
 		}
 	}
 	if s.rebooting {

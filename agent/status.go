@@ -95,8 +95,15 @@ func (s Status) Line() string {
 	if s.Release != "" {
 		msg += ", running " + s.Release
 	}
-	if s.PendingReboot != nil {
-		msg += ", reboot pending (waiting for locks)"
+	if r := s.PendingReboot; r != nil {
+		switch {
+		case s.Reason != "":
+			msg += ", " + r.Kind + " pending: " + s.Reason
+		case len(s.BlockedBy) > 0:
+			msg += ", " + r.Kind + " pending, waiting for lock " + describe(s.BlockedBy[0])
+		default:
+			msg += ", " + r.Kind + " pending"
+		}
 	}
 	if s.OverrideLock {
 		msg += ", lock override ON"
