@@ -309,7 +309,9 @@ func (a *Agent) loop(ctx context.Context, w *lock.Watcher) error {
 			case <-ctx.Done():
 				return nil
 			case r := <-a.reqs:
-				r.reply <- r.fn()
+				err := r.fn()
+				a.publish() // the caller then reads a status that shows what it did
+				r.reply <- err
 			case doc := <-a.docs:
 				if err := a.accept(doc, "target:"+doc.Source); err != nil {
 					a.logf("target from %s rejected: %v", doc.Source, err)

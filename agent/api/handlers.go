@@ -369,6 +369,8 @@ func agentStatus(err error) int {
 		return http.StatusLocked
 	case errors.Is(err, agent.ErrNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, agent.ErrBusy):
+		return http.StatusConflict
 	case errors.Is(err, agent.ErrInvalid), errors.Is(err, target.ErrInvalid):
 		return http.StatusBadRequest
 	case errors.Is(err, target.ErrBadSignature), errors.Is(err, target.ErrNoSignature):
