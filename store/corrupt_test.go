@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -284,4 +285,122 @@ func TestCorruptInTransaction(t *testing.T) {
 
 func put1(bucket, key string, val []byte) func(*bolt.Tx) error {
 	return func(tx *bolt.Tx) error { return tx.Bucket([]byte(bucket)).Put([]byte(key), val) }
+}
+
+// TestCorruptStructure damages the page structure that bbolt trusts, in
+// ways that bbolt cannot recover from by itself (it loops for billions of
+// pages, allocates without bound, or goes round a cycle for ever): Open
+// must still return, with ErrCorrupt, and OpenOrReset start afresh.
+func TestCorruptStructure(t *testing.T) {
+	ne := binary.NativeEndian
+	type layout struct {
+		pageSize           int64
+		freelist, events   uint64 // the freelist page, the events bucket's root (a branch page)
+		child0, child1     uint64 // the first two children of that branch page
+		child1Off          int64  // where the second child's page id is written
+		elements, overflow uint32
+	}
+	look := func(t *testing.T, path string) layout {
+		t.Helper()
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m metaInfo
+		for _, off := range []int{0, 4096} {
+			if mi, ok := parseMeta(data[off:]); ok && mi.txid > m.txid {
+				m = mi
+			}
+		}
+		l := layout{pageSize: int64(m.pageSize), freelist: m.freelist}
+		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		db.View(func(tx *bolt.Tx) error {
+			l.events = uint64(tx.Bucket([]byte(bucketEvents)).RootPage())
+			return nil
+		})
+		db.Close()
+		page := data[int64(l.events)*l.pageSize:]
+		if flags := ne.Uint16(page[8:]); flags != branchPageFlag || ne.Uint16(page[10:]) < 2 {
+			t.Fatalf("events root page %d: flags %#x, %d elements, want a branch page with two or more", l.events, flags, ne.Uint16(page[10:]))
+		}
+		l.child0 = ne.Uint64(page[pageHeaderSize+8:])
+		l.child1Off = int64(l.events)*l.pageSize + pageHeaderSize + pageElementSize + 8
+		l.child1 = ne.Uint64(data[l.child1Off:])
+		return l
+	}
+	put := func(t *testing.T, path string, off int64, v any) {
+		t.Helper()
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var b []byte
+		switch v := v.(type) {
+		case uint16:
+			b = ne.AppendUint16(nil, v)
+		case uint32:
+			b = ne.AppendUint32(nil, v)
+		case uint64:
+			b = ne.AppendUint64(nil, v)
+		}
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, path string, l layout)
+		inErr  string
+	}{
+		{"freelist overflow count huge", func(t *testing.T, path string, l layout) {
+			put(t, path, int64(l.freelist)*l.pageSize+12, uint32(0xFFFFFFF0))
+		}, "overflow pages"},
+		{"leaf overflow count huge", func(t *testing.T, path string, l layout) {
+			put(t, path, int64(l.child0)*l.pageSize+12, uint32(0x7FFFFFFF))
+		}, "overflow pages"},
+		{"freelist count huge", func(t *testing.T, path string, l layout) {
+			put(t, path, int64(l.freelist)*l.pageSize+10, uint16(0xFFFF))
+			put(t, path, int64(l.freelist)*l.pageSize+pageHeaderSize, uint64(1)<<40)
+		}, "do not fit"},
+		{"freelist frees a page past the end", func(t *testing.T, path string, l layout) {
+			put(t, path, int64(l.freelist)*l.pageSize+10, uint16(1))
+			put(t, path, int64(l.freelist)*l.pageSize+pageHeaderSize, uint64(1)<<40)
+		}, "out of bounds"},
+		{"branch page points to itself", func(t *testing.T, path string, l layout) {
+			put(t, path, l.child1Off, l.events)
+		}, "reached twice"},
+		{"two elements point to one page", func(t *testing.T, path string, l layout) {
+			put(t, path, l.child1Off, l.child0)
+		}, "reached twice"},
+		{"child page past the end", func(t *testing.T, path string, l layout) {
+			put(t, path, l.child1Off, uint64(1)<<50)
+		}, "out of bounds"},
+		{"page names another page", func(t *testing.T, path string, l layout) {
+			put(t, path, int64(l.child1)*l.pageSize, l.child0)
+		}, "says it is page"},
+		{"elements past the end of the page", func(t *testing.T, path string, l layout) {
+			put(t, path, int64(l.child1)*l.pageSize+10, uint16(0xFFF0))
+		}, "do not fit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := fillJournal(t, 300, 5)
+			tt.damage(t, path, look(t, path))
+			err := within(t, "Open", nil, func() error {
+				j, err := Open(path, nil)
+				if err == nil {
+					j.Close()
+				}
+				return err
+			})
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tt.inErr) {
+				t.Fatalf("Open: got %v, want ErrCorrupt saying %q", err, tt.inErr)
+			}
+			checkReset(t, path, tt.inErr)
+		})
+	}
 }

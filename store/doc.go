@@ -105,5 +105,13 @@
 // large fixed area, which matters on 32-bit boards. Only a garbled file makes
 // bbolt panic or fault while reading it; Open catches that in its own check
 // and reports ErrCorrupt, but a page damaged while the agent runs can still
-// crash it (systemd restarts it and Open then finds the damage).
+// crash it (systemd restarts it and Open then finds the damage). Some damage
+// bbolt cannot survive at all, even inside a recover: an overflow count that
+// makes its check loop over billions of pages, a freelist count that makes it
+// allocate without bound, a page that refers back to its ancestor. Before
+// bbolt maps the file, Open therefore reads every page bbolt would reach
+// (from the file, with a work list, each page once) and refuses, as
+// ErrCorrupt, a page out of bounds, reached twice, of the wrong type, or
+// with elements past its end, and a freelist naming pages that do not
+// exist.
 package store
