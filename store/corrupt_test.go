@@ -249,6 +249,8 @@ func TestCorruptRecords(t *testing.T) {
 		{"reboot", put(bucketState, keyReboot, garbage), "state/reboot"},
 		{"config", put(bucketState, keyConfig, []byte(`[1,2]`)), "state/config"},
 		{"running", put(bucketState, keyRunning, garbage), "state/running"},
+		{"queued", put(bucketState, keyQueued, garbage), "state/queued"},
+		{"queued not JSON", put(bucketState, keyQueued, []byte(`{"doc":"bm90IGpzb24=","accepted":"2026-11-02T10:04:05Z"}`)), "state/queued"},
 		{"hold", put(bucketHolds, "kiosk/ui", garbage), `holds/"kiosk/ui"`},
 		{"event", put(bucketEvents, string(seqKey(250)), garbage), "events/250"},
 		{"event seq", put(bucketEvents, string(seqKey(250)), []byte(`{"seq":7,"kind":"k"}`)), "events/250"},

@@ -260,6 +260,9 @@ func (j *Journal) verify(btx *bolt.Tx) error {
 	if _, err := tx.Running(); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
+	if _, err := tx.Queued(); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
 	if _, err := tx.Events(0); err != nil {
 		return err
 	}
