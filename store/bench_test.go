@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -173,4 +174,39 @@ func BenchmarkSetFileProgress(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkCheck measures Journal.Check (one fstat, one lstat), which the
+// agent runs now and then.
+func BenchmarkCheck(b *testing.B) {
+	j, err := Open(fillJournal(b, defaultMaxEvents, 100), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	for b.Loop() {
+		if err := j.Check(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRestore measures how long Views and Updates wait while Restore
+// writes back a journal of 1000 events and 100 files and switches to it.
+func BenchmarkRestore(b *testing.B) {
+	j, err := Open(fillJournal(b, defaultMaxEvents, 100), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	for b.Loop() {
+		if err := os.Remove(j.Path()); err != nil {
+			b.Fatal(err)
+		}
+		if err := j.Restore(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fi, _ := os.Stat(j.Path())
+	b.ReportMetric(float64(fi.Size()), "file-bytes")
 }
