@@ -11,7 +11,10 @@
 // Update is one bbolt commit: all of its writes become durable together,
 // fsynced before Update returns, or none of them does. Records that must
 // agree (an apply step and the event that tells of it, a pending update and
-// its state) are therefore written in the same Update.
+// its state) are therefore written in the same Update. The function given
+// to View or Update must not call View, Update, Check or Restore of the same
+// Journal: a nested transaction can wait for ever (on bbolt's locks, or on a
+// Restore that waits for the outer one).
 //
 // # Opening
 //

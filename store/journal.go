@@ -79,8 +79,9 @@ type Journal struct {
 
 	// mu guards db and file: View, Update and Check hold it shared, Restore
 	// and Close exclusively, so that no transaction runs while Restore
-	// switches to the file it wrote. Transactions must therefore not call
-	// View or Update of the same journal (bbolt forbids that too).
+	// switches to the file it wrote. A transaction's function must therefore
+	// not call View, Update, Check or Restore of its own Journal: with a
+	// Restore waiting, that would never return (bbolt forbids nesting too).
 	mu   sync.RWMutex
 	db   *bolt.DB
 	file *os.File // the file bbolt opened; bbolt owns and closes it
