@@ -27,6 +27,9 @@ func (j *Journal) Check() error {
 // nothing is at the path). j.mu must be held.
 func (j *Journal) checkLocked() (os.FileInfo, error) {
 	fi, err := j.file.Stat()
+	if errors.Is(err, os.ErrClosed) {
+		return nil, fmt.Errorf("check journal %s: %w (the journal was closed)", j.path, os.ErrClosed)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("check journal %s: %w", j.path, err)
 	}

@@ -98,6 +98,18 @@ func TestCheckHealthy(t *testing.T) {
 	if l := append(leftovers(t, j.Path(), ".replaced-"), leftovers(t, j.Path(), ".restore-")...); len(l) != 0 {
 		t.Errorf("Restore of a healthy journal left %v", l)
 	}
+	// A closed journal is not gone, and Restore writes nothing for it.
+	j.Close()
+	os.Remove(j.Path())
+	if err := j.Check(); !errors.Is(err, os.ErrClosed) || errors.Is(err, ErrGone) {
+		t.Errorf("Check of a closed journal: got %v, want os.ErrClosed", err)
+	}
+	if err := j.Restore(); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("Restore of a closed journal: got %v, want os.ErrClosed", err)
+	}
+	if _, err := os.Lstat(j.Path()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Restore of a closed journal wrote %s: %v", j.Path(), err)
+	}
 }
 
 // TestRestoreDeleted deletes the journal file under an open Journal:
