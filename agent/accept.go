@@ -62,6 +62,9 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 // when the action ends. A target asking for the releases that run, while an
 // interrupted apply waits to resume, is a cancel: the apply is rolled back.
 func (a *Agent) queue(doc target.Doc, st *target.State, by string) error {
+	if p := a.st.pending; p != nil && p.ID == target.Digest(doc.Data) && a.st.queued == nil {
+		return nil // the update under way (a source re-reads it at every start)
+	}
 	q := &store.Queued{Doc: bytes.Clone(doc.Data), Source: doc.Source, By: by, Accepted: time.Now()}
 	p := a.st.pending
 	revert := a.st.resume != nil && !isRestart(a.st.resume) && p != nil && len(makePlan(st, a.st.apps, a.st.running, nil)) == 0
