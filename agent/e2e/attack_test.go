@@ -222,6 +222,18 @@ func crashAt(t *testing.T, d *device, step string, doc []byte) {
 	}
 }
 
+// judgeAndRotateLog checks the steps logged so far, then starts a new command
+// log: the steps' checks judge every logged step by the device's current lock
+// layout and lock uid, so a test that changes them (--lock-dir, --lock-uid)
+// judges the steps before the change by the old ones.
+func (d *device) judgeAndRotateLog() {
+	d.t.Helper()
+	d.noViolations()
+	if err := os.Rename(d.log, d.log+".before"); err != nil && !os.IsNotExist(err) {
+		d.t.Fatal(err)
+	}
+}
+
 // clearServiceLocks is a reboot for the per-service lock directories.
 func clearServiceLocks(d *device) { os.RemoveAll(filepath.Join(d.lockDir, "services")) }
 
@@ -236,12 +248,43 @@ func (d *device) lastFor(appName, svcName string) string {
 	return last
 }
 
+// poll reads GET /v1/device like status, on a connection of its own that is
+// closed after the answer: the tests poll for many seconds, and idle
+// connections left open would count against the API's per-uid cap.
+func (d *device) poll() deviceStatus {
+	d.t.Helper()
+	c := d.client()
+	c.Transport.(*http.Transport).DisableKeepAlives = true
+	resp, err := c.Get("http://latch/v1/device")
+	if err != nil {
+		d.t.Fatalf("GET /v1/device: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var s deviceStatus
+	if resp.StatusCode != 200 || json.Unmarshal(b, &s) != nil {
+		d.t.Fatalf("GET /v1/device: %d %q", resp.StatusCode, b)
+	}
+	return s
+}
+
+// rel is releaseOf through poll.
+func (d *device) rel(appName string) string {
+	for _, kv := range strings.Split(d.poll().Release, ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == appName {
+			return v
+		}
+	}
+	return ""
+}
+
 // request does one API call without failing the test, for goroutines.
 func (d *device) request(method, path string, body any) (int, string, error) {
 	b, _ := json.Marshal(body)
 	req, _ := http.NewRequest(method, "http://latch"+path, bytes.NewReader(b))
 	c := d.client()
 	c.Timeout = 60 * time.Second
+	c.Transport.(*http.Transport).DisableKeepAlives = true
 	resp, err := c.Do(req)
 	if err != nil {
 		return 0, "", err
@@ -317,10 +360,10 @@ func TestAttack1ResumeHonoursDeviceWideLock(t *testing.T) {
 			stops := d.count("stop ")
 			d.start()
 			blocked := within(10*time.Second, func() bool {
-				s := d.status()
+				s := d.poll()
 				return blockedOn(s, global) || d.count("stop ") > stops
 			})
-			s := d.status()
+			s := d.poll()
 			if got := d.count("stop "); got != stops {
 				t.Fatalf("the resumed apply ran %d stop commands while %s was held; status %+v\ncommands:\n%s", got-stops, global, s, strings.Join(d.commands(), "\n"))
 			}
@@ -330,7 +373,7 @@ func TestAttack1ResumeHonoursDeviceWideLock(t *testing.T) {
 			if err := os.Remove(global); err != nil {
 				t.Fatal(err)
 			}
-			d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+			d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" && !d.poll().UpdatePending })
 			for _, sv := range []string{"ui", "backend"} {
 				if n := d.count("start kiosk/" + sv + " kiosk/" + sv + " 2026.11.2"); n != 1 {
 					t.Errorf("kiosk/%s started on 2026.11.2 %d times, want once", sv, n)
@@ -392,11 +435,11 @@ func TestAttack2DeviceWideLockDuringApply(t *testing.T) {
 	}
 	g.open()
 	d.waitFor("the apply ends", func() bool {
-		s := d.status()
+		s := d.poll()
 		return !s.UpdatePending || s.Status == "waiting"
 	})
 	os.Remove(globals[0])
-	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" && !d.poll().UpdatePending })
 	for _, l := range d.commands() {
 		if strings.HasPrefix(l, "GLOBALVIOLATION") {
 			t.Errorf("a step ran under a user's device-wide lock: %s", l)
@@ -456,7 +499,7 @@ func TestAttack3HoldDuringApply(t *testing.T) {
 	case 201:
 		after := d.commands()
 		d.waitFor("the apply ends", func() bool {
-			s := d.status()
+			s := d.poll()
 			after = d.commands()
 			return !s.UpdatePending || s.Status == "waiting"
 		})
@@ -473,7 +516,7 @@ func TestAttack3HoldDuringApply(t *testing.T) {
 		t.Fatalf("POST /v2/locks during the apply: %d %s, want 201 (after the apply) or 423", ans.code, ans.body)
 	}
 	d.api("DELETE", "/v2/locks/kiosk/ui", nil, nil)
-	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" && !d.poll().UpdatePending })
 	d.noViolations()
 	d.stop()
 }
@@ -496,7 +539,7 @@ func TestAttack4DeletedHoldEntryStillHolds(t *testing.T) {
 			waiting := strings.HasSuffix(how, "-wait") // else: before the update
 			if waiting {
 				d.setTarget(d.targetDoc(nil, kiosk2))
-				d.waitFor("update blocked by the hold", func() bool { return blockedOn(d.status(), entry) })
+				d.waitFor("update blocked by the hold", func() bool { return blockedOn(d.poll(), entry) })
 			}
 			if strings.HasPrefix(how, "rm-") || how == "rm" { // the entry alone; rmrf: rm -rf the lock dir
 				if err := os.Remove(entry); err != nil {
@@ -514,10 +557,10 @@ func TestAttack4DeletedHoldEntryStillHolds(t *testing.T) {
 				within(2*time.Second, func() bool { return d.count("stop ") > stops })
 			}
 			blocked := within(10*time.Second, func() bool {
-				s := d.status()
-				return blockedOn(s, entry) || d.count("stop ") > stops || d.releaseOf("kiosk") == "2026.11.2"
+				s := d.poll()
+				return blockedOn(s, entry) || d.count("stop ") > stops || d.rel("kiosk") == "2026.11.2"
 			})
-			s := d.status()
+			s := d.poll()
 			if got := d.count("stop "); got != stops {
 				t.Fatalf("with its entry deleted, the hold on kiosk/ui did not hold: %d stops ran, release %q", got-stops, s.Release)
 			}
@@ -535,7 +578,7 @@ func TestAttack4DeletedHoldEntryStillHolds(t *testing.T) {
 			if code := d.api("DELETE", "/v2/locks/kiosk/ui", nil, nil); code != 200 {
 				t.Fatalf("DELETE hold: %d", code)
 			}
-			d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" })
+			d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" })
 			d.noViolations()
 			d.stop()
 		})
@@ -556,8 +599,8 @@ func TestAttack5ResumeWaitIsReportedAndForceable(t *testing.T) {
 	ensureLockDir(t, filepath.Dir(userPath))
 	userLock(t, d, userPath)
 	d.start()
-	within(10*time.Second, func() bool { return blockedOn(d.status(), userPath) })
-	s := d.status()
+	within(10*time.Second, func() bool { return blockedOn(d.poll(), userPath) })
+	s := d.poll()
 	if s.Status != "waiting" || !blockedOn(s, userPath) {
 		t.Errorf("resume waiting for %s: status %q blocked_by %v, want waiting on it", userPath, s.Status, blockedPaths(s))
 	}
@@ -565,8 +608,8 @@ func TestAttack5ResumeWaitIsReportedAndForceable(t *testing.T) {
 	if code != 204 {
 		t.Errorf("POST /v1/update force during the resume's wait: %d, want 204", code)
 	}
-	if !within(15*time.Second, func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending }) {
-		t.Fatalf("the force did nothing: status %+v, user lock present: %v\ncommands:\n%s", d.status(), exists(userPath), strings.Join(d.commands(), "\n"))
+	if !within(15*time.Second, func() bool { return d.rel("kiosk") == "2026.11.2" && !d.poll().UpdatePending }) {
+		t.Fatalf("the force did nothing: status %+v, user lock present: %v\ncommands:\n%s", d.poll(), exists(userPath), strings.Join(d.commands(), "\n"))
 	}
 	if exists(userPath) {
 		t.Errorf("the forced resume left %s in place", userPath)
@@ -587,17 +630,18 @@ func TestAttack5OtherLockUIDAfterCrash(t *testing.T) {
 	firstRelease(t, d)
 	d.stop()
 	crashAt(t, d, "locks-taken", d.targetDoc(nil, kiosk2))
+	d.judgeAndRotateLog()
 	d.args = []string{"--lock-uid", "1000"}
 	d.start()
 	ok := within(15*time.Second, func() bool {
-		s := d.status()
-		if d.releaseOf("kiosk") == "2026.11.2" && !s.UpdatePending {
+		s := d.poll()
+		if d.rel("kiosk") == "2026.11.2" && !s.UpdatePending {
 			return true
 		}
 		return strings.Contains(s.Reason, "uid")
 	})
 	if !ok {
-		s := d.status()
+		s := d.poll()
 		t.Fatalf("restarted with --lock-uid 1000 after a crash, the agent neither resumed nor said why: status %q reason %q blocked_by %v\nagent output:\n%s", s.Status, s.Reason, blockedPaths(s), d.output())
 	}
 	d.noViolations()
@@ -615,6 +659,7 @@ func TestAttack6CancelDuringResumeWaitRollsBack(t *testing.T) {
 			d := newDevice(t)
 			firstRelease(t, d)
 			d.stop()
+			uiBase := d.count("stop kiosk/ui") // the first install stops it too
 			// backend comes first: it is stopped and holds the new file.
 			crashAt(t, d, "installed:kiosk/backend", d.targetDoc(nil, kiosk2))
 			if got := readFile(t, d.installed("kiosk", "backend")); got != "kiosk/backend 2026.11.2" {
@@ -625,7 +670,7 @@ func TestAttack6CancelDuringResumeWaitRollsBack(t *testing.T) {
 			ensureLockDir(t, filepath.Dir(userPath))
 			userLock(t, d, userPath)
 			d.start()
-			within(10*time.Second, func() bool { return len(d.status().BlockedBy) > 0 })
+			within(10*time.Second, func() bool { return len(d.poll().BlockedBy) > 0 })
 			if how == "cancel" {
 				code, body, err := d.request("POST", "/v1/update", map[string]bool{"cancel": true})
 				if err != nil || (code != 200 && code != 202 && code != 204) {
@@ -637,24 +682,46 @@ func TestAttack6CancelDuringResumeWaitRollsBack(t *testing.T) {
 			// The rollback may run at once (it touches backend alone) or wait
 			// for the user's lock, saying so; it may not be dropped.
 			released := false
+			uiStopsHeld := -1 // stops of kiosk/ui while its user held its lock
 			if !within(10*time.Second, func() bool { return finishedOn(t, d, "2026.11.1") }) {
-				s := d.status()
+				s := d.poll()
 				if s.Status == "idle" || !blockedOn(s, userPath) {
 					t.Fatalf("after the %s: backend = %q, last backend command %q; status %q release %q pending %v blocked_by %v; want backend back on 2026.11.1 and started, or the rollback waiting on %s\ncommands:\n%s",
 						how, readFile(t, d.installed("kiosk", "backend")), d.lastFor("kiosk", "backend"), s.Status, s.Release, s.UpdatePending, blockedPaths(s), userPath, strings.Join(d.commands(), "\n"))
 				}
+				uiStopsHeld = d.count("stop kiosk/ui") - uiBase
 				if err := os.Remove(userPath); err != nil {
 					t.Fatal(err)
 				}
 				if !within(15*time.Second, func() bool { return finishedOn(t, d, "2026.11.1") }) {
 					t.Fatalf("after the %s and the user lock's release: backend = %q, last backend command %q, status %+v; want backend back on 2026.11.1 and started",
-						how, readFile(t, d.installed("kiosk", "backend")), d.lastFor("kiosk", "backend"), d.status())
+						how, readFile(t, d.installed("kiosk", "backend")), d.lastFor("kiosk", "backend"), d.poll())
 				}
 				released = true
 			}
-			d.waitFor("idle on 2026.11.1", func() bool { s := d.status(); return !s.UpdatePending && d.releaseOf("kiosk") == "2026.11.1" })
-			if n := d.count("stop kiosk/ui"); n != 0 {
-				t.Errorf("kiosk/ui, locked by its user, was stopped %d times", n)
+			// After a revert the target asks for 2026.11.1. After a cancel
+			// the target file still names 2026.11.2: the agent may take it
+			// up again, and must then end on it whole.
+			end := "2026.11.1"
+			d.waitFor("idle, every service on one release", func() bool {
+				s := d.poll()
+				if s.UpdatePending {
+					return false
+				}
+				if how == "cancel" && d.rel("kiosk") == "2026.11.2" && finishedOn(t, d, "2026.11.2") {
+					end = "2026.11.2"
+					return true
+				}
+				return d.rel("kiosk") == "2026.11.1" && finishedOn(t, d, "2026.11.1")
+			})
+			if end != "2026.11.1" {
+				t.Logf("after the cancel and its rollback, the agent took the target file's 2026.11.2 up again")
+			}
+			if uiStopsHeld < 0 {
+				uiStopsHeld = d.count("stop kiosk/ui") - uiBase
+			}
+			if uiStopsHeld != 0 {
+				t.Errorf("kiosk/ui, locked by its user, was stopped %d times", uiStopsHeld)
 			}
 			if !released && !exists(userPath) {
 				t.Errorf("the user's lock %s was removed", userPath)
@@ -674,6 +741,7 @@ func TestAttack7ResumeUsesNewLockDir(t *testing.T) {
 	firstRelease(t, d)
 	d.stop()
 	crashAt(t, d, "locks-taken", d.targetDoc(nil, kiosk2))
+	d.judgeAndRotateLog()
 	d.lockDir = filepath.Join(d.root, "tmp/latch2")
 	d.args = []string{"--lock-dir", d.lockDir}
 	userPath := filepath.Join(d.serviceDir("kiosk", "ui"), "updates.lock")
@@ -682,9 +750,9 @@ func TestAttack7ResumeUsesNewLockDir(t *testing.T) {
 	stops := d.count("stop ")
 	d.start()
 	within(10*time.Second, func() bool {
-		return blockedOn(d.status(), userPath) || d.count("stop ") > stops
+		return blockedOn(d.poll(), userPath) || d.count("stop ") > stops
 	})
-	s := d.status()
+	s := d.poll()
 	if got := d.count("stop "); got != stops {
 		t.Fatalf("resumed under --lock-dir %s with %s held, the agent ran %d stops (status %q blocked_by %v)\ncommands:\n%s", d.lockDir, userPath, got-stops, s.Status, blockedPaths(s), strings.Join(d.commands(), "\n"))
 	}
@@ -692,7 +760,7 @@ func TestAttack7ResumeUsesNewLockDir(t *testing.T) {
 		t.Errorf("status %q blocked_by %v, want blocked by %s", s.Status, blockedPaths(s), userPath)
 	}
 	os.Remove(userPath)
-	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" && !d.poll().UpdatePending })
 	d.noViolations()
 	d.stop()
 }
@@ -709,7 +777,7 @@ func TestAttack8PushedTargetSurvivesRestart(t *testing.T) {
 			if code := d.push(d.targetDoc(nil, kiosk1), nil); code != 202 {
 				t.Fatalf("push kiosk1: %d", code)
 			}
-			d.waitFor("kiosk 2026.11.1 running", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+			d.waitFor("kiosk 2026.11.1 running", func() bool { return d.rel("kiosk") == "2026.11.1" })
 			g := newGate(t, d, "start-backend")
 			if code := d.push(patch(t, d.targetDoc(nil, kiosk2), "kiosk", "backend", "start", g.shell(false, true, false)), nil); code != 202 {
 				t.Fatalf("push kiosk2: %d", code)
@@ -727,8 +795,8 @@ func TestAttack8PushedTargetSurvivesRestart(t *testing.T) {
 				g.open()
 			}
 			d.start()
-			if !within(20*time.Second, func() bool { return d.releaseOf("kiosk") == "2026.11.3" && finishedOn(t, d, "2026.11.3") }) {
-				s := d.status()
+			if !within(20*time.Second, func() bool { return d.rel("kiosk") == "2026.11.3" && finishedOn(t, d, "2026.11.3") }) {
+				s := d.poll()
 				t.Fatalf("after %s, the target answered 202 during the apply was lost: release %q status %q pending %v\ncommands:\n%s", how, s.Release, s.Status, s.UpdatePending, strings.Join(d.commands(), "\n"))
 			}
 			d.noViolations()
@@ -746,7 +814,7 @@ func TestAttack9CrashDuringRestartService(t *testing.T) {
 	g := newGate(t, d, "start-ui")
 	d.setTarget(patch(t, d.targetDoc(nil, kiosk1), "kiosk", "ui", "start", g.shell(true, true, true)))
 	d.start()
-	d.waitFor("kiosk 2026.11.1 running", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+	d.waitFor("kiosk 2026.11.1 running", func() bool { return d.rel("kiosk") == "2026.11.1" })
 	starts, stops := d.count("start kiosk/ui"), d.count("stop kiosk/ui")
 	g.arm()
 	go d.request("POST", "/v2/applications/kiosk/restart-service", map[string]any{"serviceName": "ui"})
@@ -762,9 +830,9 @@ func TestAttack9CrashDuringRestartService(t *testing.T) {
 	g.disarm()
 	d.start()
 	if !within(15*time.Second, func() bool { return d.count("start kiosk/ui") > starts }) {
-		t.Fatalf("after a crash during restart-service, kiosk/ui was never started again; last command %q, status %+v", d.lastFor("kiosk", "ui"), d.status())
+		t.Fatalf("after a crash during restart-service, kiosk/ui was never started again; last command %q, status %+v", d.lastFor("kiosk", "ui"), d.poll())
 	}
-	d.waitFor("idle", func() bool { return d.status().Status == "idle" })
+	d.waitFor("idle", func() bool { return d.poll().Status == "idle" })
 	if n := d.count("start kiosk/ui") - starts; n != 1 {
 		t.Errorf("kiosk/ui started %d times after the crash, want once", n)
 	}
@@ -787,14 +855,14 @@ func TestAttack10OrphanedCommandIsKilled(t *testing.T) {
 	// first run after arming waits, and it does not notice the agent dying.
 	d.setTarget(patch(t, d.targetDoc(nil, kiosk1), "kiosk", "backend", "stop", g.shell(true, false, true)))
 	d.start()
-	d.waitFor("kiosk 2026.11.1 running", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+	d.waitFor("kiosk 2026.11.1 running", func() bool { return d.rel("kiosk") == "2026.11.1" })
 	g.arm()
 	d.setTarget(d.targetDoc(nil, kiosk2))
 	d.waitFor("kiosk/backend's stop reached mid-apply", g.entered)
 	orphan := g.pid()
 	d.kill()
 	d.start()
-	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" && !d.poll().UpdatePending })
 	if alive(orphan) {
 		t.Errorf("the dead agent's stop command (pid %d) is still running after the restarted agent finished", orphan)
 	}
@@ -802,7 +870,7 @@ func TestAttack10OrphanedCommandIsKilled(t *testing.T) {
 	within(10*time.Second, func() bool { return !alive(orphan) })
 	time.Sleep(100 * time.Millisecond) // let an orphan's last write land before reading the log
 	if last := d.lastFor("kiosk", "backend"); !strings.HasPrefix(last, "start kiosk/backend kiosk/backend 2026.11.2") {
-		t.Errorf("kiosk/backend's last command is %q while status says %q: the service ends stopped", last, d.status().Status)
+		t.Errorf("kiosk/backend's last command is %q while status says %q: the service ends stopped", last, d.poll().Status)
 	}
 	d.noViolations()
 	d.stop()
@@ -835,7 +903,7 @@ func TestAttack10SecondAgentKeepsLiveAgentsLocks(t *testing.T) {
 	}
 	d2.stop()
 	g.open()
-	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" && !d.poll().UpdatePending })
 	d.noViolations()
 	d.stop()
 }
@@ -876,8 +944,8 @@ func TestAttackRebootPendingNamesItsLock(t *testing.T) {
 	if exists(rebootLog) {
 		t.Fatalf("rebooted under %s", userPath)
 	}
-	if !within(10*time.Second, func() bool { return blockedOn(d.status(), userPath) }) {
-		s := d.status()
+	if !within(10*time.Second, func() bool { return blockedOn(d.poll(), userPath) }) {
+		s := d.poll()
 		t.Errorf("a reboot pending behind %s: status %q reason %q blocked_by %v, want blocked_by naming it", userPath, s.Status, s.Reason, blockedPaths(s))
 	}
 	os.Remove(userPath)
@@ -933,11 +1001,11 @@ func TestAttackForcedRemovalJournalsOperator(t *testing.T) {
 	userPath := filepath.Join(d.serviceDir("kiosk", "ui"), "updates.lock")
 	userLock(t, d, userPath)
 	d.setTarget(d.targetDoc(nil, kiosk2))
-	d.waitFor("update blocked", func() bool { return blockedOn(d.status(), userPath) })
+	d.waitFor("update blocked", func() bool { return blockedOn(d.poll(), userPath) })
 	if code := d.api("POST", "/v1/update", map[string]bool{"force": true}, nil); code != 204 {
 		t.Fatalf("force: %d", code)
 	}
-	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" })
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" })
 	var forcedBy, update string
 	var removal *journalEvent
 	evs := d.journalEvents()
@@ -973,7 +1041,7 @@ func TestAttackForceDuringApplyMessage(t *testing.T) {
 	if strings.Contains(string(out), "no update is pending") {
 		t.Errorf("latch update --force during an apply says %q (err %v)", strings.TrimSpace(string(out)), err)
 	}
-	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" && !d.poll().UpdatePending })
 	d.stop()
 }
 
@@ -1003,7 +1071,7 @@ func TestAttackStagedDownloadDeleted(t *testing.T) {
 	userPath := filepath.Join(d.serviceDir("kiosk", "ui"), "updates.lock")
 	userLock(t, d, userPath)
 	d.setTarget(d.targetDoc(nil, kiosk2))
-	d.waitFor("downloaded and blocked", func() bool { s := d.status(); return s.UpdateDownloaded && blockedOn(s, userPath) })
+	d.waitFor("downloaded and blocked", func() bool { s := d.poll(); return s.UpdateDownloaded && blockedOn(s, userPath) })
 	staged, _ := filepath.Glob(filepath.Join(d.stateDir, "downloads", "*"))
 	if len(staged) == 0 {
 		t.Fatalf("nothing staged in %s", filepath.Join(d.stateDir, "downloads"))
@@ -1014,10 +1082,10 @@ func TestAttackStagedDownloadDeleted(t *testing.T) {
 		}
 	}
 	os.Remove(userPath)
-	if !within(15*time.Second, func() bool { return finishedOn(t, d, "2026.11.2") && !d.status().UpdatePending }) {
-		s := d.status()
-		t.Fatalf("with its staged files deleted, the update did not end on 2026.11.2: status %q failed %v reason %q release %q\ncommands:\n%s",
-			s.Status, s.UpdateFailed, s.Reason, s.Release, strings.Join(d.commands(), "\n"))
+	if !within(15*time.Second, func() bool { return finishedOn(t, d, "2026.11.2") && !d.poll().UpdatePending }) {
+		s := d.poll()
+		t.Fatalf("with its staged files deleted, the update did not end on 2026.11.2: status %q failed %v reason %q release %q\ncommands:\n%s\nagent output:\n%s",
+			s.Status, s.UpdateFailed, s.Reason, s.Release, strings.Join(d.commands(), "\n"), d.output())
 	}
 	d.noViolations()
 	d.stop()
@@ -1039,7 +1107,7 @@ func TestAttackSigtermLogsResumePoint(t *testing.T) {
 		t.Errorf("stopped by SIGTERM in the middle of an apply, the agent does not log where it will resume:\n%s", out)
 	}
 	d.start()
-	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.rel("kiosk") == "2026.11.2" && !d.poll().UpdatePending })
 	d.noViolations()
 	d.stop()
 }
