@@ -98,22 +98,12 @@ func openRegular(path string, flag int, mode os.FileMode) (*os.File, error) {
 	return f, nil
 }
 
-// renameNoReplace renames from to to, failing with an error wrapping
-// os.ErrExist when to exists: nothing at to is ever replaced (and so
-// deleted). Where the file system cannot rename atomically without
-// replacing, it checks first and renames, which leaves only a narrow race.
-func renameNoReplace(from, to string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
-		if _, err := os.Lstat(to); err == nil {
-			return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EEXIST}
-		}
-		return os.Rename(from, to)
+// checkAndRename renames from to to unless something is at to.
+func checkAndRename(from, to string) error {
+	if _, err := os.Lstat(to); err == nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EEXIST}
 	}
-	if err != nil {
-		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
-	}
-	return nil
+	return os.Rename(from, to)
 }
 
 // moveAside renames whatever is at path (a file, a directory, a link: the
