@@ -256,7 +256,7 @@ func (d *device) start(env ...string) time.Time {
 	args = append(args, latchBin, "agent", "--root", d.root, "--driver", "exec", "--health-wait", "50ms", "--retry-delay", "100ms")
 	args = append(args, source...)
 	args = append(args, d.args...)
-	d.writeOracle("globals", strings.Join(d.globalLocks(env), "\n")+"\n")
+	d.writeAgentOracle(env)
 	d.cmd = exec.Command(args[0], args[1:]...)
 	d.stderr = &bytes.Buffer{}
 	d.cmd.Stderr = &lockedWriter{w: d.stderr}
@@ -370,9 +370,11 @@ func (d *device) api(method, path string, body any, out any) int {
 	return resp.StatusCode
 }
 
-// client talks HTTP over the agent's unix socket.
+// client talks HTTP over the agent's unix socket, one connection per
+// request: a kept-alive connection of every client made would pile up idle
+// and count against the API's cap of connections per uid.
 func (d *device) client() *http.Client {
-	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(d.runDir, "api.sock"))
 	}}, Timeout: 10 * time.Second}
 }

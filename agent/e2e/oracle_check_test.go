@@ -27,7 +27,7 @@ func TestOracleSeesEveryLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := doc.Apps["kiosk"].Services["ui"].Stop
-	d.writeOracle("globals", strings.Join(d.globalLocks(nil), "\n")+"\n")
+	d.writeAgentOracle(nil)
 	dir := d.serviceDir("kiosk", "ui")
 	uid := d.lockUID()
 	global := filepath.Join(d.root, "data/resin-updates.lock")
@@ -76,6 +76,18 @@ func TestOracleSeesEveryLock(t *testing.T) {
 		{"a device-wide lock", func(t *testing.T) { agentOwn(t); put(t, filepath.Join(d.root, "tmp/balena/updates.lock"), "", other) }, false, "tmp/balena/updates.lock"},
 		{"a named device-wide lock", func(t *testing.T) { agentOwn(t); put(t, global, "", other) }, false, "data/resin-updates.lock"},
 		{"a device-wide lock, forced", func(t *testing.T) { agentOwn(t); put(t, global, "", other) }, true, "data/resin-updates.lock"},
+		{"the agent's device-wide entries", func(t *testing.T) {
+			agentOwn(t)
+			put(t, filepath.Join(d.root, "tmp/balena/updates.lock"), agentRec, uid)
+			put(t, global, agentRec, uid)
+		}, false, ""},
+		{"a user's device-wide file with the agent's record", func(t *testing.T) {
+			if os.Geteuid() != 0 {
+				t.Skip("needs root: a device-wide entry of another owner than the lock uid was not tested")
+			}
+			agentOwn(t)
+			put(t, global, agentRec, other)
+		}, false, "data/resin-updates.lock (uid 1000, role agent)"},
 		{"a hold", func(t *testing.T) { agentOwn(t); put(t, filepath.Join(dir, "latch-hold.lock"), holdRec, uid) }, false, "under the hold"},
 		{"a hold, forced", func(t *testing.T) { agentOwn(t); put(t, filepath.Join(dir, "latch-hold.lock"), holdRec, uid) }, true, ""},
 		{"a user's latch-hold.lock, forced", func(t *testing.T) { agentOwn(t); put(t, filepath.Join(dir, "latch-hold.lock"), "", other) }, true, "latch-hold.lock (uid"},
@@ -85,6 +97,10 @@ func TestOracleSeesEveryLock(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, false, "resin-updates.lock (uid"},
+		{"the agent's entries in another directory", func(t *testing.T) {
+			agentOwn(t)
+			os.WriteFile(filepath.Join(d.oracleDir(), "lockdir"), []byte(filepath.Join(d.root, "elsewhere")), 0o644)
+		}, false, "not the service's lock directory"},
 		{"a directory", func(t *testing.T) {
 			put(t, filepath.Join(dir, "resin-updates.lock"), agentRec, uid)
 			if err := os.Mkdir(filepath.Join(dir, "updates.lock"), 0o755); err != nil {
@@ -98,6 +114,7 @@ func TestOracleSeesEveryLock(t *testing.T) {
 			os.RemoveAll(filepath.Join(d.root, "data"))
 			os.Remove(d.log)
 			d.endForced()
+			d.writeAgentOracle(nil)
 			os.MkdirAll(dir, 0o1777)
 			c.setup(t)
 			if c.forced {

@@ -26,9 +26,9 @@ import (
 //   - either of the agent's two entries is missing, is not owned by the
 //     lock uid, or does not carry the agent's record;
 //   - any other entry exists: a user's lock of either name, a device-wide
-//     lock, a hold's entry; except that a forced step may run under the
-//     agent's own hold entries (the user entries must be gone: the agent
-//     removed them).
+//     lock that is not the agent's own, a hold's entry; except that a forced
+//     step may run under the agent's own hold entries (the user entries must
+//     be gone: the agent removed them).
 
 // oracleDir holds the files the commands read: the device-wide lock paths,
 // the forced marker, the slow-step delay, and gates.
@@ -43,7 +43,7 @@ func (d *device) snapshotSnippet() string {
 		`if [ -e "$p" ] || [ -L "$p" ]; then r=-; ` +
 		`if [ -f "$p" ] && [ ! -L "$p" ]; then r=$(sed -n 's/.*"role": *"\([a-z]*\)".*/\1/p' "$p" 2>/dev/null | head -n 1); fi; ` +
 		`o="$o $p=$(stat -c %u "$p" 2>/dev/null || echo gone):${r:--}"; fi; done; ` +
-		`if [ -e ` + dir + `/forced ]; then o="$o forced=$(cat ` + dir + `/forced)"; fi; o="$o pid=$PPID"; `
+		`if [ -e ` + dir + `/forced ]; then o="$o forced=$(cat ` + dir + `/forced)"; fi; o="$o pid=$PPID dir=$s want=$(cat ` + dir + `/lockuid 2>/dev/null):$(cat ` + dir + `/lockdir 2>/dev/null)"; `
 }
 
 // slowSnippet is shell code that waits while the step's gate file exists
@@ -199,6 +199,28 @@ func (d *device) lockUID() int {
 	return uid
 }
 
+// agentLockDir is the lock root the agent is started with: the last
+// --lock-dir in d.args, else d.lockDir.
+func (d *device) agentLockDir() string {
+	dir := d.lockDir
+	for i, a := range d.args {
+		if v, ok := strings.CutPrefix(a, "--lock-dir="); ok {
+			dir = v
+		} else if a == "--lock-dir" && i+1 < len(d.args) {
+			dir = d.args[i+1]
+		}
+	}
+	return dir
+}
+
+// writeAgentOracle records, for the commands, what the agent is started
+// with: its device-wide lock paths, its lock uid and its lock root.
+func (d *device) writeAgentOracle(env []string) {
+	d.writeOracle("globals", strings.Join(d.globalLocks(env), "\n")+"\n")
+	d.writeOracle("lockuid", strconv.Itoa(d.lockUID()))
+	d.writeOracle("lockdir", d.agentLockDir())
+}
+
 // lockEntry is one entry of a step's snapshot.
 type lockEntry struct {
 	Path string
@@ -217,6 +239,9 @@ type step struct {
 	Entries []lockEntry
 	Forced  string // "" unless the test declared the step forced ("once", "override")
 	PID     int    // the process that ran the command (the agent)
+	Dir     string // the lock directory the agent gave the command
+	WantUID string // the agent's lock uid when the step ran ("" if unknown)
+	WantDir string // the agent's lock root when the step ran ("" if unknown)
 }
 
 // steps parses every stop and start line of the commands log.
@@ -256,6 +281,14 @@ func parseStep(l string) (st step, ok bool) {
 			st.PID, _ = strconv.Atoi(v)
 			continue
 		}
+		if v, ok := strings.CutPrefix(f, "dir="); ok {
+			st.Dir = v
+			continue
+		}
+		if v, ok := strings.CutPrefix(f, "want="); ok {
+			st.WantUID, st.WantDir, _ = strings.Cut(v, ":")
+			continue
+		}
 		i := strings.LastIndex(f, "=")
 		if i < 0 {
 			continue
@@ -269,12 +302,23 @@ func parseStep(l string) (st step, ok bool) {
 // stepViolations says what is wrong with each step that ran without the
 // agent holding both of its entries or under anyone else's entry.
 func (d *device) stepViolations(steps []step) []string {
-	uid := strconv.Itoa(d.lockUID())
 	var out []string
 	for _, st := range steps {
-		dir := d.serviceDir(st.App, st.Service)
+		// What the agent was started with when the step ran (a test may
+		// restart it with another --lock-uid or --lock-dir).
+		uid, root := st.WantUID, st.WantDir
+		if uid == "" {
+			uid = strconv.Itoa(d.lockUID())
+		}
+		if root == "" {
+			root = d.agentLockDir()
+		}
+		dir := filepath.Join(root, "services", st.App, st.Service)
 		own := map[string]bool{}
 		var problems []string
+		if st.Dir != "" && st.Dir != dir {
+			problems = append(problems, fmt.Sprintf("with BALENA_APP_LOCK_PATH in %s, not the service's lock directory %s", st.Dir, dir))
+		}
 		for _, e := range st.Entries {
 			name := filepath.Base(e.Path)
 			inDir := filepath.Dir(e.Path) == dir
@@ -287,6 +331,8 @@ func (d *device) stepViolations(steps []step) []string {
 				problems = append(problems, fmt.Sprintf("under another's entry %s (uid %s, role %s)", e.Path, e.UID, e.Role))
 			case inDir && name == "latch-hold.lock" && st.Forced != "" && e.Role == "hold" && e.UID == uid:
 				// A forced step passes the agent's own hold.
+			case !inDir && e.Role == "agent" && e.UID == uid:
+				// The agent may take the device-wide paths for its action too.
 			case inDir && name == "latch-hold.lock" && e.Role == "hold" && e.UID == uid:
 				problems = append(problems, fmt.Sprintf("under the hold %s without force", e.Path))
 			default:
