@@ -5,13 +5,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
+	"math"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"latch/agent"
@@ -48,32 +52,39 @@ Example (no root, the exec driver, everything under one folder):
 Flags:
 `
 
+const agentTrustNote = `
+Without --trust-key, target states are not verified: only root may push one
+through the API socket, and a target file or URL must be writable by root alone.
+`
+
 func runAgent(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("latch agent", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), agentUsage)
 		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), agentTrustNote)
 	}
 	var p paths
 	p.addFlags(fs)
 	var (
 		targetFile  = fs.String("target-file", "", "read the target state from FILE (re-read when it changes); FILE.sig is its signature")
 		targetURL   = fs.String("target-url", "", "poll the target state from an http, https or file URL")
-		poll        = fs.Duration("poll", 5*time.Minute, "how often --target-url is polled")
+		poll        = fs.Duration("poll", 5*time.Minute, "how often --target-url is polled (1s to 24h)")
 		driverName  = fs.String("driver", "systemd", "how services are stopped and started: systemd (units over D-Bus) or exec (shell commands from the target state)")
 		listen      = fs.String("listen", "", "also serve the API on this TCP address (needs --api-key-file)")
 		apiKeyFile  = fs.String("api-key-file", "", "file holding the API key that TCP clients must send")
 		apiGroup    = fs.String("api-group", "", "give the API socket (mode 0660) to this group (name or number), so that its members can run latch status, hold, update...")
 		trustKey    = fs.String("trust-key", "", "ed25519 public key: accept only target states signed with it")
 		breakStale  = fs.Bool("break-stale", false, "remove stale locks (latch's own record naming a dead process)")
-		healthWait  = fs.Duration("health-wait", 10*time.Second, "how long a started service must stay up before the update counts as healthy")
+		healthWait  = fs.Duration("health-wait", 10*time.Second, "how long a started service must stay up before the update counts as healthy (0 to 1h)")
 		maxAttempts = fs.Int("max-attempts", 3, "apply attempts per update before it is marked failed")
-		retryDelay  = fs.Duration("retry-delay", 10*time.Second, "first delay before retrying a failed download or apply (doubles each time)")
-		lockUID     = fs.Int("lock-uid", 65534, "owner of the agent's lock entries (when not run as root: the agent's own uid)")
+		retryDelay  = fs.Duration("retry-delay", 10*time.Second, "first delay before retrying a failed download or apply (doubles each time; at least 100ms, at most 24h)")
+		lockUIDFlag = idFlag{raw: "65534"}
 		configHook  = fs.String("config-hook", "", "command run (sh -c) with config.env's path as $1 after the configuration changes")
 		rebootCmd   = fs.String("reboot-command", "", "exec driver: command that reboots the device")
 		shutdownCmd = fs.String("shutdown-command", "", "exec driver: command that powers the device off")
 	)
+	fs.Var(&lockUIDFlag, "lock-uid", fmt.Sprintf("owner (uid and gid, 0 to %d) of the agent's lock entries; 0 makes them root's (when not run as root: the agent's own uid)", maxID))
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -95,8 +106,33 @@ func runAgent(ctx context.Context, args []string) error {
 	if *maxAttempts < 1 {
 		return &exitError{code: exitUsage, msg: "--max-attempts must be at least 1"}
 	}
+	lockUID, err := parseID("--lock-uid", lockUIDFlag.raw)
+	if err != nil {
+		return &exitError{code: exitUsage, msg: err.Error() + "; 0 makes the agent's lock entries root's"}
+	}
+	for _, d := range []struct {
+		flag     string
+		v        time.Duration
+		min, max time.Duration
+		why      string
+	}{
+		{"--poll", *poll, time.Second, 24 * time.Hour, ""},
+		{"--health-wait", *healthWait, 0, time.Hour, ""},
+		{"--retry-delay", *retryDelay, 100 * time.Millisecond, 24 * time.Hour, " (a shorter delay retries in a busy loop)"},
+	} {
+		if d.v < d.min || d.v > d.max {
+			return &exitError{code: exitUsage, msg: fmt.Sprintf("%s %s: want a duration from %s to %s%s", d.flag, d.v, shortDur(d.min), shortDur(d.max), d.why)}
+		}
+	}
 	socketGID, err := lookupGroup(*apiGroup)
 	if err != nil {
+		return &exitError{code: exitUsage, msg: err.Error()}
+	}
+	files := []namedPath{{"--target-file", *targetFile}, {"--api-key-file", *apiKeyFile}, {"--trust-key", *trustKey}}
+	if u, err := url.Parse(*targetURL); err == nil && u.Scheme == "file" {
+		files = append(files, namedPath{"--target-url", u.Path})
+	}
+	if err := p.checkAgent(files); err != nil {
 		return &exitError{code: exitUsage, msg: err.Error()}
 	}
 	logger := log.New(os.Stderr, "", 0)
@@ -105,7 +141,10 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	logf := logger.Printf
 
-	uid, gid := *lockUID, *lockUID
+	uid, gid := lockUID, lockUID
+	if os.Geteuid() == 0 && uid == 0 {
+		logf("warning: --lock-uid 0: the agent's lock entries are owned by root")
+	}
 	if os.Geteuid() != 0 {
 		if uid != os.Geteuid() {
 			logf("warning: not running as root: the agent's locks are owned by uid %d instead of %d", os.Geteuid(), uid)
@@ -115,9 +154,9 @@ func runAgent(ctx context.Context, args []string) error {
 
 	var key []byte
 	if *apiKeyFile != "" {
-		b, err := os.ReadFile(*apiKeyFile)
+		b, err := readKeyFile(*apiKeyFile, logf)
 		if err != nil {
-			return fmt.Errorf("read --api-key-file: %w", err)
+			return err
 		}
 		key = []byte(strings.TrimSpace(string(b)))
 		if len(key) < 16 {
@@ -127,7 +166,7 @@ func runAgent(ctx context.Context, args []string) error {
 	cfg := agent.Config{
 		StateDir:    p.stateDir,
 		RunDir:      p.runDir,
-		Layout:      lock.Layout{Dir: p.lockDir, Global: p.globals},
+		Layout:      lock.Layout{Dir: p.lockDir, Global: p.globals, LockUID: uid},
 		LockUID:     uid,
 		LockGID:     gid,
 		TargetFile:  absOrEmpty(*targetFile),
@@ -146,6 +185,8 @@ func runAgent(ctx context.Context, args []string) error {
 			return &exitError{code: exitUsage, msg: err.Error()}
 		}
 		cfg.TrustKey = pub
+	} else {
+		logf("warning: target states are not verified (no --trust-key): only root may push one through the API socket, and a target file or URL must be writable by root alone")
 	}
 	switch *driverName {
 	case "exec":
@@ -327,11 +368,8 @@ func lookupGroup(name string) (int, error) {
 	if name == "" {
 		return 0, nil
 	}
-	if gid, err := strconv.Atoi(name); err == nil {
-		if gid < 0 {
-			return 0, fmt.Errorf("--api-group %s: a group id is not negative", name)
-		}
-		return gid, nil
+	if _, err := strconv.ParseInt(name, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) || strings.HasPrefix(name, "-") || strings.HasPrefix(name, "+") {
+		return parseID("--api-group", name)
 	}
 	g, err := user.LookupGroup(name)
 	if err != nil {
@@ -342,4 +380,73 @@ func lookupGroup(name string) (int, error) {
 		return 0, fmt.Errorf("--api-group %s: group id %q is not a number", name, g.Gid)
 	}
 	return gid, nil
+}
+
+// maxID is the largest uid or gid latch takes: 4294967295 is (uid_t)-1,
+// which chown(2) reads as "leave the owner as it is", and a 32-bit board's
+// int holds no more than math.MaxInt32.
+const maxID = min(4294967294, math.MaxInt)
+
+// idFlag holds a uid or gid flag as written; parseID checks it after
+// parsing, so that the message can name the range.
+type idFlag struct{ raw string }
+
+func (f *idFlag) String() string     { return f.raw }
+func (f *idFlag) Set(v string) error { f.raw = v; return nil }
+
+// parseID parses the uid or gid value v of flag: a decimal number from 0 to
+// maxID. A value out of range would wrap around to root's id or leave the
+// owner as it is.
+func parseID(flag, v string) (int, error) {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return 0, fmt.Errorf("%s %q: not a number: want an id from 0 to %d", flag, v, maxID)
+	}
+	if err != nil || n < 0 || n > maxID {
+		return 0, fmt.Errorf("%s %s: out of range: want an id from 0 to %d", flag, v, maxID)
+	}
+	return int(n), nil
+}
+
+// shortDur prints d without the zero units of time.Duration.String
+// ("24h", not "24h0m0s").
+func shortDur(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
+// readKeyFile reads the API key file, warning when users other than root
+// (or a member of root's group) may read or change it.
+func readKeyFile(path string, logf func(string, ...any)) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read --api-key-file %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read --api-key-file %s: %w", path, err)
+	}
+	mode := fi.Mode().Perm()
+	gid := -1
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		gid = int(st.Gid)
+	}
+	switch {
+	case mode&0o007 != 0:
+		logf("warning: --api-key-file %s has mode %04o: every user of the board may read the API key; run chmod 600 %s", path, mode, path)
+	case mode&0o070 != 0 && gid != 0:
+		logf("warning: --api-key-file %s has mode %04o and group %d: the group's members may read the API key; run chmod 600 %s", path, mode, gid, path)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("read --api-key-file %s: %w", path, err)
+	}
+	return b, nil
 }
