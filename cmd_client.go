@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,9 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -107,15 +111,96 @@ func clientError(err error) error {
 		if ae.Locked() {
 			code = exitLocked
 		}
-		return &exitError{code: code, msg: ae.Message}
+		return &exitError{code: code, msg: termSafe(ae.Message)}
 	}
 	return err
 }
 
+// printJSON prints v as indented JSON, with every character that could
+// drive a terminal escaped (see jsonSafe).
 func printJSON(v any) error {
-	enc := json.NewEncoder(os.Stdout)
+	return writeJSON(os.Stdout, v)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	_, err := w.Write(jsonSafe(buf.Bytes()))
+	return err
+}
+
+// unsafeRune reports whether r, printed raw, could move the cursor, clear
+// the screen, start an escape sequence or reorder what a terminal shows:
+// C0 and C1 controls, DEL, and the invisible format characters (bidi
+// overrides and isolates, zero-width characters) and line separators.
+func unsafeRune(r rune) bool {
+	return r < 0x20 || (r >= 0x7f && r < 0xa0) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp)
+}
+
+// termSafe returns s fit to print in one field of a terminal line: unsafe
+// runes (unsafeRune) as \xNN or \uNNNN, every byte of invalid UTF-8 as
+// \xNN and a backslash as \\, so that text from other users (a holder's
+// command line, a hold reason, a lock path) cannot forge rows or drive the
+// operator's terminal. Ordinary UTF-8 is kept.
+func termSafe(s string) string {
+	i := 0
+	for i < len(s) {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == '\\' || (r == utf8.RuneError && n == 1) || unsafeRune(r) {
+			break
+		}
+		i += n
+	}
+	if i == len(s) {
+		return s
+	}
+	var b strings.Builder
+	b.WriteString(s[:i])
+	for i < len(s) {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case r == '\\':
+			b.WriteString("\\\\")
+		case r < 0x80 && unsafeRune(r):
+			fmt.Fprintf(&b, "\\x%02x", r)
+		case unsafeRune(r):
+			fmt.Fprintf(&b, "\\u%04x", r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
+
+// jsonSafe rewrites encoding/json's output so that it carries no rune that
+// could drive a terminal: encoding/json escapes C0 controls, U+2028 and
+// U+2029 but leaves DEL, C1 controls and bidi overrides raw. Outside
+// strings JSON is ASCII, so each such rune is inside a string, where a
+// \uXXXX escape (a surrogate pair above U+FFFF) means the same.
+func jsonSafe(b []byte) []byte {
+	out := make([]byte, 0, len(b))
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		if r != '\n' && unsafeRune(r) {
+			if r > 0xffff {
+				r1, r2 := utf16.EncodeRune(r)
+				out = fmt.Appendf(out, "\\u%04x\\u%04x", r1, r2)
+			} else {
+				out = fmt.Appendf(out, "\\u%04x", r)
+			}
+		} else {
+			out = append(out, b[:n]...)
+		}
+		b = b[n:]
+	}
+	return out
 }
 
 func usageErr(name, format string, args ...any) error {
@@ -169,11 +254,11 @@ func runHold(ctx context.Context, args []string) error {
 	if cf.asJSON {
 		return printJSON(h)
 	}
-	fmt.Printf("holding %s", holdName(h))
+	fmt.Printf("holding %s", termSafe(holdName(h)))
 	if !h.Expires.IsZero() {
 		fmt.Printf(" until %s", h.Expires.Local().Format(time.DateTime))
 	}
-	fmt.Println("; end it with 'latch release " + releaseArg(h) + "'")
+	fmt.Println("; end it with 'latch release " + termSafe(releaseArg(h)) + "'")
 	return nil
 }
 
@@ -228,7 +313,7 @@ func runRelease(ctx context.Context, args []string) error {
 	if cf.asJSON {
 		return printJSON(map[string]string{"status": "success", "released": name})
 	}
-	fmt.Printf("released the hold on %s\n", name)
+	fmt.Printf("released the hold on %s\n", termSafe(name))
 	return nil
 }
 
@@ -277,7 +362,7 @@ func runStatus(ctx context.Context, args []string) error {
 // printStatus renders the status for a person, in one screen.
 func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "State:\t%s\n", st.Line())
+	fmt.Fprintf(tw, "State:\t%s\n", termSafe(st.Line()))
 	if len(st.Apps) == 0 {
 		fmt.Fprintf(tw, "Apps:\tnone yet (no target state received)\n")
 	}
@@ -286,10 +371,10 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 		if i == 0 {
 			label = "Apps:"
 		}
-		line := fmt.Sprintf("%s\truns %s", a.Name, orDash(a.Current))
+		line := fmt.Sprintf("%s\truns %s", termSafe(a.Name), termSafe(orDash(a.Current)))
 		switch {
 		case a.Target != "" && a.Target != a.Current:
-			line += " -> " + a.Target + " pending"
+			line += " -> " + termSafe(a.Target) + " pending"
 		case a.Target == "" && a.Current != "":
 			line += ", to be removed (no longer in the target)"
 		}
@@ -297,7 +382,7 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 	}
 	switch {
 	case st.UpdatePending:
-		u := "pending " + shortID(st.UpdateID)
+		u := "pending " + termSafe(shortID(st.UpdateID))
 		if st.UpdateDownloaded {
 			u += ", downloaded"
 		} else {
@@ -310,13 +395,13 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 			u += fmt.Sprintf(", attempt %d", st.Attempts)
 		}
 		if st.UpdateFailed {
-			u += ", FAILED: " + st.Reason
+			u += ", FAILED: " + termSafe(st.Reason)
 		} else if st.Reason != "" && len(st.BlockedBy) == 0 {
-			u += " (" + st.Reason + ")"
+			u += " (" + termSafe(st.Reason) + ")"
 		}
 		fmt.Fprintf(tw, "Update:\t%s\n", u)
 	case st.UpdateFailed:
-		fmt.Fprintf(tw, "Update:\tfailed: %s\n", st.Reason)
+		fmt.Fprintf(tw, "Update:\tfailed: %s\n", termSafe(st.Reason))
 	default:
 		fmt.Fprintf(tw, "Update:\tnone pending\n")
 	}
@@ -333,7 +418,7 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 	}
 	fmt.Fprintf(tw, "Override:\t%s\n", ov)
 	if r := st.PendingReboot; r != nil {
-		fmt.Fprintf(tw, "Reboot:\t%s pending since %s: %s\n", r.Kind, ago(now, r.Requested), r.Reason)
+		fmt.Fprintf(tw, "Reboot:\t%s pending since %s: %s\n", termSafe(r.Kind), ago(now, r.Requested), termSafe(r.Reason))
 	}
 	if len(st.Holds) == 0 {
 		fmt.Fprintf(tw, "Holds:\tnone\n")
@@ -343,9 +428,9 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 		if i == 0 {
 			label = "Holds:"
 		}
-		line := holdName(h)
+		line := termSafe(holdName(h))
 		if h.Reason != "" {
-			line += " (" + h.Reason + ")"
+			line += " (" + termSafe(h.Reason) + ")"
 		}
 		if h.Expires.IsZero() {
 			line += ", until released"
@@ -363,20 +448,20 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 
 // describeEntry names a blocking lock and its holder for a person.
 func describeEntry(e lock.Entry, blockedSince, now time.Time) string {
-	s := e.Path
+	s := termSafe(e.Path)
 	if e.App != "" {
-		s = e.App + "/" + e.Service + ": " + s
+		s = termSafe(e.App+"/"+e.Service) + ": " + s
 	}
 	switch {
 	case e.Holder != nil && e.Holder.PID > 0:
 		s += fmt.Sprintf(", held by pid %d", e.Holder.PID)
 		if e.Holder.Command != "" {
-			s += " (" + e.Holder.Command + ")"
+			s += " (" + termSafe(e.Holder.Command) + ")"
 		}
 	case e.State == lock.StateStale && e.Record != nil:
-		s += fmt.Sprintf(", stale: pid %d (%s) is dead", e.Record.PID, e.Record.Command)
+		s += fmt.Sprintf(", stale: pid %d (%s) is dead", e.Record.PID, termSafe(e.Record.Command))
 	default:
-		s += fmt.Sprintf(", %s by uid %d, holder unknown", orDash(string(e.State)), e.UID)
+		s += fmt.Sprintf(", %s by uid %d, holder unknown", termSafe(orDash(string(e.State))), e.UID)
 	}
 	if !e.Since.IsZero() {
 		s += ", since " + ago(now, e.Since)
@@ -394,7 +479,7 @@ func printEvents(w io.Writer, evs []store.Event) {
 		if by == "" {
 			by = "-"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Kind, by, e.Message)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), termSafe(e.Kind), termSafe(by), termSafe(e.Message))
 	}
 	tw.Flush()
 }
@@ -493,9 +578,9 @@ func runUpdate(ctx context.Context, args []string) error {
 		case !triggered:
 			fmt.Println("nothing to do: no update is pending")
 		case *cancel:
-			fmt.Printf("update %s cancelled\n", shortID(before.UpdateID))
+			fmt.Printf("update %s cancelled\n", termSafe(shortID(before.UpdateID)))
 		default:
-			fmt.Printf("update %s requested; follow it with 'latch status'\n", shortID(before.UpdateID))
+			fmt.Printf("update %s requested; follow it with 'latch status'\n", termSafe(shortID(before.UpdateID)))
 		}
 		return nil
 	}
@@ -509,10 +594,10 @@ func runUpdate(ctx context.Context, args []string) error {
 		}
 	}
 	if st.UpdateFailed && st.UpdateID == before.UpdateID {
-		return &exitError{code: exitFailure, msg: "update failed: " + st.Reason}
+		return &exitError{code: exitFailure, msg: "update failed: " + termSafe(st.Reason)}
 	}
 	if !cf.asJSON {
-		fmt.Printf("update applied: %s\n", st.Release)
+		fmt.Printf("update applied: %s\n", termSafe(st.Release))
 	}
 	return nil
 }
@@ -540,7 +625,7 @@ func waitApplied(ctx context.Context, c *api.Client, id string, quiet bool) (age
 		}
 		// In a terminal the line is rewritten every poll (its "for 5s" ticks
 		// on); otherwise a line is printed only when it changes.
-		if line := st.Line(); !quiet && (tty || line != last) {
+		if line := termSafe(st.Line()); !quiet && (tty || line != last) {
 			if tty {
 				fmt.Fprintf(os.Stderr, "\r\033[K%s", line)
 			} else {
@@ -648,7 +733,7 @@ func runOverride(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("lock override %s", state)
 	if o.By != "" {
-		fmt.Printf(" (set by %s, %s)", o.By, ago(time.Now(), o.At))
+		fmt.Printf(" (set by %s, %s)", termSafe(o.By), ago(time.Now(), o.At))
 	}
 	fmt.Println()
 	return nil

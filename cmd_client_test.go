@@ -354,3 +354,130 @@ func TestAgentAPIGroup(t *testing.T) {
 		}
 	}
 }
+
+// evil is text another user controls (a hold reason, a holder's command
+// line) that would clear the operator's screen, forge a row of the table
+// and reverse what follows, if printed raw.
+const evil = "x\x1b[2J\r\n<forged row>\u202eevil"
+
+// evilEscaped is how the human output must show evil.
+const evilEscaped = `x\x1b[2J\x0d\x0a<forged row>\u202eevil`
+
+// checkNoRaw fails when out carries a raw terminal control, or a line that
+// starts with the forged row.
+func checkNoRaw(t *testing.T, what, out string) {
+	t.Helper()
+	for _, bad := range []string{"\x1b", "\r", "\u202e", "\x9b"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("%s: output carries a raw %q:\n%q", what, bad, out)
+		}
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "<forged row>") {
+			t.Errorf("%s: a field's text began a line of its own: %q", what, line)
+		}
+	}
+}
+
+// TestClientEscapesText: hold reasons and holder command lines reach root's
+// terminal escaped in latch status and latch journal; --json escapes them
+// too and decodes back to the same text.
+func TestClientEscapesText(t *testing.T) {
+	e := newClientEnv(t)
+	ctx := t.Context()
+	if _, err := exec.LookPath("flock"); err != nil {
+		t.Fatalf("flock(1) missing (util-linux): %v", err)
+	}
+	if _, err := e.c.Hold(ctx, api.HoldRequest{App: "kiosk", Service: "other", Reason: evil}); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := e.layout.EnsureServiceDir(lock.Service{App: "kiosk", Service: "ui"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A real holder whose command line is the attacker's text.
+	holder := exec.Command("flock", filepath.Join(dir, lock.UpdatesName), "sh", "-c", "sleep 60", evil)
+	holder.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-holder.Process.Pid, syscall.SIGKILL)
+		holder.Wait()
+	})
+	if err := e.c.PushTarget(ctx, clientTarget("1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the update to wait for the flock holder", func() bool {
+		st := e.a.Status()
+		for _, b := range st.BlockedBy {
+			if b.Holder != nil && strings.Contains(b.Holder.Command, "<forged row>") {
+				return true
+			}
+		}
+		return false
+	})
+	out, errs, code := e.latch(t, "status")
+	if code != 0 {
+		t.Fatalf("latch status: status %d, stderr %q", code, errs)
+	}
+	checkNoRaw(t, "latch status", out)
+	for _, want := range []string{"kiosk/other (" + evilEscaped + ")", "(flock " + filepath.Join(dir, lock.UpdatesName) + " sh -c sleep 60 " + evilEscaped + ")"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("latch status: got\n%s\nwant it to show %q", out, want)
+		}
+	}
+	out, _, _ = e.latch(t, "journal")
+	checkNoRaw(t, "latch journal", out)
+	if !strings.Contains(out, "hold on kiosk/other: "+evilEscaped) {
+		t.Errorf("latch journal: got\n%s\nwant the hold's reason shown as %q", out, evilEscaped)
+	}
+	out, _, _ = e.latch(t, "status", "--json")
+	checkNoRaw(t, "latch status --json", out)
+	var st agent.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("latch status --json: %v\n%s", err, out)
+	}
+	if len(st.Holds) != 1 || st.Holds[0].Reason != evil {
+		t.Errorf("latch status --json: holds %+v, want the reason %q as it was given", st.Holds, evil)
+	}
+	out, _, _ = e.latch(t, "journal", "--json")
+	checkNoRaw(t, "latch journal --json", out)
+}
+
+func TestTermSafe(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"kiosk/ui", "kiosk/ui"},
+		{"café ✓ 日本 😀", "café ✓ 日本 😀"},
+		{"a\tb", `a\x09b`},
+		{"a\x7fb", `a\x7fb`},
+		{"a\u009b2Jb", `a\u009b2Jb`},
+		{"a\xffb\xc3", `a\xffb\xc3`},
+		{`C:\x1b`, `C:\\x1b`},
+		{"\u202a\u2066\u200f\u2028\ufeff", `\u202a\u2066\u200f\u2028\ufeff`},
+	} {
+		if got := termSafe(tt.in); got != tt.want {
+			t.Errorf("termSafe(%q): got %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestJSONSafe(t *testing.T) {
+	in := map[string]string{"reason": "a\x1b\x7f\u009b\u202e\U000e0001é\"\\b"}
+	var buf bytes.Buffer
+	if err := writeJSON(&buf, in); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range buf.String() {
+		if r != '\n' && unsafeRune(r) {
+			t.Errorf("writeJSON: raw %U in %q, want every control and format character escaped", r, buf.String())
+		}
+	}
+	if !strings.Contains(buf.String(), "é") {
+		t.Errorf("writeJSON: %q: ordinary UTF-8 (é) was escaped, want it kept", buf.String())
+	}
+	var back map[string]string
+	if err := json.Unmarshal(buf.Bytes(), &back); err != nil || back["reason"] != in["reason"] {
+		t.Errorf("writeJSON: %q decodes to %q (%v), want %q", buf.String(), back["reason"], err, in["reason"])
+	}
+}
