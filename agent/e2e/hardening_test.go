@@ -239,9 +239,9 @@ func TestHardeningFullDisk(t *testing.T) {
 		if exists(d.installed("meter", "probe")) {
 			t.Errorf("%s: %s was installed", when, d.installed("meter", "probe"))
 		}
-		var e map[string]any
-		if code := d.api("POST", "/v2/applications/meter/restart-service", map[string]any{"serviceName": "probe"}, &e); code != 404 {
-			t.Errorf("%s: restart-service meter/probe: status %d %v, want 404 (no such service)", when, code, e)
+		code, body, err := d.request("POST", "/v2/applications/meter/restart-service", map[string]any{"serviceName": "probe"})
+		if err != nil || code != 404 {
+			t.Errorf("%s: restart-service meter/probe: status %d %s (err %v), want 404 (no such service)", when, code, body, err)
 		}
 	}
 	checkNoTrace("on the full disk")
