@@ -19,18 +19,25 @@
 # are not, so that a test can exec a foreign binary or /proc/self/exe.
 #
 # LATCH_CROSS_TIMEOUT (default 10m) is each test binary's -test.timeout.
-# LATCH_CROSS_OUT=FILE appends every test binary's -test.v output to FILE,
-# each after a line "### cross ARCH PKG" (scripts/test.sh counts the tests).
+# Each test binary runs with -test.v=test2json through `go tool test2json`: its
+# events go to PKG.json in the work directory, its -v text to PKG.log.
+# LATCH_CROSS_OUT=FILE appends the -v text of every package's final run to
+# FILE, each after a line "### cross ARCH PKG"; LATCH_CROSS_JSON=FILE appends
+# their test events (scripts/test.sh counts the tests from those, by Action).
 #
 # qemu-user 7.2 now and then hangs a threaded process's fork for good (the
-# child never reaches exec). A failed package that shows it (an orphaned copy of
-# its emulated binaries with every thread waiting on a futex, or a timeout with
-# a goroutine stuck in syscall.forkExec) runs once more, said on stderr, and
-# must then pass.
+# child never reaches exec). A failed package whose own run shows it runs once
+# more, said on stderr, and must then pass: the evidence is an orphaned copy of
+# that run's emulated binaries (its environment carries the run's
+# LATCH_CROSS_RUN token, so it cannot be another package's or another
+# cross-test's) with every thread waiting on a futex, or that run's test
+# binary timing out with a goroutine stuck in syscall.forkExec. The totals
+# name every rerun and the tests its first run failed.
 #
-# Prints a table: arch, packages passed / failed / without tests, tests skipped,
-# reruns, time. Exits non-zero if any package fails. Logs stay in the work
-# directory printed at the start when something fails.
+# Prints a table: arch, packages passed / failed / without tests, tests passed,
+# failed and skipped (from the test events), reruns, time. Exits non-zero if
+# any package fails. Logs stay in the work directory printed at the start when
+# something fails.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,6 +57,9 @@ done
 work=$(mktemp -d "${TMPDIR:-/tmp}/latch-cross.XXXXXX")
 echo "cross-test: ${arches[*]}; logs in $work"
 go=$(command -v go)
+# testsum reads the test events (scripts/testsum), built for this machine.
+"$go" build -o "$work/testsum" ./scripts/testsum
+testsum() { "$work/testsum" "$@"; }
 
 # binfmt registers the qemu-user interpreters for ARM with the kernel.
 binfmt() {
@@ -133,12 +143,22 @@ emulated() {
 	done
 }
 
-# hung_forks BIN...: once a test binary has ended, describe the copies of BIN
-# left behind by a fork that hung in the emulator: orphaned, every thread
-# waiting on a futex, still running BIN since it never reached exec.
+# ours TOKEN PID: whether PID's environment carries LATCH_CROSS_RUN=TOKEN,
+# that is whether it was started by the run of that token (a fork that never
+# reached exec keeps its parent's environment).
+ours() {
+	grep -qzxF "LATCH_CROSS_RUN=$1" "/proc/$2/environ" 2>/dev/null
+}
+
+# hung_forks TOKEN BIN...: once the test binary of the run TOKEN has ended,
+# describe the copies of BIN that a fork of that run left behind when it hung
+# in the emulator: started by that run, orphaned, every thread waiting on a
+# futex, still running BIN since it never reached exec.
 hung_forks() {
-	local pid t all out=
+	local token=$1 pid t all out=
+	shift
 	for pid in $(emulated "$@"); do
+		ours "$token" "$pid" || continue
 		all=1
 		for t in /proc/"$pid"/task/*; do
 			[[ $(cat "$t/wchan" 2>/dev/null) == futex_do_wait ]] || all=
@@ -159,9 +179,22 @@ reap() {
 	done
 }
 
-# run_pkg: run the package's test binary $bin from $pdir, output in $log.
+# run_pkg: run the package's test binary $bin from $pdir as the run $token:
+# its test events in $json, its -v text in $log; the status is the binary's.
 run_pkg() {
-	(cd "$pdir" && env "${testenv[@]}" "${run[@]}" "$bin" -test.short -test.v -test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") >"$log" 2>&1
+	local rc
+	(cd "$pdir" && env "${testenv[@]}" LATCH_CROSS_RUN="$token" "${run[@]}" "$bin" -test.short -test.v=test2json \
+		-test.timeout="${LATCH_CROSS_TIMEOUT:-10m}") 2>&1 | "$go" tool test2json -t -p "$p" >"$json"
+	rc=${PIPESTATUS[0]}
+	testsum text "$json" >"$log"
+	return "$rc"
+}
+
+# failed_tests JSON: the names of the tests that failed in JSON, comma-separated.
+failed_tests() {
+	local names
+	names=$(testsum failures "$1" | sed -n 's/^--- FAIL: \([^ ]*\) .*/\1/p' | paste -sd, | sed 's/,/, /g')
+	printf '%s' "${names:-no test failed (the binary itself did)}"
 }
 
 for a in "${arches[@]}"; do goenv "$a" >/dev/null; done
@@ -170,14 +203,14 @@ if [[ " ${arches[*]} " == *" arm"* ]]; then
 fi
 mapfile -t pkgs < <("$go" list "${pkgargs[@]}")
 failed=0
-rows=()
+rows=() rerun_notes=()
 for a in "${arches[@]}"; do
 	t0=$EPOCHREALTIME
 	read -ra genv <<<"$(goenv "$a")"
 	read -ra run <<<"$(runner "$a")"
 	dir=$work/$a
 	mkdir -p "$dir"
-	pass=0 fail=0 none=0 skips=0 reruns=0
+	pass=0 fail=0 none=0 reruns=0 tpass=0 tfail=0 tskip=0
 	if [[ $a == armv6 ]] && ! prove_armv6; then
 		fail=$((fail + 1))
 	fi
@@ -194,7 +227,8 @@ for a in "${arches[@]}"; do
 	for p in "${pkgs[@]}"; do
 		name=${p//\//_}
 		bin=$dir/$name.test
-		log=$dir/$name.log
+		log=$dir/$name.log json=$dir/$name.json
+		token="$a:$p:1:$$:$RANDOM"
 		if ! env CGO_ENABLED=0 GOOS=linux "${genv[@]}" "$go" test -c -o "$bin" "$p" >"$log" 2>&1; then
 			echo "FAIL $a $p (build)"
 			sed 's/^/    /' "$log"
@@ -210,7 +244,7 @@ for a in "${arches[@]}"; do
 		run_pkg || rc=$?
 		hung=
 		if ((rc != 0)) && [[ -n ${run[*]} ]]; then
-			hung=$(hung_forks "$bin" "$dir/latch")
+			hung=$(hung_forks "$token" "$bin" "$dir/latch")
 			if [[ -z $hung ]] && emulator_hang "$log"; then
 				hung="the test binary: a goroutine stuck in syscall.forkExec until the timeout"
 			fi
@@ -221,32 +255,45 @@ for a in "${arches[@]}"; do
 			# good: the child never reaches exec. That is the emulator, not
 			# latch; the package runs once more and must then pass in full.
 			mv "$log" "$log.hung"
-			echo "RERUN $a $p: the emulator hung a fork before exec ($hung); running the package again" >&2
+			mv "$json" "$json.hung"
+			first=$(failed_tests "$json.hung")
+			echo "RERUN $a $p: the emulator hung a fork before exec ($hung); first run failed: $first; running the package again" >&2
 			reruns=$((reruns + 1))
+			rerun_notes+=("$a $p: first run failed: $first")
+			token="$a:$p:2:$$:$RANDOM"
 			rc=0
 			run_pkg || rc=$?
 			reap "$bin" "$dir/latch"
 		fi
-		skips=$((skips + $(grep -c -- '--- SKIP' "$log" || true)))
+		read -r np nf ns _ <<<"$(testsum count "$json")"
+		tpass=$((tpass + np)) tfail=$((tfail + nf)) tskip=$((tskip + ns))
 		if [[ -n ${LATCH_CROSS_OUT:-} ]]; then
 			{ echo "### cross $a $p"; cat "$log"; } >>"$LATCH_CROSS_OUT"
+		fi
+		if [[ -n ${LATCH_CROSS_JSON:-} ]]; then
+			cat "$json" >>"$LATCH_CROSS_JSON"
 		fi
 		if ((rc == 0)); then
 			pass=$((pass + 1))
 		else
 			echo "FAIL $a $p (exit $rc)"
-			grep -E -- '^(\s*--- FAIL|FAIL|panic|\s+\S+_test\.go:)' "$log" | head -40 | sed "s/\$/   [$a]/"
+			testsum failures "$json" | head -60 | sed "s/\$/   [$a]/"
 			fail=$((fail + 1))
 		fi
 	done
 	((fail)) && failed=1
-	rows+=("$(printf '%-6s %6d %6d %8d %13d %6d %8ss' "$a" "$pass" "$fail" "$none" "$skips" "$reruns" \
+	rows+=("$(printf '%-6s %6d %6d %8d %7d/%d/%d %6d %8ss' "$a" "$pass" "$fail" "$none" "$tpass" "$tfail" "$tskip" "$reruns" \
 		"$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')")")
 done
 
 echo
-printf '%-6s %6s %6s %8s %13s %6s %9s\n' arch passed failed no-tests tests-skipped reruns time
+printf '%-6s %6s %6s %8s %13s %6s %9s\n' arch passed failed no-tests tests-p/f/s reruns time
 printf '%s\n' "${rows[@]}"
+if ((${#rerun_notes[@]})); then
+	printf 'reruns: %d (%s)\n' "${#rerun_notes[@]}" "$(printf '%s; ' "${rerun_notes[@]}" | sed 's/; $//')"
+else
+	echo "reruns: 0"
+fi
 if ((failed)); then
 	echo "cross-test: FAIL; logs in $work" >&2
 	exit 1

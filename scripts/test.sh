@@ -11,6 +11,9 @@
 #   systemd-arm64  the real-systemd end-to-end test in an arm64 container (qemu-user)
 #   systemd-armhf  the same in an armhf (32-bit ARMv7) container
 # Usage: scripts/test.sh [stage...]   (default: all, in that order)
+# The test totals are counted from `go test -json` events (their Action: pass,
+# fail or skip of each test and subtest; scripts/testsum), kept in unit.json
+# and cross.json next to the -v text of unit.txt and cross.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin CGO_ENABLED=0
@@ -20,6 +23,8 @@ stages=("$@")
 log=$(mktemp -d "${TMPDIR:-/tmp}/latch-test.XXXXXX")
 failed=() passed=()
 t0=$(date +%s)
+go build -o "$log/testsum" ./scripts/testsum || { echo "test.sh: scripts/testsum does not build"; exit 1; }
+testsum() { "$log/testsum" "$@"; }
 
 stage() {
   local name=$1; shift
@@ -43,8 +48,8 @@ build() {
 # systemd_arch ARCH: the real-systemd end-to-end test in a Debian ARCH container.
 systemd_arch() {
   scripts/nspawn/rootfs.sh "$1" || return 1
-  LATCH_NSPAWN_ARCH=$1 go test -count=1 -timeout 20m -v -run TestSystemdEndToEnd ./systemd/e2e/ 2>&1 |
-    tee -a "$log/unit.txt" | grep -E '^\s*(--- |ok |FAIL|PASS|panic:)|_test.go:[0-9]+:'
+  LATCH_NSPAWN_ARCH=$1 go test -count=1 -timeout 20m -json -run TestSystemdEndToEnd ./systemd/e2e/ 2>&1 |
+    tee -a "$log/unit.json" | testsum text | tee -a "$log/unit.txt" | grep -E '^\s*(--- |ok |FAIL|PASS|panic:)|_test.go:[0-9]+:'
   return "${PIPESTATUS[0]}"
 }
 
@@ -60,7 +65,8 @@ unit() {
   if [ -x scripts/nspawn/rootfs.sh ] && [ "$(id -u)" = 0 ]; then
     scripts/nspawn/rootfs.sh amd64 || echo "warning: the nspawn rootfs could not be built: the real-systemd tests will skip"
   fi
-  go test -count=1 -timeout 45m -v ./... 2>&1 | tee "$log/unit.txt" | grep -E '^(=== RUN|--- |ok |FAIL|PASS|panic:|\s+\S+_test.go:[0-9]+:)' | grep -v '^=== RUN'
+  go test -count=1 -timeout 45m -json ./... 2>&1 | tee "$log/unit.json" | testsum text | tee "$log/unit.txt" |
+    grep -E '^(--- |ok |FAIL|PASS|panic:|\s+\S+_test.go:[0-9]+:)'
   local rc=${PIPESTATUS[0]}
   grep -E -- '--- SKIP' "$log/unit.txt" | sed 's/^/  /' | head -40
   return "$rc"
@@ -72,7 +78,7 @@ for s in "${stages[@]}"; do
     lint)  stage lint lint ;;
     unit)  stage unit unit ;;
     build) stage build build ;;
-    cross) stage cross env LATCH_CROSS_OUT="$log/cross.txt" scripts/cross-test.sh ;;
+    cross) stage cross env LATCH_CROSS_OUT="$log/cross.txt" LATCH_CROSS_JSON="$log/cross.json" scripts/cross-test.sh ;;
     board) stage board board ;;
     systemd-arm64) stage systemd-arm64 systemd_arch arm64 ;;
     systemd-armhf) stage systemd-armhf systemd_arch armhf ;;
@@ -80,14 +86,16 @@ for s in "${stages[@]}"; do
   esac
 done
 
-# count FILE PATTERN: the lines of FILE matching PATTERN (0 without FILE).
-count() { grep -c -- "$2" "$1" 2>/dev/null || true; }
-np=$(count "$log/unit.txt" '--- PASS') nf=$(count "$log/unit.txt" '--- FAIL') ns=$(count "$log/unit.txt" '--- SKIP')
-xp=$(count "$log/cross.txt" '--- PASS') xf=$(count "$log/cross.txt" '--- FAIL') xs=$(count "$log/cross.txt" '--- SKIP')
+# The totals, from the test events (a missing file counts as none).
+read -r np nf ns npf < <(testsum count "$log/unit.json")
+read -r xp xf xs xpf < <(testsum count "$log/cross.json")
+if [ $((nf + xf + npf)) -gt 0 ]; then
+  printf '\nfailed tests:\n'
+  testsum failures "$log/unit.json" | head -80
+fi
 printf '\nstages passed: %s\n' "${passed[*]:-none}"
 printf 'stages failed: %s\n' "${failed[*]:-none}"
-printf 'total time: %ss; full go test output in %s/unit.txt and cross.txt\n' $(( $(date +%s) - t0 )) "$log"
-printf 'tests: %d passed, %d failed, %d skipped (native: %d/%d/%d; arm64, armv7, armv6 and 386: %d/%d/%d)\n' \
-  $((${np:-0} + ${xp:-0})) $((${nf:-0} + ${xf:-0})) $((${ns:-0} + ${xs:-0})) \
-  "${np:-0}" "${nf:-0}" "${ns:-0}" "${xp:-0}" "${xf:-0}" "${xs:-0}"
+printf 'total time: %ss; go test output in %s/unit.txt and cross.txt, test events in unit.json and cross.json\n' $(( $(date +%s) - t0 )) "$log"
+printf 'tests: %d passed, %d failed, %d skipped (native: %d/%d/%d; arm64, armv7, armv6 and 386: %d/%d/%d); packages failed: %d native, %d cross\n' \
+  $((np + xp)) $((nf + xf)) $((ns + xs)) "$np" "$nf" "$ns" "$xp" "$xf" "$xs" "$npf" "$xpf"
 [ ${#failed[@]} -eq 0 ]
