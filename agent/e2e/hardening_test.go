@@ -647,3 +647,125 @@ func TestHardeningTargetFileKinds(t *testing.T) {
 		})
 	}
 }
+
+// A configuration-only change pushed while the state dir is full cannot be
+// written to config.env. Either the push is refused (5xx) and nothing
+// changed, or it was accepted, and then the agent must not forget it: once
+// space is back, config.env gets the new value without another push.
+func TestHardeningFullDiskConfigOnly(t *testing.T) {
+	d := newDevice(t)
+	mountTmpfs(t, d, d.stateDir, 4<<20)
+	d.setTarget(d.targetDoc(map[string]any{"PANEL": "dim"}, kiosk1))
+	d.start()
+	d.waitFor("kiosk 2026.11.1 running", func() bool { return d.releaseOf("kiosk") == "2026.11.1" && !d.status().UpdatePending })
+	envPath := filepath.Join(d.stateDir, "config.env")
+	envBefore, err := os.ReadFile(envPath)
+	if err != nil {
+		t.Fatalf("the agent wrote no config.env for PANEL: %v", err)
+	}
+	cmdsBefore := len(d.commands())
+	filler := fillDisk(t, d.stateDir)
+	code, body := d.pushBody(d.targetDoc(map[string]any{"PANEL": "bright"}, kiosk1))
+	d.settle()
+	if got, _ := os.ReadFile(envPath); !bytes.Equal(got, envBefore) {
+		t.Errorf("config.env changed on a full disk:\n%s", got)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case code >= 500:
+		d.settle()
+		if got, _ := os.ReadFile(envPath); !bytes.Equal(got, envBefore) {
+			t.Errorf("a configuration refused with %d %s was written once space came back:\n%s", code, body, got)
+		}
+	case code == 202:
+		if !within(10*time.Second, func() bool {
+			b, _ := os.ReadFile(envPath)
+			return bytes.Contains(b, []byte(`PANEL="bright"`))
+		}) {
+			got, _ := os.ReadFile(envPath)
+			t.Errorf("a configuration accepted (202) on a full disk was never written, 10s after space came back: %s holds\n%s\nwant PANEL=\"bright\"; the agent said:\n%s", envPath, got, d.output())
+		}
+	default:
+		t.Errorf("push of a configuration on a full disk: %d %s, want 202 or a 5xx", code, body)
+	}
+	if cmds := d.commands(); len(cmds) != cmdsBefore {
+		t.Errorf("a configuration-only change ran commands: %q", cmds[cmdsBefore:])
+	}
+	d.stop()
+}
+
+// An install path that is outside latch's state only as written, and inside
+// it once resolved (a symlinked directory, /proc/self/root), must not reach
+// latch's files either: the target is refused, or its install fails, and
+// the journal, target.json and the API socket stay as they were.
+func TestHardeningSelfReferentialAliases(t *testing.T) {
+	d := newDevice(t)
+	firstRelease(t, d)
+	alias := filepath.Join(d.root, "opt", "alias")
+	if err := os.Symlink(d.stateDir, alias); err != nil {
+		t.Fatal(err)
+	}
+	runAlias := filepath.Join(d.root, "opt", "run-alias")
+	if err := os.Symlink(d.runDir, runAlias); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, real string }{
+		{filepath.Join(alias, "journal.db"), filepath.Join(d.stateDir, "journal.db")},
+		{filepath.Join(alias, "target.json"), filepath.Join(d.stateDir, "target.json")},
+		{"/proc/self/root" + filepath.Join(d.stateDir, "journal.db"), filepath.Join(d.stateDir, "journal.db")},
+		{filepath.Join(runAlias, "api.sock"), filepath.Join(d.runDir, "api.sock")},
+	} {
+		before := stateOf(t, tc.real)
+		doc := fileOf(t, d.targetDoc(nil, kiosk2), "kiosk", "ui", func(f map[string]any) { f["path"] = tc.path })
+		code, body := d.pushBody(doc)
+		switch code {
+		case 400:
+			t.Logf("install at %s: refused at once: %s", tc.path, message(body))
+		case 202:
+			// Polled without failing at once: the API socket itself may
+			// be what the install replaced.
+			var s deviceStatus
+			var apiErr error
+			ended := within(30*time.Second, func() bool {
+				c, b, err := d.request("GET", "/v1/device", nil)
+				if apiErr = err; err != nil || c != 200 || json.Unmarshal([]byte(b), &s) != nil {
+					return err != nil
+				}
+				return s.UpdateFailed || (!s.UpdatePending && s.Release == "kiosk=2026.11.2")
+			})
+			switch {
+			case apiErr != nil:
+				t.Errorf("install at %s (really %s): the API no longer answers: %v", tc.path, tc.real, apiErr)
+			case !ended:
+				t.Errorf("install at %s: neither failed nor done within 30s: status %+v", tc.path, s)
+			case !s.UpdateFailed:
+				t.Errorf("install at %s (really %s) succeeded: status %+v, want it refused", tc.path, tc.real, s)
+			default:
+				t.Logf("install at %s: accepted, then failed: %s", tc.path, s.Reason)
+			}
+		default:
+			t.Errorf("push installing at %s: %d %s, want 400, or 202 and a failed install", tc.path, code, body)
+		}
+		after := stateOf(t, tc.real)
+		if tc.real == filepath.Join(d.stateDir, "journal.db") {
+			after.size, after.mtime, after.content = before.size, before.mtime, before.content
+		}
+		if !after.equal(before) {
+			t.Errorf("%s (through %s) was %s, now %s", tc.real, tc.path, before, after)
+		}
+		if code, _, err := d.request("GET", "/ping", nil); err != nil || code != 200 {
+			t.Fatalf("the API answers %d (%v) after an install at %s: the cases after it cannot run", code, err, tc.path)
+		}
+		// Back to the running release for the next case.
+		if c, b := d.pushBody(d.targetDoc(nil, kiosk1)); c != 202 {
+			t.Fatalf("push of the running release: %d %s", c, b)
+		}
+		d.waitFor("nothing pending", func() bool { s := d.status(); return !s.UpdatePending && !s.UpdateFailed })
+	}
+	if got := readFile(t, d.installed("kiosk", "ui")); got != "kiosk/ui 2026.11.1" {
+		t.Errorf("installed ui = %q, want the first release's", got)
+	}
+	d.stop()
+}
