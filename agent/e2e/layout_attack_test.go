@@ -548,7 +548,9 @@ func TestLayoutAttackEarlyLockRoot(t *testing.T) {
 		ln -s "$2" "$1/services/other/backend"`, d.lockDir, secret)
 	userTree := laTree(t, d.lockDir)
 
-	firstRelease(t, d)
+	// The lock root is dealt with before READY=1.
+	d.setTarget(d.targetDoc(nil, kiosk1))
+	d.start()
 	if got := laTree(t, secret); got != before {
 		t.Errorf("the directory only root can enter changed:\nbefore:\n%s\nafter:\n%s", before, got)
 	}
@@ -560,6 +562,7 @@ func TestLayoutAttackEarlyLockRoot(t *testing.T) {
 	if got, want := laTree(t, asides[0]), strings.ReplaceAll(userTree, d.lockDir, asides[0]); got != want {
 		t.Errorf("uid 1000's lock root changed as it was moved aside:\nbefore:\n%s\nafter:\n%s", want, got)
 	}
+	d.waitFor("kiosk 2026.11.1 running", func() bool { return laApplied(d, kiosk1.release) })
 	for _, dir := range []string{d.lockDir, filepath.Join(d.lockDir, "services")} {
 		fi, err := os.Lstat(dir)
 		if err != nil {
