@@ -10,23 +10,29 @@ import (
 	"time"
 )
 
-// buildDeb runs build/deb.sh for arch into a temporary dist folder and returns the .deb. It skips
-// when dpkg-deb is missing or when the latch binary cannot be built (the tree does not compile),
-// saying so.
-func buildDeb(t *testing.T, arch string) string {
+// needDpkgDeb fails the test when dpkg-deb is missing: without it the .deb does not build, and a
+// package that does not build is a failure, not a test that could not run.
+func needDpkgDeb(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Skip("package test not run: dpkg-deb missing (apt-get install -y dpkg-dev)")
+		t.Fatalf("dpkg-deb missing, so the .deb cannot be built: %v (it is in Debian's dpkg package: apt-get install -y dpkg)", err)
 	}
+}
+
+// buildDeb runs build/deb.sh for arch into a temporary dist folder and returns the .deb. It fails
+// when the latch binary or the .deb does not build.
+func buildDeb(t *testing.T, arch string) string {
+	t.Helper()
+	needDpkgDeb(t)
 	dist := t.TempDir()
 	cmd := exec.Command("sh", filepath.Join("..", "build", "deb.sh"), arch)
 	cmd.Env = append(os.Environ(), "DIST="+dist)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "build latch for") {
-			t.Skipf("package test not run: the latch binary does not build:\n%s", out)
+			t.Fatalf("build/deb.sh %s: the latch binary does not build: %v\n%s", arch, err, out)
 		}
-		t.Fatalf("build/deb.sh %s: %v\n%s", arch, err, out)
+		t.Fatalf("build/deb.sh %s: the .deb does not build: %v\n%s", arch, err, out)
 	}
 	t.Logf("build/deb.sh %s:\n%s", arch, out)
 	debs, _ := filepath.Glob(filepath.Join(dist, "latch_*.deb"))
@@ -76,9 +82,7 @@ func TestDeb(t *testing.T) {
 // A binary in the dist folder that is older than the sources is built again
 // rather than packaged as it is.
 func TestDebRebuildsStaleBinary(t *testing.T) {
-	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Skip("package test not run: dpkg-deb missing (apt-get install -y dpkg-dev)")
-	}
+	needDpkgDeb(t)
 	dist := t.TempDir()
 	stale := filepath.Join(dist, "latch-linux-amd64")
 	if err := os.WriteFile(stale, []byte("#!/bin/sh\necho stale\n"), 0o755); err != nil {
