@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -550,6 +552,88 @@ func TestHardeningConfigQuoting(t *testing.T) {
 		}
 	}
 	d.stop()
+	t.Run("systemd", func(t *testing.T) { systemdReadsEnv(t, d.stateDir, values) })
+}
+
+// nspawnRoot is the Debian rootfs with systemd that the lab keeps for
+// systemd-nspawn (see the lab's README, section 3).
+const nspawnRoot = "/var/cache/latch/nspawn/bookworm-amd64"
+
+// systemdReadsEnv boots a real systemd in a container, on an overlay of
+// nspawnRoot, with dir bind-mounted read-only at /latch, and checks that a
+// unit whose EnvironmentFile is /latch/config.env sees every value of want
+// byte for byte.
+func systemdReadsEnv(t *testing.T, dir string, want map[string]string) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for systemd-nspawn: systemd's reading of config.env was not tested")
+	}
+	nspawn, err := exec.LookPath("systemd-nspawn")
+	if err != nil {
+		t.Skip("systemd-nspawn (Debian package systemd-container) is not installed: systemd's reading of config.env was not tested")
+	}
+	if _, err := os.Stat(filepath.Join(nspawnRoot, "usr/lib/systemd/systemd")); err != nil {
+		t.Skipf("no systemd rootfs at %s (build it with debootstrap as in the lab's README, section 3): systemd's reading of config.env was not tested", nspawnRoot)
+	}
+	var out bytes.Buffer
+	cmd := exec.Command(nspawn, "-q", "-b", "-D", nspawnRoot, "--volatile=overlay",
+		fmt.Sprintf("--machine=latch-env-%d", os.Getpid()), "--register=no", "--keep-unit", "--console=passive",
+		"--bind-ro="+dir+":/latch")
+	lw := &lockedWriter{w: &out}
+	cmd.Stdout, cmd.Stderr = lw, lw
+	output := func() string {
+		lw.mu.Lock()
+		defer lw.mu.Unlock()
+		return out.String()
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	pid1 := 0
+	defer func() {
+		if pid1 != 0 {
+			exec.Command("nsenter", "-t", fmt.Sprint(pid1), "-a", "systemctl", "poweroff").Run()
+		}
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("systemd-nspawn did not end within 30s of the poweroff")
+		}
+	}()
+	if !within(30*time.Second, func() bool {
+		b, _ := exec.Command("pgrep", "-P", fmt.Sprint(cmd.Process.Pid), "-x", "systemd").Output()
+		_, err := fmt.Sscan(string(b), &pid1)
+		return err == nil
+	}) {
+		t.Fatalf("the container's systemd did not start within 30s:\n%s", output())
+	}
+	enter := func(args ...string) *exec.Cmd {
+		return exec.Command("nsenter", append([]string{"-t", fmt.Sprint(pid1), "-a"}, args...)...)
+	}
+	if !within(60*time.Second, func() bool {
+		b, _ := enter("systemctl", "is-system-running").Output()
+		s := strings.TrimSpace(string(b))
+		return s == "running" || s == "degraded"
+	}) {
+		t.Fatalf("the container's systemd did not come up within 60s:\n%s", output())
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, "config.env"))
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		var stderr bytes.Buffer
+		c := enter("systemd-run", "--wait", "--pipe", "-q", "-p", "EnvironmentFile=/latch/config.env", "/usr/bin/printenv", k)
+		c.Stderr = &stderr
+		got, err := c.Output()
+		if err != nil {
+			t.Errorf("a unit with EnvironmentFile=config.env: printenv %s: %v %s\nfile:\n%s", k, err, stderr.String(), raw)
+			continue
+		}
+		if g := strings.TrimSuffix(string(got), "\n"); g != want[k] {
+			t.Errorf("a unit with EnvironmentFile=config.env gets %s=%q, want %q\nfile:\n%s", k, g, want[k], raw)
+		}
+	}
 }
 
 // --- 5. a target file that is not a regular file ---------------------------
