@@ -422,7 +422,7 @@ func shortDur(d time.Duration) string {
 }
 
 // readKeyFile reads the API key file, warning when users other than root
-// (or a member of root's group) may read or change it.
+// (or a member of root's group) may read it, or another user owns it.
 func readKeyFile(path string, logf func(string, ...any)) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -434,9 +434,12 @@ func readKeyFile(path string, logf func(string, ...any)) ([]byte, error) {
 		return nil, fmt.Errorf("read --api-key-file %s: %w", path, err)
 	}
 	mode := fi.Mode().Perm()
-	gid := -1
+	uid, gid := -1, -1
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		gid = int(st.Gid)
+		uid, gid = int(st.Uid), int(st.Gid)
+	}
+	if uid != 0 && uid != os.Geteuid() {
+		logf("warning: --api-key-file %s is owned by uid %d, who may change the API key; run chown root %s", path, uid, path)
 	}
 	switch {
 	case mode&0o007 != 0:

@@ -202,35 +202,36 @@ func TestAgentWarnings(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for _, tt := range []struct {
-		mode os.FileMode
-		gid  int
-		warn string // "" for none
+		mode     os.FileMode
+		uid, gid int
+		warn     string // "" for none
 	}{
-		{0o600, 0, ""},
-		{0o640, 0, ""},
-		{0o644, 0, "mode 0644: every user of the board may read the API key; run chmod 600 "},
-		{0o604, 0, "mode 0604"},
-		{0o640, 4242, "mode 0640 and group 4242"},
+		{0o600, 0, 0, ""},
+		{0o640, 0, 0, ""},
+		{0o644, 0, 0, "has mode 0644: every user of the board may read the API key; run chmod 600 "},
+		{0o604, 0, 0, "has mode 0604: every user of the board may read the API key; run chmod 600 "},
+		{0o640, 0, 4242, "has mode 0640 and group 4242: the group's members may read the API key; run chmod 600 "},
+		{0o600, 1000, 0, "is owned by uid 1000, who may change the API key; run chown root "},
 	} {
-		if tt.mode&0o070 != 0 && os.Geteuid() != 0 {
-			t.Log("not root: a group-readable key file was not tested")
+		if (tt.mode&0o070 != 0 || tt.uid != 0) && os.Geteuid() != 0 {
+			t.Log("not root: a group-readable key file, and one of another owner, were not tested")
 			continue
 		}
-		key := filepath.Join(dir, fmt.Sprintf("key-%o-%d", tt.mode, tt.gid))
+		key := filepath.Join(dir, fmt.Sprintf("key-%o-%d-%d", tt.mode, tt.uid, tt.gid))
 		if err := os.WriteFile(key, []byte("0123456789abcdef0123\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		os.Chmod(key, tt.mode)
 		if os.Geteuid() == 0 {
-			os.Chown(key, 0, tt.gid)
+			os.Chown(key, tt.uid, tt.gid)
 		}
 		log := startAgent(t, t.TempDir(), "--listen", "127.0.0.1:0", "--api-key-file", key)
 		got := strings.Contains(log, "warning: --api-key-file "+key)
 		switch {
 		case tt.warn == "" && got:
-			t.Errorf("key file mode %o gid %d: got a warning, want none\n%s", tt.mode, tt.gid, log)
-		case tt.warn != "" && !strings.Contains(log, "warning: --api-key-file "+key+" has "+tt.warn):
-			t.Errorf("key file mode %o gid %d: log %q, want a warning naming the file and %q", tt.mode, tt.gid, log, tt.warn)
+			t.Errorf("key file mode %o uid %d gid %d: got a warning, want none\n%s", tt.mode, tt.uid, tt.gid, log)
+		case tt.warn != "" && !strings.Contains(log, "warning: --api-key-file "+key+" "+tt.warn+key):
+			t.Errorf("key file mode %o uid %d gid %d: log %q, want a warning naming the file and %q", tt.mode, tt.uid, tt.gid, log, tt.warn)
 		}
 		if !strings.Contains(log, "warning: target states are not verified (no --trust-key)") {
 			t.Errorf("agent without --trust-key: log %q, want the warning that target states are not verified", log)
