@@ -665,6 +665,12 @@ func TestHardeningTargetFileKinds(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, "more than"},
+		{"symlink to /dev/zero", func(t *testing.T, d *device) {
+			// An endless file: read whole, it would eat the memory.
+			if err := os.Symlink("/dev/zero", d.target); err != nil {
+				t.Fatal(err)
+			}
+		}, "character device"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newDevice(t)
@@ -851,5 +857,70 @@ func TestHardeningSelfReferentialAliases(t *testing.T) {
 	if got := readFile(t, d.installed("kiosk", "ui")); got != "kiosk/ui 2026.11.1" {
 		t.Errorf("installed ui = %q, want the first release's", got)
 	}
+	d.stop()
+}
+
+// A target file that arrives while the state dir is full cannot be journalled:
+// it leaves no trace then, and once space is back the agent takes it up
+// without the file having to change (the watch delivers a file's content
+// once; the target is valid, only the disk was full).
+func TestHardeningFullDiskTargetFile(t *testing.T) {
+	d := newDevice(t)
+	mountTmpfs(t, d, d.stateDir, 4<<20)
+	firstRelease(t, d)
+	d.waitFor("nothing pending", func() bool { return !d.status().UpdatePending })
+	cmdsBefore := len(d.commands())
+	filler := fillDisk(t, d.stateDir)
+	d.setTarget(d.targetDoc(map[string]any{"METER_NOTE": strings.Repeat("n", 64<<10)}, kiosk2, meter1))
+	d.waitFor("the target file refused for the full disk", func() bool {
+		return strings.Contains(d.output(), "target from file:"+d.target) && strings.Contains(d.output(), "no space left")
+	})
+	d.settle()
+	if s := d.status(); s.Release != "kiosk=2026.11.1" || s.UpdatePending {
+		t.Errorf("status after the refused target file: %+v, want kiosk=2026.11.1 and nothing pending", s)
+	}
+	if exists(d.serviceDir("meter", "probe")) {
+		t.Errorf("the refused target's lock directory %s exists", d.serviceDir("meter", "probe"))
+	}
+	if cmds := d.commands(); len(cmds) != cmdsBefore {
+		t.Errorf("a refused target ran commands: %q", cmds[cmdsBefore:])
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if !within(30*time.Second, func() bool {
+		return d.rel("kiosk") == "2026.11.2" && d.rel("meter") == "1.0" && !d.poll().UpdatePending
+	}) {
+		t.Errorf("30s after space came back, the target file refused on the full disk is still not taken up: status %+v\nagent output:\n%s", d.poll(), d.output())
+	}
+	d.noViolations()
+	d.stop()
+}
+
+// An agent started on a full state dir comes up (READY, API, status of the
+// release it runs) rather than exiting into a restart loop, and works once
+// space is back.
+func TestHardeningFullDiskStart(t *testing.T) {
+	d := newDevice(t)
+	mountTmpfs(t, d, d.stateDir, 4<<20)
+	firstRelease(t, d)
+	d.waitFor("nothing pending", func() bool { return !d.status().UpdatePending })
+	d.stop()
+	filler := fillDisk(t, d.stateDir)
+	d.start()
+	if code := d.api("GET", "/ping", nil, nil); code != 200 {
+		t.Errorf("GET /ping of an agent started on a full disk: %d, want 200", code)
+	}
+	if s := d.status(); s.Release != "kiosk=2026.11.1" || s.UpdatePending {
+		t.Errorf("status of an agent started on a full disk: %+v, want kiosk=2026.11.1 and nothing pending", s)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	d.setTarget(d.targetDoc(nil, kiosk2))
+	d.waitFor("kiosk 2026.11.2 running once space came back", func() bool {
+		return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending
+	})
+	d.noViolations()
 	d.stop()
 }
