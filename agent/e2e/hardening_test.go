@@ -733,6 +733,15 @@ func TestHardeningTargetFileKinds(t *testing.T) {
 				return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending
 			})
 			d.noViolations()
+
+			// SIGTERM with the bad thing at the path again.
+			if err := os.Remove(d.target); err != nil {
+				t.Fatal(err)
+			}
+			tc.make(t, d)
+			d.waitFor("the bad target file logged a third time", func() bool {
+				return strings.Count(d.output(), tc.logs) >= 3
+			})
 			d.stop() // fails the test if SIGTERM does not end the agent
 		})
 	}
