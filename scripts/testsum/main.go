@@ -27,10 +27,12 @@ import (
 
 // event is one line of test2json's output (cmd/test2json's TestEvent).
 type event struct {
-	Action  string
-	Package string
-	Test    string
-	Output  string
+	Action      string
+	Package     string
+	Test        string
+	Output      string
+	ImportPath  string // build-output events
+	FailedBuild string // a package's fail event: the package that did not build
 }
 
 func main() {
@@ -135,7 +137,13 @@ func failures(w io.Writer, files []string) error {
 		switch e.Action {
 		case "output":
 			out[k] = append(out[k], strings.TrimRight(e.Output, "\n"))
+		case "build-output":
+			b := key{e.ImportPath, ""}
+			out[b] = append(out[b], strings.TrimRight(e.Output, "\n"))
 		case "fail":
+			if e.Test == "" && e.FailedBuild != "" && e.FailedBuild != e.Package {
+				out[k] = append(out[k], out[key{e.FailedBuild, ""}]...)
+			}
 			failed = append(failed, k)
 		case "run":
 			delete(out, k) // a rerun of the same name starts afresh
@@ -179,7 +187,7 @@ func text(w io.Writer, files []string) error {
 		case !ok:
 			bw.Write(line)
 			bw.WriteByte('\n')
-		case e.Action == "output":
+		case e.Action == "output" || e.Action == "build-output":
 			bw.WriteString(e.Output)
 		default:
 			return
