@@ -633,6 +633,8 @@ func TestLayoutAttackEarlyLockRootNotSticky(t *testing.T) {
 			}
 			// Give the target its chance to be applied: it must not be.
 			laWithin(5*time.Second, func() bool { return laApplied(d, kiosk1.release) })
+			s := laPoll(d)
+			t.Logf("status: %s, reason %q", s.Status, s.Reason)
 			if got := laTree(t, d.lockDir); got != userTree {
 				t.Errorf("uid 1000's lock root %s was changed:\nbefore:\n%s\nafter:\n%s", d.lockDir, userTree, got)
 			}
