@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -101,8 +100,8 @@ func (lf *lockFlags) target(create bool) (string, lock.Layout, error) {
 	if err := lf.p.resolve(); err != nil {
 		return "", lock.Layout{}, &exitError{code: exitUsage, msg: err.Error()}
 	}
-	if lf.lockUID < 0 {
-		return "", lock.Layout{}, &exitError{code: exitUsage, msg: fmt.Sprintf("--lock-uid %d: want a uid >= 0", lf.lockUID)}
+	if _, err := parseID("--lock-uid", strconv.Itoa(lf.lockUID)); err != nil {
+		return "", lock.Layout{}, &exitError{code: exitUsage, msg: err.Error()}
 	}
 	layout := lock.Layout{Dir: lf.p.lockDir, Global: lf.p.globals, LockUID: lf.lockUID}
 	switch {
@@ -505,6 +504,9 @@ func runLocks(ctx context.Context, args []string) error {
 	if err := p.resolve(); err != nil {
 		return &exitError{code: exitUsage, msg: err.Error()}
 	}
+	if _, err := parseID("--lock-uid", strconv.Itoa(lockUID)); err != nil {
+		return &exitError{code: exitUsage, msg: err.Error()}
+	}
 	es, err := lock.Layout{Dir: p.lockDir, Global: p.globals, LockUID: lockUID}.Scan()
 	if errors.Is(err, lock.ErrTruncated) {
 		// The entries found are listed; say what was not looked at.
@@ -516,9 +518,7 @@ func runLocks(ctx context.Context, args []string) error {
 		if es == nil {
 			es = []lock.Entry{}
 		}
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(es)
+		return printJSON(es)
 	}
 	printLocks(os.Stdout, es, time.Now())
 	return nil
@@ -532,24 +532,26 @@ func printLocks(out io.Writer, es []lock.Entry, now time.Time) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PATH\tAPP/SERVICE\tKIND\tUID\tAGE\tSTATE\tHOLDER")
 	for _, e := range es {
+		// Paths, names and command lines come from users: escaped, so
+		// that they cannot move the cursor or forge a row.
 		svc := "(device)"
 		if e.App != "" {
-			svc = e.App + "/" + e.Service
+			svc = termSafe(e.App + "/" + e.Service)
 		}
 		holder := "unknown"
 		if e.Holder != nil {
 			holder = "pid " + strconv.Itoa(e.Holder.PID)
 			if e.Holder.Command != "" {
-				holder += " (" + e.Holder.Command + ")"
+				holder += " (" + termSafe(e.Holder.Command) + ")"
 			}
 		} else if e.State == lock.StateStale && e.Record != nil {
-			holder = fmt.Sprintf("dead pid %d (%s)", e.Record.PID, e.Record.Command)
+			holder = fmt.Sprintf("dead pid %d (%s)", e.Record.PID, termSafe(e.Record.Command))
 		}
 		age := now.Sub(e.Since).Round(time.Second)
 		if age < 0 {
 			age = 0
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.Path, svc, e.Kind, e.UID, age, e.State, holder)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", termSafe(e.Path), svc, e.Kind, e.UID, age, e.State, holder)
 	}
 	tw.Flush()
 }

@@ -836,3 +836,39 @@ func TestLockInodeReuse(t *testing.T) {
 		t.Errorf("the new file with the old inode number: exists=%v, stderr %q; want kept and reported", lockTestExists(p), errb.String())
 	}
 }
+
+// latch locks prints a holder's command line, which a user chooses, escaped:
+// it cannot clear root's terminal or forge a row of the listing.
+func TestLocksEscapesText(t *testing.T) {
+	dir := t.TempDir()
+	l := lock.Layout{Dir: filepath.Join(dir, "locks"), Global: []string{filepath.Join(dir, "balena", "updates.lock")}}
+	sdir, err := l.EnsureServiceDir(lock.Service{App: "kiosk", Service: "ui"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := exec.Command("flock", filepath.Join(sdir, lock.UpdatesName), "sh", "-c", "sleep 60", evil)
+	holder.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-holder.Process.Pid, syscall.SIGKILL)
+		holder.Wait()
+	})
+	var out []byte
+	waitUntil(t, "flock to hold the lock", func() bool {
+		out, err = exec.Command(testLatchBin, "locks", "--lock-dir", l.Dir, "--global-lock", l.Global[0]).CombinedOutput()
+		return err == nil && strings.Contains(string(out), "<forged row>")
+	})
+	checkNoRaw(t, "latch locks", string(out))
+	if !strings.Contains(string(out), evilEscaped) {
+		t.Errorf("latch locks does not show the holder's command escaped (%s):\n%s", evilEscaped, out)
+	}
+	js, err := exec.Command(testLatchBin, "locks", "--json", "--lock-dir", l.Dir, "--global-lock", l.Global[0]).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsAny(string(js), "\x1b\r\u202e") {
+		t.Errorf("latch locks --json carries raw control or bidi characters:\n%s", js)
+	}
+}
