@@ -933,3 +933,56 @@ func TestHardeningFullDiskStart(t *testing.T) {
 	d.noViolations()
 	d.stop()
 }
+
+// Configuration that config.env could not hold as one assignment (a key that
+// is not a variable name, a value with a line break or a NUL, which would
+// start a second assignment of the attacker's) is refused with a 400 naming
+// the key, and config.env stays as it was.
+func TestHardeningConfigRefused(t *testing.T) {
+	d := newDevice(t)
+	d.setTarget(d.targetDoc(map[string]any{"PANEL": "dim"}, kiosk1))
+	d.start()
+	d.waitFor("kiosk 2026.11.1 running", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+	env := filepath.Join(d.stateDir, "config.env")
+	d.waitFor("config.env written", func() bool { return exists(env) })
+	before := stateOf(t, env)
+	mark := filepath.Join(t.TempDir(), "ran")
+	for _, tc := range []struct {
+		key   string
+		value any
+	}{
+		{"A;touch " + mark + ";B", "1"},
+		{"A B", "1"},
+		{"1A", "1"},
+		{"A=B", "1"},
+		{"A$(touch " + mark + ")", "1"},
+		{"", "1"},
+		{"NOTE", "one\nLD_PRELOAD=/tmp/evil.so"},
+		{"NOTE", "one\rtwo"},
+		{"NOTE", "one\x00two"},
+		{"NOTE", map[string]any{"value": "one\ntouch " + mark, "reboot": true}},
+		{"NOTE", 42},
+	} {
+		doc := d.targetDoc(map[string]any{"PANEL": "bright", tc.key: tc.value}, kiosk1)
+		code, body := d.pushBody(doc)
+		if code != 400 || !strings.Contains(message(body), "config") {
+			t.Errorf("config %q=%#v: %d %s, want 400 naming the config entry", tc.key, tc.value, code, body)
+		}
+	}
+	d.settle()
+	if after := stateOf(t, env); !after.equal(before) {
+		b, _ := os.ReadFile(env)
+		t.Errorf("%s changed after refused configurations: was %s, now %s:\n%s", env, before, after, b)
+	}
+	out, err := exec.Command("/bin/sh", "-c", `. "$0"; printf %s "$PANEL"`, env).CombinedOutput()
+	if err != nil || string(out) != "dim" {
+		t.Errorf("sourcing %s: %q %v, want PANEL=dim", env, out, err)
+	}
+	if exists(mark) {
+		t.Errorf("a command planted in a refused configuration ran: %s exists", mark)
+	}
+	if s := d.status(); s.UpdatePending || s.Release != "kiosk=2026.11.1" {
+		t.Errorf("status after refused configurations: %+v, want kiosk=2026.11.1 and nothing pending", s)
+	}
+	d.stop()
+}
