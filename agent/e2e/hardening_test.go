@@ -986,3 +986,51 @@ func TestHardeningConfigRefused(t *testing.T) {
 	}
 	d.stop()
 }
+
+// A hold whose lock entry cannot be written (the lock dir's file system is
+// full) is refused, and the journal forgets it: it does not come back once
+// space is back, nor after a restart, and it blocks no update.
+func TestHardeningFullLockDir(t *testing.T) {
+	d := newDevice(t)
+	mountTmpfs(t, d, d.lockDir, 1<<20)
+	firstRelease(t, d)
+	d.waitFor("nothing pending", func() bool { return !d.status().UpdatePending })
+	filler := fillDisk(t, d.lockDir)
+	entry := filepath.Join(d.serviceDir("kiosk", "ui"), "latch-hold.lock")
+	code, body, err := d.request("POST", "/v2/locks", map[string]any{"app": "kiosk", "service": "ui", "reason": "calibration"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code < 500 {
+		t.Errorf("hold with a full lock dir: %d %s, want a 5xx refusal", code, body)
+	} else if !strings.Contains(message(body), "no space left") || !strings.Contains(message(body), "kiosk/ui") {
+		t.Errorf("hold with a full lock dir refused with %q, want it to name the service and say that the disk is full", message(body))
+	}
+	noHold := func(when string) {
+		t.Helper()
+		if s := d.fullStatus(); len(s.Holds) != 0 {
+			t.Errorf("%s: the refused hold is in the status: %+v", when, s.Holds)
+		}
+		for _, p := range d.lockPaths() {
+			if strings.HasPrefix(p, entry) {
+				t.Errorf("%s: the refused hold is listed by GET /v2/locks: %s", when, p)
+			}
+		}
+		if exists(entry) {
+			t.Errorf("%s: the refused hold left its entry %s", when, entry)
+		}
+	}
+	noHold("on the full lock dir")
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	d.settle()
+	noHold("after space came back")
+	d.stop()
+	d.start()
+	noHold("after a restart")
+	d.setTarget(d.targetDoc(nil, kiosk2))
+	d.waitFor("kiosk 2026.11.2 running", func() bool { return d.releaseOf("kiosk") == "2026.11.2" && !d.status().UpdatePending })
+	d.noViolations()
+	d.stop()
+}
