@@ -29,8 +29,8 @@ var meter1 = app{name: "meter", release: "1.0", services: []svc{{name: "probe"}}
 // --- helpers ---------------------------------------------------------------
 
 // mountTmpfs mounts a tmpfs of size bytes at dir (created if missing) and
-// unmounts it when the test ends, after the agent, which keeps its journal
-// open there, has been killed.
+// unmounts it when the test ends, after the agent, which may keep files open
+// there (its journal), has been killed.
 func mountTmpfs(t *testing.T, d *device, dir string, size int) {
 	t.Helper()
 	if os.Geteuid() != 0 {
