@@ -114,9 +114,10 @@ func (c *Config) setDefaults() {
 
 // Agent is the update agent. Create it with New, run it with Run.
 type Agent struct {
-	cfg    Config
-	j      *store.Journal
-	bootID string
+	cfg     Config
+	j       *store.Journal
+	bootID  string
+	lockKey []byte // makes the MAC of the agent's lock records (lock.key in the state dir)
 
 	reqs   chan request    // closures run by the loop
 	docs   chan target.Doc // from the target sources
@@ -227,6 +228,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := os.MkdirAll(filepath.Dir(a.cfg.Layout.Dir), 0o755); err != nil {
 		return fmt.Errorf("create the parent of lock dir %s: %w", a.cfg.Layout.Dir, err)
+	}
+	if err := a.loadLockKey(); err != nil {
+		return err
 	}
 	a.claimLockRoot()
 	// /tmp/balena and /tmp/resin belong to root from the start: a user who

@@ -639,7 +639,7 @@ func (a *Agent) setResumeBlocked(entries []lock.Entry) {
 		return
 	}
 	s.blockKey = key
-	msg := "interrupted apply waiting for the lock: " + describe(entries[0])
+	msg := "interrupted apply waiting for the lock: " + describe(entries[0]) + a.hint(entries[0])
 	a.event("deferred", "", "update %s: %s", short(s.resume.UpdateID), msg)
 	a.logf("update %s: %s", short(s.resume.UpdateID), msg)
 }

@@ -1,6 +1,10 @@
 package agent
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"latch/agent/lock"
 )
@@ -77,6 +82,12 @@ func (a *Agent) take(svcs []lock.Service, force bool, why, by string) ([]*lock.L
 		a.event("lock-released", "", "removed the leftover lock %s of a dead agent (pid %d)", e.Path, e.Record.PID)
 	}
 	for _, e := range remove {
+		if e.App == "" && e.Reason != "" {
+			// A device-wide lock held through a symlinked or foreign
+			// directory: latch removes nothing through it, a force passes it.
+			a.event("lock-removed", by, "%s: passed over %s (%s); latch removes nothing through it", why, e.Path, e.Reason)
+			continue
+		}
 		if err := a.cfg.Layout.RemoveEntry(e); err != nil {
 			// Replaced since the scan: what is there now blocks.
 			return nil, []lock.Entry{e}, nil
@@ -97,10 +108,17 @@ func (a *Agent) take(svcs []lock.Service, force bool, why, by string) ([]*lock.L
 // createLocks creates the agent's entries at every device-wide path, then
 // both names in every service directory of svcs, all or nothing.
 func (a *Agent) createLocks(svcs []lock.Service, force bool) ([]*lock.Lock, error) {
-	rec := lock.NewRecord(lock.RoleAgent)
+	rec := a.record(lock.RoleAgent)
 	var globals []*lock.Lock
 	mine := map[[2]uint64]bool{}
 	for _, g := range a.cfg.Layout.Global {
+		if force {
+			// A device-wide path that is held through a symlinked or
+			// foreign directory cannot be taken: a force passes it.
+			if e, err := a.cfg.Layout.Inspect(g); err == nil && e.Reason != "" {
+				continue
+			}
+		}
 		l, err := a.cfg.Layout.Create(g, rec, a.cfg.LockUID, a.cfg.LockGID)
 		if err != nil && errors.Is(err, fs.ErrNotExist) {
 			// No parent directory: nobody can take this path without
@@ -116,7 +134,7 @@ func (a *Agent) createLocks(svcs []lock.Service, force bool) ([]*lock.Lock, erro
 		mine[[2]uint64{l.Dev, l.Ino}] = true
 	}
 	ignore := func(e lock.Entry) bool {
-		return mine[[2]uint64{e.Dev, e.Ino}] || force && a.classify(e) == entryHold
+		return mine[[2]uint64{e.Dev, e.Ino}] || force && (a.classify(e) == entryHold || e.App == "" && e.Reason != "")
 	}
 	locks, err := a.cfg.Layout.AcquireExcept(svcs, []string{lock.UpdatesName, lock.ResinName}, rec, a.cfg.LockUID, a.cfg.LockGID, ignore)
 	if err != nil {
@@ -152,13 +170,68 @@ func (a *Agent) classify(e lock.Entry) entryClass {
 		}
 	}
 	r := e.Record
-	if r == nil || e.UID != a.cfg.LockUID || e.Kind != lock.KindFile || (r.Role != lock.RoleAgent && r.Role != lock.RoleHold) {
+	if r == nil || e.UID != a.cfg.LockUID || e.Kind != lock.KindFile || (r.Role != lock.RoleAgent && r.Role != lock.RoleHold) || !a.macOK(*r) {
 		return entryOther
 	}
 	if !recordLive(r) {
 		return entryDead
 	}
 	return entryOther
+}
+
+// record is a holder record of this agent, with the MAC that proves it.
+func (a *Agent) record(role lock.Role) lock.Record {
+	r := lock.NewRecord(role)
+	r.MAC = a.mac(r)
+	return r
+}
+
+// mac is the keyed digest of a record's fields (all but the MAC).
+func (a *Agent) mac(r lock.Record) string {
+	m := hmac.New(sha256.New, a.lockKey)
+	fmt.Fprintf(m, "latch lock record\n%s\n%d\n%s\n%s\n%s", r.Role, r.PID, r.BootID, r.Created.UTC().Format(time.RFC3339Nano), r.Command)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// macOK reports whether a record was made by an agent with this state dir's
+// key: only root can read the key, so a process of the lock uid cannot
+// make an entry that passes for the agent's.
+func (a *Agent) macOK(r lock.Record) bool {
+	want := a.mac(r)
+	return len(a.lockKey) > 0 && hmac.Equal([]byte(r.MAC), []byte(want))
+}
+
+// loadLockKey reads the key that the agent's records are made with, or
+// makes one (32 random bytes, mode 0600 in the state dir).
+func (a *Agent) loadLockKey() error {
+	path := filepath.Join(a.cfg.StateDir, "lock.key")
+	b, err := os.ReadFile(path)
+	if err == nil && len(b) == 32 {
+		a.lockKey = b
+		return nil
+	}
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		a.logf("warning: lock record key %s unreadable (%v): making a new one; entries that a dead agent left block until removed or forced", path, err)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return fmt.Errorf("make the lock record key: %w", err)
+	}
+	if err := writeFileAtomic(path, key, 0o600); err != nil {
+		return fmt.Errorf("write the lock record key %s: %w", path, err)
+	}
+	a.lockKey = key
+	return nil
+}
+
+// hint says what to do about an entry that the agent itself left under
+// another --lock-uid (its record's MAC is the agent's, its owner is not the
+// lock uid now): "" for any other entry.
+func (a *Agent) hint(e lock.Entry) string {
+	if r := e.Record; r != nil && e.UID != a.cfg.LockUID && (r.Role == lock.RoleAgent || r.Role == lock.RoleHold) && a.macOK(*r) {
+		return fmt.Sprintf(" (left by this agent when it ran with --lock-uid %d, now %d: remove it, force the update, or restart with --lock-uid %d)", e.UID, a.cfg.LockUID, e.UID)
+	}
+	return ""
 }
 
 // recordLive reports whether a record names a process that is alive on this

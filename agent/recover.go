@@ -182,7 +182,7 @@ func (a *Agent) takeOwn(path string, role lock.Role) (*lock.Lock, error) {
 			return nil, err
 		}
 	}
-	l, err := lock.Create(path, lock.NewRecord(role), a.cfg.LockUID, a.cfg.LockGID)
+	l, err := a.cfg.Layout.Create(path, a.record(role), a.cfg.LockUID, a.cfg.LockGID)
 	if err == nil {
 		return l, nil
 	}

@@ -326,7 +326,7 @@ func (a *Agent) snapshot() Status {
 		} else if s.pending != nil && cancelled(s.pending) {
 			what = "the rollback of the cancelled update"
 		}
-		st.Reason = what + " waits for the lock: " + describe(s.blockedBy[0])
+		st.Reason = what + " waits for the lock: " + describe(s.blockedBy[0]) + a.hint(s.blockedBy[0])
 	}
 	if s.applying || s.restarting != nil {
 		st.State = StateApplying
@@ -442,7 +442,7 @@ func (a *Agent) setBlocked(entries []lock.Entry) {
 	}
 	s.blockKey = key
 	p := s.pending
-	reason := "waiting for the lock: " + describe(entries[0])
+	reason := "waiting for the lock: " + describe(entries[0]) + a.hint(entries[0])
 	a.journal(func(tx *store.Tx) error {
 		p.State, p.Reason, p.Updated = store.Waiting, reason, time.Now()
 		if err := tx.PutPending(p); err != nil {

@@ -137,6 +137,10 @@ type Record struct {
 	Command string    `json:"command"`
 	Role    Role      `json:"role"`
 	Created time.Time `json:"created"`
+	// MAC, on the agent's records, is a keyed digest that only the agent
+	// can make (its key is root's): a process of the lock uid can write an
+	// entry that looks like the agent's, but not this.
+	MAC string `json:"mac,omitempty"`
 }
 
 // NewRecord returns a record naming this process: its pid, the boot id and
