@@ -74,7 +74,7 @@ func TestRandomCrashes(t *testing.T) {
 			break
 		}
 		r.round(round, kills)
-		if r.failedRounds >= 5 {
+		if r.failedRounds >= 25 {
 			t.Logf("stopping after %d failed rounds", r.failedRounds)
 			break
 		}
@@ -95,6 +95,7 @@ type crashRun struct {
 
 	kills, reboots int
 	failedRounds   int
+	errs           int  // errors reported so far
 	failed         bool // the newest target failed (and was rolled back)
 	schedule       []string
 	users          []userEntry // users' locks in place
@@ -118,7 +119,7 @@ func newCrashRun(t *testing.T, seed int64) *crashRun {
 	d := newDevice(t)
 	// Every kill during an apply costs an attempt: with at most 3 kills a
 	// round, 5 attempts always leave one to end on the newest target.
-	d.args = []string{"--max-attempts", strconv.Itoa(crashAttempts), "--retry-delay", "20ms"}
+	d.args = []string{"--max-attempts", strconv.Itoa(crashAttempts)}
 	// Other users reach the lock directories (t.TempDir is 0700).
 	for _, p := range []string{filepath.Dir(d.root), d.root} {
 		if err := os.Chmod(p, 0o755); err != nil {
@@ -175,6 +176,7 @@ func (r *crashRun) logf(format string, args ...any) {
 
 func (r *crashRun) errorf(format string, args ...any) {
 	r.t.Helper()
+	r.errs++
 	r.t.Errorf(format, args...)
 }
 
@@ -183,7 +185,7 @@ func (r *crashRun) errorf(format string, args ...any) {
 func (r *crashRun) round(n, maxKills int) {
 	t, d := r.t, r.d
 	t.Helper()
-	errsBefore := t.Failed()
+	errsBefore := r.errs
 	start := len(d.rawCommands())
 	oldKiosk, oldOther := r.kiosk, r.other
 	kind := []string{"upgrade", "upgrade", "upgrade", "drop", "broken", "restart", "download"}[r.rng.Intn(7)]
@@ -258,6 +260,18 @@ func (r *crashRun) round(n, maxKills int) {
 	// Kills at random moments, users' locks coming and going.
 	for k := r.rng.Intn(4); k > 0 && r.kills < maxKills; k-- {
 		delay := time.Duration(r.rng.Intn(250)) * time.Millisecond
+		if kind != "restart" && kind != "broken" && len(r.users) == 0 && len(r.holds) == 0 && r.rng.Intn(2) == 0 {
+			// Around the end of the apply: once every new service has
+			// started, past the health wait (50ms), in the health checks and
+			// the journalling of the outcome.
+			delay = 45*time.Millisecond + time.Duration(r.rng.Intn(70))*time.Millisecond/2
+			changed := []app{newKiosk}
+			if newOther.release != oldOther.release {
+				changed = append(changed, newOther)
+			}
+			r.logf("  next kill %s after every new service started", delay)
+			r.waitStarted(start, changed...)
+		}
 		time.Sleep(delay)
 		switch r.rng.Intn(4) {
 		case 0:
@@ -307,9 +321,38 @@ func (r *crashRun) round(n, maxKills int) {
 	}
 	r.checkTransitions(n, kind, lines, oldKiosk, newKiosk, oldOther, newOther, restarted)
 	r.checkRunning(n)
-	if t.Failed() && !errsBefore {
+	if r.errs > errsBefore {
 		r.failedRounds++
 		t.Logf("round %d commands:\n%s", n, strings.Join(lines, "\n"))
+	}
+}
+
+// waitStarted waits (at most 2s: a lock may hold the apply back) until the
+// commands log, from line from on, has a start of every service of the new
+// releases.
+func (r *crashRun) waitStarted(from int, apps ...app) {
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		lines := r.d.rawCommands()
+		if from > len(lines) {
+			from = len(lines)
+		}
+		seen := map[string]bool{}
+		for _, l := range lines[from:] {
+			if st, ok := parseStep(l); ok && st.Verb == "start" {
+				seen[st.App+"/"+st.Service+" "+st.Content] = true
+			}
+		}
+		all := true
+		for _, a := range apps {
+			for _, sv := range a.services {
+				all = all && seen[fmt.Sprintf("%s/%s %s/%s %s", a.name, sv.name, a.name, sv.name, a.release)]
+			}
+		}
+		if all {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
