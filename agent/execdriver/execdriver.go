@@ -165,7 +165,9 @@ func (d *Driver) run(ctx context.Context, what, command string, env []string) er
 	}
 	cmd.Env = append(append(os.Environ(), d.Env...), env...)
 	cmd.Stdout, cmd.Stderr = pw, pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: a command dies with the driver's process, instead of
+	// running on beside the next agent (Reap kills what it started).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error {
 		// The whole group: the shell and whatever it started.
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)

@@ -20,7 +20,7 @@ func TestMain(m *testing.M) {
 		d := &Driver{RunFile: runFile}
 		// The command writes its pid, then stays: the parent kills this
 		// process meanwhile, as a power cut or SIGKILL would.
-		d.Stop(context.Background(), Service{App: "a", Service: "s", Stop: "echo $$ > " + marker + "; sleep 600"})
+		d.Stop(context.Background(), Service{App: "a", Service: "s", Stop: "sleep 600 & echo $$ > " + marker + ".sh; echo $! > " + marker + "; wait"})
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
@@ -50,11 +50,20 @@ func TestReapKillsTheCommandsOfADeadDriver(t *testing.T) {
 	child.Wait()
 	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
 	if !alive(pid) {
-		t.Fatalf("the orphaned command %d died with its driver: nothing to reap, the test proves nothing", pid)
+		t.Fatalf("the command's child %d died with its driver: nothing to reap, the test proves nothing", pid)
+	}
+	// The shell itself dies with its driver (Pdeathsig): it runs no
+	// further step of the command beside the next agent.
+	b, _ := os.ReadFile(marker + ".sh")
+	shell, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	for deadline := time.Now().Add(10 * time.Second); shell > 0 && alive(shell) && !zombie(shell); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the command's shell %d outlived its driver", shell)
+		}
 	}
 	rec, _ := os.ReadFile(runFile)
-	if !strings.HasPrefix(string(rec), strconv.Itoa(pid)+" ") {
-		t.Fatalf("run file holds %q, want the command's process group %d", rec, pid)
+	if !strings.HasPrefix(string(rec), strconv.Itoa(shell)+" ") {
+		t.Fatalf("run file holds %q, want the command's process group %d", rec, shell)
 	}
 
 	n, err := (&Driver{RunFile: runFile}).Reap()
