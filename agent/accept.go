@@ -54,8 +54,7 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 	if err := a.journalUpdate(doc, st, by); err != nil {
 		return err
 	}
-	a.accepted(doc, st, by)
-	return nil
+	return a.accepted(doc, st, by)
 }
 
 // queue journals a target that arrived during an action; it is taken up
@@ -110,35 +109,98 @@ func (a *Agent) takeQueued() {
 	}
 	a.st.queued = nil
 	if err == nil {
-		a.accepted(target.Doc{Data: q.Doc, Source: q.Source}, st, q.By)
+		if err := a.accepted(target.Doc{Data: q.Doc, Source: q.Source}, st, q.By); err != nil {
+			a.logf("%v", err)
+			a.retrySource(target.Doc{Data: q.Doc, Source: q.Source}, q.By)
+		}
 	}
 }
 
+// retrySource keeps a document whose acceptance failed for a reason of the
+// device's (a full disk), not of the document, and accepts it again after
+// --retry-delay: a file or URL source sends a document once, so it would
+// be lost otherwise.
+func (a *Agent) retrySource(doc target.Doc, by string) {
+	d := doc
+	a.st.retryDoc, a.st.retryDocBy, a.st.retryDocAt = &d, by, time.Now().Add(a.cfg.RetryDelay)
+}
+
+// refusedForGood reports whether err is about the document itself (it will
+// never be accepted as it is), not about the device.
+func refusedForGood(err error) bool {
+	return errors.Is(err, target.ErrInvalid) || errors.Is(err, target.ErrBadSignature) || errors.Is(err, target.ErrNoSignature)
+}
+
 // checkPaths refuses a target that would install a file into latch's own
-// state: the state dir (journal, downloads), the lock directories, the
-// device-wide lock paths and the API's run dir.
+// state: the state dir (journal, downloads, key), the lock directories, the
+// run dir (API socket), the device-wide lock paths and their directories.
 func (a *Agent) checkPaths(st *target.State) error {
-	var own []string
-	for _, d := range []string{a.cfg.StateDir, a.cfg.Layout.Dir, a.cfg.RunDir} {
-		if d != "" {
-			own = append(own, filepath.Clean(d))
-		}
-	}
-	for _, g := range a.cfg.Layout.Global {
-		own = append(own, filepath.Clean(g), filepath.Dir(filepath.Clean(g)))
-	}
 	for _, app := range sortedKeys(st.Apps) {
 		for _, name := range sortedKeys(st.Apps[app].Services) {
 			for i, f := range st.Apps[app].Services[name].Files {
-				for _, d := range own {
-					if f.Path == d || strings.HasPrefix(f.Path, d+"/") {
-						return fmt.Errorf("%w: apps.%s.services.%s.files[%d].path %s is inside %s, which latch keeps for itself (journal, downloads, locks, API socket)", target.ErrInvalid, app, name, i, f.Path, d)
-					}
+				if d := a.ownPath(f.Path); d != "" {
+					return fmt.Errorf("%w: apps.%s.services.%s.files[%d].path %s is in %s, which latch keeps for itself (journal, downloads, locks, API socket)", target.ErrInvalid, app, name, i, f.Path, d)
 				}
 			}
 		}
 	}
 	return nil
+}
+
+// ownPath says which of latch's own paths p is in ("" when none), as written
+// and as the file system resolves it (a symlink, /proc/self/root), so that
+// no alias gets past.
+func (a *Agent) ownPath(p string) string {
+	var trees, exact []string // a tree is refused with all it holds
+	for _, d := range []string{a.cfg.StateDir, a.cfg.Layout.Dir, a.cfg.RunDir} {
+		if d != "" {
+			trees = append(trees, filepath.Clean(d))
+		}
+	}
+	for _, g := range a.cfg.Layout.Global {
+		g = filepath.Clean(g)
+		exact = append(exact, g)
+		// /tmp/balena and /tmp/resin are lock directories (sticky, open to
+		// all) and latch's whole; /data of the legacy /data/resin-updates.lock
+		// is not, and only the lock path itself is refused there.
+		if fi, err := os.Lstat(filepath.Dir(g)); err == nil && fi.IsDir() && fi.Mode()&os.ModeSticky != 0 && fi.Mode().Perm()&0o002 != 0 {
+			trees = append(trees, filepath.Dir(g))
+		} else {
+			exact = append(exact, filepath.Dir(g))
+		}
+	}
+	in := func(p, d string, tree bool) bool {
+		return p == d || tree && strings.HasPrefix(p, d+"/")
+	}
+	for _, cand := range []string{filepath.Clean(p), resolvePath(p)} {
+		for _, d := range trees {
+			if in(cand, d, true) || in(cand, resolvePath(d), true) {
+				return d
+			}
+		}
+		for _, d := range exact {
+			if in(cand, d, false) || in(cand, resolvePath(d), false) {
+				return d
+			}
+		}
+	}
+	return ""
+}
+
+// resolvePath is p with the symlinks of its deepest existing ancestor
+// resolved (the rest is appended as written).
+func resolvePath(p string) string {
+	p = filepath.Clean(p)
+	rest := ""
+	for dir := p; ; dir = filepath.Dir(dir) {
+		if r, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(r, rest)
+		}
+		if dir == "/" || dir == "." {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(dir), rest)
+	}
 }
 
 // journalUpdate journals the update that st asks for (if any) in one
@@ -217,16 +279,22 @@ func (a *Agent) journalUpdate(doc target.Doc, st *target.State, by string) error
 // (kept for the next start, so that its services get their lock directories
 // and drop-ins before READY even when its source is unreachable at boot), its
 // services are prepared and its configuration applied.
-func (a *Agent) accepted(doc target.Doc, st *target.State, by string) {
+//
+// A configuration that cannot be written (a full disk) is an error: the
+// source is told, and the same document sent again applies it then (the
+// update it asks for is journalled already, and not asked for twice).
+func (a *Agent) accepted(doc target.Doc, st *target.State, by string) error {
 	a.st.latest = st
 	if err := writeFileAtomic(a.latestPath(), doc.Data, 0o600); err != nil {
 		a.logf("keep the target state: %v", err)
 	}
 	a.prepare(st)
-	if err := a.applyConfig(st, by); err != nil {
-		a.logf("configuration of the target from %s: %v", doc.Source, err)
+	err := a.applyConfig(st, by)
+	if err != nil {
+		err = fmt.Errorf("configuration of the target from %s: %w", doc.Source, err)
 	}
 	a.reconcileHolds(false)
+	return err
 }
 
 func orNone(s string) string {

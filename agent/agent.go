@@ -317,8 +317,12 @@ func (a *Agent) loop(ctx context.Context, w *lock.Watcher) error {
 				a.publish() // the caller then reads a status that shows what it did
 				r.reply <- err
 			case doc := <-a.docs:
+				a.st.retryDoc = nil // a newer document wins
 				if err := a.accept(doc, "target:"+doc.Source); err != nil {
 					a.logf("target from %s rejected: %v", doc.Source, err)
+					if !refusedForGood(err) {
+						a.retrySource(doc, "target:"+doc.Source)
+					}
 				}
 			case <-w.C:
 				lastScan = time.Now() // a lock appeared or disappeared: advance() rescans

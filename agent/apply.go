@@ -27,12 +27,13 @@ const (
 	phaseStarted    = "started"
 	phaseHealthy    = "healthy"
 	phaseRestoring  = "restoring"
+	phaseRestopped  = "restore-stopped" // the rollback stopped what the apply started
 	phaseRestored   = "restored"
 )
 
 var phaseRank = map[string]int{
 	phasePending: 0, phaseStopping: 1, phaseStopped: 2, phaseInstalling: 3, phaseInstalled: 4,
-	phaseStarting: 5, phaseStarted: 6, phaseHealthy: 7, phaseRestoring: 8, phaseRestored: 9,
+	phaseStarting: 5, phaseStarted: 6, phaseHealthy: 7, phaseRestoring: 8, phaseRestopped: 9, phaseRestored: 10,
 }
 
 // applyDone is the apply worker's report.
@@ -189,7 +190,7 @@ type applyWorker struct {
 // setPhase journals the phase of service i, then hits its failpoint.
 func (w *applyWorker) setPhase(i int, phase string) error {
 	w.ap.Steps[i].Phase, w.ap.Steps[i].At = phase, time.Now()
-	if err := w.a.j.Update(func(tx *store.Tx) error { return tx.PutApply(w.ap) }); err != nil {
+	if err := w.a.commit(func(tx *store.Tx) error { return tx.PutApply(w.ap) }); err != nil {
 		return fmt.Errorf("journal %s of %s: %w", phase, w.plan[i].Svc, err)
 	}
 	hit(phase, w.plan[i].Svc.String())
@@ -248,7 +249,7 @@ func (w *applyWorker) run1(ctx context.Context) applyDone {
 
 func (w *applyWorker) inRollback() bool {
 	for _, s := range w.ap.Steps {
-		if s.Phase == phaseRestoring || s.Phase == phaseRestored {
+		if s.Phase == phaseRestoring || s.Phase == phaseRestopped || s.Phase == phaseRestored {
 			return true
 		}
 	}
@@ -337,6 +338,11 @@ func (w *applyWorker) install(i int) error {
 				allow = tf.AllowWritableDir
 			}
 		}
+		// Checked again now: a link planted since the target was accepted
+		// must not lead an install into latch's own files.
+		if d := w.a.ownPath(f.Path); d != "" {
+			return fmt.Errorf("install %s: it now leads into %s, which latch keeps for itself", f.Path, d)
+		}
 		if err := fetch.Install(w.a.staged(f.SHA256), f.Path, modeOf(f), f.SHA256, fetch.AllowWritableDir(allow)); err != nil {
 			return err
 		}
@@ -359,12 +365,22 @@ func (w *applyWorker) restore(ctx context.Context, cause error) error {
 		if ctx.Err() != nil {
 			return errInterrupted
 		}
-		if err := w.setPhase(i, phaseRestoring); err != nil {
-			return err
-		}
-		if !w.plan[i].Remove {
-			if err := drv.Stop(step, w.service(i)); err != nil {
-				problems = append(problems, fmt.Sprintf("stop %s: %v", w.plan[i].Svc, err))
+		if ph != phaseRestopped {
+			// What the apply started of the new release is stopped, with
+			// its own command; a service it never started (or a removed
+			// one, stopped for good) is not stopped again. "restoring"
+			// from an earlier rollback cannot tell, and stops.
+			started := phaseRank[ph] >= phaseRank[phaseStarting]
+			if err := w.setPhase(i, phaseRestoring); err != nil {
+				return err
+			}
+			if started && !w.plan[i].Remove {
+				if err := drv.Stop(step, w.service(i)); err != nil {
+					problems = append(problems, fmt.Sprintf("stop %s: %v", w.plan[i].Svc, err))
+				}
+			}
+			if err := w.setPhase(i, phaseRestopped); err != nil {
+				return err
 			}
 		}
 		for _, fi := range w.plan[i].Files {

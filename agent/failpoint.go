@@ -3,7 +3,9 @@ package agent
 import (
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -22,6 +24,30 @@ const (
 
 // failpoint is LATCH_FAILPOINT, read once. Empty: every hit is a no-op.
 var failpoint = os.Getenv("LATCH_FAILPOINT")
+
+// commitFailpoint is N of LATCH_FAILPOINT=commit:N (0: none), and commits
+// counts the journal commits so far (a worker and the loop may both commit).
+var (
+	commitFailpoint = func() int64 {
+		n, ok := strings.CutPrefix(failpoint, "commit:")
+		if !ok {
+			return 0
+		}
+		v, _ := strconv.ParseInt(n, 10, 64)
+		return v
+	}()
+	commits atomic.Int64
+)
+
+// hitCommit kills the process right after its Nth journal commit when
+// LATCH_FAILPOINT=commit:N: a test sweeping N kills the agent between any
+// two commits, whatever a step's commits are.
+func hitCommit() {
+	if commitFailpoint > 0 && commits.Add(1) == commitFailpoint {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}
 
 // hit kills the process with SIGKILL if LATCH_FAILPOINT names this step
 // (optionally qualified with the service, "phase:app/service").

@@ -123,7 +123,7 @@ func (a *Agent) startRestart(ap *store.Apply, svc Service, locks []*lock.Lock, r
 		step := context.WithoutCancel(ctx)
 		set := func(phase string) error {
 			ap.Steps[0].Phase, ap.Steps[0].At = phase, time.Now()
-			if err := a.j.Update(func(tx *store.Tx) error { return tx.PutApply(ap) }); err != nil {
+			if err := a.commit(func(tx *store.Tx) error { return tx.PutApply(ap) }); err != nil {
 				return fmt.Errorf("journal %s of %s: %w", phase, ls, err)
 			}
 			hit("restart-"+phase, ls.String())

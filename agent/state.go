@@ -24,6 +24,11 @@ type loopState struct {
 	latest   *target.State        // the latest accepted target
 	running  *target.State        // the target last applied in full (nil: not known)
 	queued   *store.Queued        // a target accepted during an action, journalled, taken after it
+	// retryDoc is a document from a source that could not be taken for a
+	// reason of the device's (a full disk): it is tried again at retryDocAt.
+	retryDoc   *target.Doc
+	retryDocBy string
+	retryDocAt time.Time
 	override store.Override
 	forcedBy string // who armed the pending update's force (the journal keeps only that it is armed)
 	holds    []store.Hold
@@ -95,6 +100,9 @@ func (s *loopState) nextWake(now time.Time) (time.Duration, bool) {
 	}
 	for _, h := range s.holds {
 		consider(h.Expires)
+	}
+	if s.retryDoc != nil {
+		consider(s.retryDocAt)
 	}
 	if s.reboot != nil {
 		consider(s.rebootRetryAt)
@@ -240,9 +248,20 @@ func (a *Agent) knownServices() []lock.Service {
 // returned. Every state change of the agent is journalled before it is
 // acted upon.
 func (a *Agent) journal(fn func(tx *store.Tx) error) error {
-	err := a.j.Update(fn)
+	err := a.commit(fn)
 	if err != nil {
 		a.logf("journal: %v", err)
+	}
+	return err
+}
+
+// commit is the one way the agent writes its journal: one transaction, then
+// the commit failpoint (LATCH_FAILPOINT=commit:N kills the agent right after
+// its Nth commit, so that a test can kill it between any two).
+func (a *Agent) commit(fn func(tx *store.Tx) error) error {
+	err := a.j.Update(fn)
+	if err == nil {
+		hitCommit()
 	}
 	return err
 }
@@ -379,6 +398,15 @@ func (a *Agent) advance() {
 	}
 	if a.st.queued != nil && !a.busy() {
 		a.takeQueued()
+	}
+	if d := a.st.retryDoc; d != nil && !now.Before(a.st.retryDocAt) {
+		a.st.retryDoc = nil
+		if err := a.accept(*d, a.st.retryDocBy); err != nil {
+			a.logf("target from %s rejected again: %v", d.Source, err)
+			if !refusedForGood(err) {
+				a.retrySource(*d, a.st.retryDocBy)
+			}
+		}
 	}
 	if a.cfg.BreakStale {
 		a.breakStale()
