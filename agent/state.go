@@ -17,22 +17,22 @@ import (
 // loopState is the agent's state. It is owned by the event loop goroutine:
 // nothing else reads or writes it (requests run on the loop through do).
 type loopState struct {
-	apps     map[string]store.App // cache of the journal's app records
-	pending  *store.Update        // the journal's pending update, nil when none
-	tgt      *target.State        // pending.Target, parsed
-	plan     []planned            // what pending changes, in apply order
-	latest   *target.State        // the latest accepted target
-	running  *target.State        // the target last applied in full (nil: not known)
-	queued   *store.Queued        // a target accepted during an action, journalled, taken after it
+	apps    map[string]store.App // cache of the journal's app records
+	pending *store.Update        // the journal's pending update, nil when none
+	tgt     *target.State        // pending.Target, parsed
+	plan    []planned            // what pending changes, in apply order
+	latest  *target.State        // the latest accepted target
+	running *target.State        // the target last applied in full (nil: not known)
+	queued  *store.Queued        // a target accepted during an action, journalled, taken after it
 	// retryDoc is a document from a source that could not be taken for a
 	// reason of the device's (a full disk): it is tried again at retryDocAt.
 	retryDoc   *target.Doc
 	retryDocBy string
 	retryDocAt time.Time
-	override store.Override
-	forcedBy string // who armed the pending update's force (the journal keeps only that it is armed)
-	holds    []store.Hold
-	reboot   *store.Reboot // pending reboot or shutdown
+	override   store.Override
+	forcedBy   string // who armed the pending update's force (the journal keeps only that it is armed)
+	holds      []store.Hold
+	reboot     *store.Reboot // pending reboot or shutdown
 
 	holdLocks map[string]*lock.Lock // service dir -> the hold entry we keep there
 
