@@ -251,7 +251,7 @@ func (d *device) start(env ...string) time.Time {
 	args := append([]string{}, d.wrap...)
 	source := []string{"--target-file", d.target}
 	if d.targetURL != "" {
-		source = []string{"--target-url", d.targetURL, "--poll", "100ms"}
+		source = []string{"--target-url", d.targetURL, "--poll", "1s"}
 	}
 	args = append(args, latchBin, "agent", "--root", d.root, "--driver", "exec", "--health-wait", "50ms", "--retry-delay", "100ms")
 	args = append(args, source...)
