@@ -296,11 +296,10 @@ func put1(bucket, key string, val []byte) func(*bolt.Tx) error {
 func TestCorruptStructure(t *testing.T) {
 	ne := binary.NativeEndian
 	type layout struct {
-		pageSize           int64
-		freelist, events   uint64 // the freelist page, the events bucket's root (a branch page)
-		child0, child1     uint64 // the first two children of that branch page
-		child1Off          int64  // where the second child's page id is written
-		elements, overflow uint32
+		pageSize         int64
+		freelist, events uint64 // the freelist page, the events bucket's root (a branch page)
+		child0, child1   uint64 // the first two children of that branch page
+		child1Off        int64  // where the second child's page id is written
 	}
 	look := func(t *testing.T, path string) layout {
 		t.Helper()

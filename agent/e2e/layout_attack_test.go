@@ -108,15 +108,6 @@ func laPoll(d *device) deviceStatus {
 	return s
 }
 
-func laRel(d *device, appName string) string {
-	for _, kv := range strings.Split(laPoll(d).Release, ",") {
-		if k, v, ok := strings.Cut(kv, "="); ok && k == appName {
-			return v
-		}
-	}
-	return ""
-}
-
 // laApplied reports whether the kiosk app runs rel with nothing pending.
 func laApplied(d *device, rel string) bool {
 	s := laPoll(d)
