@@ -139,7 +139,10 @@ func runAgent(ctx context.Context, args []string) error {
 	if os.Getenv("INVOCATION_ID") == "" { // not under systemd: journald adds its own time stamps
 		logger.SetFlags(log.LstdFlags)
 	}
-	logf := logger.Printf
+	// Log lines carry text from users (holder command lines, hold reasons,
+	// release names, command output): escaped, one line per entry, so that
+	// they cannot forge entries or drive the terminal of whoever reads them.
+	logf := func(format string, args ...any) { logger.Print(termSafe(fmt.Sprintf(format, args...))) }
 
 	uid, gid := lockUID, lockUID
 	if os.Geteuid() == 0 && uid == 0 {
@@ -218,7 +221,7 @@ func runAgent(ctx context.Context, args []string) error {
 		logf("journal %s was corrupt: moved aside to %s and started afresh", p.journal(), aside)
 	}
 	notifier := systemd.NewNotifier()
-	cfg.Notifier = notifier
+	cfg.Notifier = safeStatus{notifier}
 	a, err := agent.New(cfg, j)
 	if err != nil {
 		return err
@@ -290,6 +293,13 @@ func (x *execAdapter) Health(ctx context.Context, s agent.Service) error {
 func (x *execAdapter) Reap() (int, error)                 { return x.d.Reap() }
 func (x *execAdapter) Reboot(ctx context.Context) error   { return x.d.Reboot(ctx) }
 func (x *execAdapter) Shutdown(ctx context.Context) error { return x.d.Shutdown(ctx) }
+
+// safeStatus sends STATUS= lines escaped: they carry lock paths and holder
+// command lines that users choose, and `systemctl status` prints them to
+// root's terminal.
+type safeStatus struct{ *systemd.Notifier }
+
+func (n safeStatus) Status(line string) error { return n.Notifier.Status(termSafe(line)) }
 
 // systemdAdapter drives services as systemd units over D-Bus. Before a unit
 // starts it gets the drop-in that shows it its own lock at /tmp/balena.

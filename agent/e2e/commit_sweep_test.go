@@ -103,3 +103,22 @@ func releaseIn(s deviceStatus, appName string) string {
 	}
 	return ""
 }
+
+// The agent's log escapes what its commands print (and every other text it
+// quotes): a command's output cannot clear or drive the terminal of whoever
+// reads the log, nor forge a log line.
+func TestLogIsEscaped(t *testing.T) {
+	d := newDevice(t)
+	doc := patch(t, d.targetDoc(nil, kiosk1), "kiosk", "ui", "start", `printf 'x\033[2J\r\nforged line\n'; `)
+	d.setTarget(doc)
+	d.start()
+	d.waitFor("kiosk 2026.11.1 applied", func() bool { return d.releaseOf("kiosk") == "2026.11.1" })
+	d.stop()
+	out := d.output()
+	if strings.ContainsAny(out, "\x1b\r") {
+		t.Errorf("the agent's log carries a raw escape or carriage return:\n%q", out)
+	}
+	if !strings.Contains(out, `x\x1b[2J`) {
+		t.Errorf("the agent's log does not show the command's output escaped (x\\x1b[2J):\n%s", out)
+	}
+}
