@@ -9,10 +9,11 @@
 // the timeout or when ctx ends; a non-zero exit is an error naming the
 // service, the command, the status and the last lines of output. A start
 // command may leave a daemon running in the background: the call returns when
-// the shell exits, even if the daemon keeps the output open. With RunFile,
-// a command runs only once its process group is recorded there, and Reap
-// kills the groups a killed driver left in flight, so that an orphaned stop
-// never lands after the next agent finished.
+// the shell exits, even if the daemon keeps the output open. A command's
+// shell dies with the driver's process (Pdeathsig); with RunFile, every
+// command's process group is recorded there while it runs, and Reap kills
+// the groups a killed driver left in flight, so that nothing a dead agent
+// started lands after the next agent acts.
 //
 // The package imports nothing from the rest of latch.
 package execdriver
@@ -72,8 +73,8 @@ type Driver struct {
 	// the service and the step.
 	Log func(format string, args ...any)
 	// RunFile, if set, records the process group of every command in
-	// flight (see Reap), so that the commands of a driver that was killed
-	// never run on beside the next one.
+	// flight (see Reap), so that what the commands of a driver that was
+	// killed started never runs on beside the next one.
 	RunFile string
 
 	mu      sync.Mutex           // guards running
@@ -143,26 +144,7 @@ func (d *Driver) run(ctx context.Context, what, command string, env []string) er
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	var cmd *exec.Cmd
-	var gate *os.File
-	if d.RunFile == "" {
-		cmd = exec.CommandContext(cctx, shell, "-c", command)
-	} else {
-		// The command waits at a gate (fd 3) until its process group is
-		// recorded; if the driver dies first, the gate closes unopened
-		// and the command never runs.
-		gr, gw, err := os.Pipe()
-		if err != nil {
-			pr.Close()
-			pw.Close()
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		defer gw.Close()
-		gate = gw
-		cmd = exec.CommandContext(cctx, shell, "-c", gateScript, shell, command)
-		cmd.ExtraFiles = []*os.File{gr}
-		defer gr.Close()
-	}
+	cmd := exec.CommandContext(cctx, shell, "-c", command)
 	cmd.Env = append(append(os.Environ(), d.Env...), env...)
 	cmd.Stdout, cmd.Stderr = pw, pw
 	// Pdeathsig: a command dies with the driver's process, instead of
@@ -178,8 +160,7 @@ func (d *Driver) run(ctx context.Context, what, command string, env []string) er
 		return fmt.Errorf("%s: run %q: %w", what, command, err)
 	}
 	pw.Close()
-	if gate != nil {
-		cmd.ExtraFiles[0].Close()
+	if d.RunFile != "" {
 		pgid := cmd.Process.Pid
 		if err := d.track(pgid, true); err != nil {
 			syscall.Kill(-pgid, syscall.SIGKILL)
@@ -188,8 +169,6 @@ func (d *Driver) run(ctx context.Context, what, command string, env []string) er
 			return fmt.Errorf("%s: record the command's process group in %s: %w", what, d.RunFile, err)
 		}
 		defer d.track(pgid, false)
-		gate.Write([]byte{'\n'})
-		gate.Close()
 	}
 	out := &tail{}
 	drained := make(chan struct{})
@@ -220,10 +199,6 @@ func (d *Driver) run(ctx context.Context, what, command string, env []string) er
 	}
 	return fmt.Errorf("%s: %q: %w", what, command, werr)
 }
-
-// gateScript runs the command ($1) once a line arrives on fd 3, in the
-// same process (exec), so its process group is the recorded one.
-const gateScript = `read -r _ <&3 || exit 125; exec 3<&-; exec "$0" -c "$1"`
 
 // runningGroup identifies a process group leader across pid reuse.
 type runningGroup struct {

@@ -94,35 +94,3 @@ func zombie(pid int) bool {
 	i := strings.LastIndexByte(string(b), ')')
 	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
-
-// A command whose driver dies before its process group is recorded never
-// runs: the gate closes unopened.
-func TestGateClosedUnopenedRunsNothing(t *testing.T) {
-	marker := filepath.Join(t.TempDir(), "ran")
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("/bin/sh", "-c", gateScript, "/bin/sh", "touch "+marker)
-	cmd.ExtraFiles = []*os.File{r}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.Close()
-	w.Close() // the driver died
-	err = cmd.Wait()
-	if _, serr := os.Stat(marker); serr == nil {
-		t.Fatal("the command ran although its gate was never opened")
-	}
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 125 {
-		t.Fatalf("gate exit = %v, want status 125", err)
-	}
-	// And with the gate opened, it runs.
-	d := &Driver{RunFile: filepath.Join(t.TempDir(), "run")}
-	if err := d.Start(context.Background(), Service{Start: "touch " + marker}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(marker); err != nil {
-		t.Fatalf("gated command did not run: %v", err)
-	}
-}
