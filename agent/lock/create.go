@@ -64,6 +64,13 @@ func createAt(dirfd int, path, name string, rec Record, uid, gid, lockUID int) (
 	if err == nil {
 		err = unix.Fchmod(fd, 0o644) // the umask may have narrowed it
 	}
+	if err == nil {
+		// Durable before it is linked into place: on a file system that
+		// outlives a power cut (the legacy /data/resin-updates.lock), an entry
+		// that appears after the cut also has its record, so the next agent
+		// knows it for its own instead of waiting on an anonymous lock.
+		err = unix.Fsync(fd)
+	}
 	defer unix.Close(fd)
 	if err != nil {
 		return nil, fmt.Errorf("take lock %s: write record: %w", path, err)
