@@ -386,6 +386,7 @@ type deviceStatus struct {
 	UpdatePending    bool   `json:"update_pending"`
 	UpdateDownloaded bool   `json:"update_downloaded"`
 	UpdateFailed     bool   `json:"update_failed"`
+	UpdateID         string `json:"update_id"`
 	OverrideLock     bool   `json:"override_lock"`
 	Reason           string `json:"reason"`
 	BlockedBy        []struct {

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -211,6 +213,7 @@ func (r *crashRun) round(n, maxKills int) {
 	newKiosk, newOther := oldKiosk, oldOther
 	var restarted string
 	var restartDone chan struct{}
+	var brokenID string // the update id (sha256 of the document) of a broken round
 	switch kind {
 	case "upgrade", "drop", "download":
 		r.rel++
@@ -248,7 +251,10 @@ func (r *crashRun) round(n, maxKills int) {
 			newKiosk.services = append(newKiosk.services, sv)
 		}
 		r.logf("  target kiosk=%s %v (ui fails its health check)", newKiosk.release, names(newKiosk))
-		d.setTarget(d.targetDoc(nil, newKiosk, oldOther))
+		doc := d.targetDoc(nil, newKiosk, oldOther)
+		sum := sha256.Sum256(doc)
+		brokenID = hex.EncodeToString(sum[:])
+		d.setTarget(doc)
 	case "restart":
 		all := append(append([]string{}, prefixed(oldKiosk)...), prefixed(oldOther)...)
 		restarted = all[r.rng.Intn(len(all))]
@@ -310,7 +316,9 @@ func (r *crashRun) round(n, maxKills int) {
 	switch kind {
 	case "broken":
 		r.failed = true
-		r.waitIdle(fmt.Sprintf("round %d: the broken release rolled back", n), oldKiosk.release, oldOther.release, true)
+		// The failed state must be this round's: after a broken round the
+		// status is "failed" already, for the previous document.
+		r.waitFailed(fmt.Sprintf("round %d: the broken release rolled back", n), brokenID, oldKiosk.release, oldOther.release)
 	case "restart":
 		r.waitIdle(fmt.Sprintf("round %d: idle after the restart", n), oldKiosk.release, oldOther.release, r.failed)
 	default:
@@ -663,6 +671,17 @@ func (r *crashRun) journal() (*store.Apply, []store.Hold) {
 // waitIdle waits until the agent has nothing left to do, with kiosk and
 // other on the given releases (status "failed" when the newest target
 // failed, else "idle").
+// waitFailed waits until the update with id failed and was rolled back.
+func (r *crashRun) waitFailed(what, id, kiosk, other string) {
+	d := r.d
+	r.t.Helper()
+	d.waitFor(what, func() bool {
+		s := d.status()
+		return s.Status == "failed" && s.UpdateFailed && s.UpdateID == id &&
+			d.releaseOf("kiosk") == kiosk && d.releaseOf("other") == other
+	})
+}
+
 func (r *crashRun) waitIdle(what, kiosk, other string, failed bool) {
 	d := r.d
 	r.t.Helper()
