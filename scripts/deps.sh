@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what latch's tests need on a Debian 12 machine (root): lock tools,
-# qemu-user and qemu-system, systemd-nspawn and debootstrap, load tools.
+# qemu-user and qemu-system, systemd-nspawn and debootstrap, load tools, a
+# container engine and registry, an MQTT broker (the tests start their own).
 # Idempotent: installs only what is missing. Prints what it did.
 set -euo pipefail
 
@@ -22,6 +23,11 @@ pkgs=(
   curl
   wrk
   hyperfine
+  docker.io           # dockerd 20.10 (Engine API 1.41): the container driver's tests start their own
+  docker-registry     # distribution 2.8: the registry client's tests start their own
+  busybox-static      # test images FROM scratch
+  mosquitto           # MQTT 5 broker: the fleet tests start their own
+  mosquitto-clients
 )
 missing=()
 for p in "${pkgs[@]}"; do
