@@ -91,7 +91,7 @@ func (lf *lockFlags) add(fs *flag.FlagSet) {
 	lf.p.addFlags(fs)
 	addLockUIDFlag(fs, &lf.lockUID)
 	fs.StringVar(&lf.service, "service", "", "the lock of service APP/SERVICE: <lock-dir>/services/APP/SERVICE/updates.lock")
-	fs.StringVar(&lf.path, "path", "", "the lock file FILE (default $BALENA_APP_LOCK_PATH, else the first device-wide lock path)")
+	fs.StringVar(&lf.path, "path", "", "the lock file FILE (default $BALENA_APP_LOCK_PATH, else $RESIN_APP_LOCK_PATH, else the first device-wide lock path)")
 }
 
 // target resolves the lock path and the layout; create makes the lock
@@ -132,12 +132,15 @@ func (lf *lockFlags) target(create bool) (string, lock.Layout, error) {
 		}
 		return abs, layout, nil
 	}
-	if env := os.Getenv("BALENA_APP_LOCK_PATH"); env != "" {
-		abs, err := filepath.Abs(env)
-		if err != nil {
-			return "", layout, fmt.Errorf("BALENA_APP_LOCK_PATH %q: %w", env, err)
+	// balena's order: BALENA_APP_LOCK_PATH, then the legacy RESIN_APP_LOCK_PATH.
+	for _, name := range []string{"BALENA_APP_LOCK_PATH", "RESIN_APP_LOCK_PATH"} {
+		if env := os.Getenv(name); env != "" {
+			abs, err := filepath.Abs(env)
+			if err != nil {
+				return "", layout, fmt.Errorf("%s %q: %w", name, env, err)
+			}
+			return abs, layout, nil
 		}
-		return abs, layout, nil
 	}
 	if len(layout.Global) == 0 {
 		return "", layout, &exitError{code: exitUsage, msg: "no lock path: give --path FILE or --service APP/SERVICE (no device-wide lock path is configured)"}
@@ -239,7 +242,7 @@ func runLock(ctx context.Context, args []string) error {
 		rec.PID = os.Getppid()
 		rec.Command = procCmdline(rec.PID)
 	}
-	lk, fd, err := takeLock(ctx, layout, path, rec, wait, !*detach, sigc)
+	lk, err := takeLock(ctx, layout, path, rec, wait, sigc)
 	if err != nil {
 		return err
 	}
@@ -247,6 +250,8 @@ func runLock(ctx context.Context, args []string) error {
 		return nil
 	}
 	status, err := runUnderLock(cmdArgs, sigc)
+	// Remove drops the flock after the unlink, so that no flock(1) waiter
+	// wins an unlinked file.
 	if rerr := lk.Remove(); rerr != nil {
 		if errors.Is(rerr, lock.ErrNotOurs) {
 			fmt.Fprintf(os.Stderr, "latch lock: %s was replaced while CMD ran; left the new entry in place\n", path)
@@ -254,7 +259,6 @@ func runLock(ctx context.Context, args []string) error {
 			fmt.Fprintf(os.Stderr, "latch lock: %v\n", rerr)
 		}
 	}
-	unix.Close(fd) // after the removal, so that no flock(1) waiter wins an unlinked file
 	if err != nil {
 		return err
 	}
@@ -264,9 +268,10 @@ func runLock(ctx context.Context, args []string) error {
 	return nil
 }
 
-// takeLock creates the lock at path, waiting as wait says. With withFlock it
-// also takes a flock(2) on the new file and returns its descriptor (else -1).
-func takeLock(ctx context.Context, layout lock.Layout, path string, rec lock.Record, wait waitFlag, withFlock bool, sigc <-chan os.Signal) (*lock.Lock, int, error) {
+// takeLock creates the lock at path, waiting as wait says. The lock holds a
+// flock(2) on the new file (lock.Create takes it before the entry appears)
+// until it is removed or latch exits.
+func takeLock(ctx context.Context, layout lock.Layout, path string, rec lock.Record, wait waitFlag, sigc <-chan os.Signal) (*lock.Lock, error) {
 	var (
 		w        *lock.Watcher
 		deadline <-chan time.Time
@@ -286,27 +291,23 @@ func takeLock(ctx context.Context, layout lock.Layout, path string, rec lock.Rec
 	for {
 		select {
 		case s := <-sigc:
-			return nil, -1, &exitError{code: 128 + int(s.(syscall.Signal)), msg: fmt.Sprintf("%v while waiting for %s", s, path)}
+			return nil, &exitError{code: 128 + int(s.(syscall.Signal)), msg: fmt.Sprintf("%v while waiting for %s", s, path)}
 		default:
 		}
 		lk, err := layout.Create(path, rec, -1, -1)
-		fd := -1
-		if err == nil && withFlock {
-			fd, err = flockLock(layout, lk)
-		}
 		if err == nil {
-			return lk, fd, nil
+			return lk, nil
 		}
 		if !errors.Is(err, lock.ErrHeld) {
-			return nil, -1, err
+			return nil, err
 		}
 		if !wait.set {
-			return nil, -1, &exitError{code: exitLocked, msg: err.Error()}
+			return nil, &exitError{code: exitLocked, msg: err.Error()}
 		}
 		if w == nil {
 			// Watch first, then try again, so that no release is missed.
 			if w, err = (lock.Layout{Global: []string{path}}).Watch(); err != nil {
-				return nil, -1, err
+				return nil, err
 			}
 			ticker = time.NewTicker(recheckEvery)
 			continue
@@ -315,43 +316,13 @@ func takeLock(ctx context.Context, layout lock.Layout, path string, rec lock.Rec
 		case <-w.C:
 		case <-ticker.C:
 		case <-deadline:
-			return nil, -1, &exitError{code: exitTempFail, msg: fmt.Sprintf("gave up after %v: %v", wait.d, err)}
+			return nil, &exitError{code: exitTempFail, msg: fmt.Sprintf("gave up after %v: %v", wait.d, err)}
 		case s := <-sigc:
-			return nil, -1, &exitError{code: 128 + int(s.(syscall.Signal)), msg: fmt.Sprintf("%v while waiting for %s", s, path)}
+			return nil, &exitError{code: 128 + int(s.(syscall.Signal)), msg: fmt.Sprintf("%v while waiting for %s", s, path)}
 		case <-ctx.Done():
-			return nil, -1, &exitError{code: exitTempFail, msg: fmt.Sprintf("interrupted while waiting for %s", path)}
+			return nil, &exitError{code: exitTempFail, msg: fmt.Sprintf("interrupted while waiting for %s", path)}
 		}
 	}
-}
-
-// flockLock takes flock(LOCK_EX) on the file lk created. If a flock(1) user
-// got it first, the lock is removed again and reported as held.
-func flockLock(layout lock.Layout, lk *lock.Lock) (int, error) {
-	fd, err := unix.Open(lk.Path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
-	if err != nil {
-		lk.Remove()
-		return -1, fmt.Errorf("flock %s: %w", lk.Path, err)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || uint64(st.Dev) != lk.Dev || uint64(st.Ino) != lk.Ino {
-		unix.Close(fd)
-		lk.Remove()
-		return -1, &lock.HeldError{Entry: lock.Entry{Path: lk.Path, State: lock.StateHeld}}
-	}
-	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		unix.Close(fd)
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			e, _ := layout.Inspect(lk.Path)
-			lk.Remove()
-			if e.Path == "" {
-				e = lock.Entry{Path: lk.Path, State: lock.StateHeld}
-			}
-			return -1, &lock.HeldError{Entry: e}
-		}
-		lk.Remove()
-		return -1, fmt.Errorf("flock %s: %w", lk.Path, err)
-	}
-	return fd, nil
 }
 
 // runUnderLock runs CMD with the terminal, forwarding signals, and returns

@@ -72,7 +72,7 @@ func runLatch(t *testing.T, root string, args ...string) (string, string, int) {
 func latchCmd(root string, args ...string) *exec.Cmd {
 	a := append([]string{args[0], "--root", root}, args[1:]...)
 	cmd := exec.Command(testLatchBin, a...)
-	cmd.Env = append(os.Environ(), "BALENA_APP_LOCK_PATH=")
+	cmd.Env = append(os.Environ(), "BALENA_APP_LOCK_PATH=", "RESIN_APP_LOCK_PATH=")
 	return cmd
 }
 
@@ -144,19 +144,22 @@ func TestLockExitStatus(t *testing.T) {
 func TestLockDefaultPaths(t *testing.T) {
 	root := lockTestRoot(t)
 	for _, tc := range []struct {
-		name string
-		args []string
-		env  string
-		want string
+		name          string
+		args          []string
+		balena, resin string // BALENA_APP_LOCK_PATH, RESIN_APP_LOCK_PATH
+		want          string
 	}{
-		{"service", []string{"--service", "kiosk/ui"}, "", filepath.Join(root, "tmp/latch/services/kiosk/ui/updates.lock")},
-		{"BALENA_APP_LOCK_PATH", nil, filepath.Join(root, "env.lock"), filepath.Join(root, "env.lock")},
-		{"first device-wide lock", nil, "", filepath.Join(root, "tmp/balena/updates.lock")},
+		{"service", []string{"--service", "kiosk/ui"}, "", filepath.Join(root, "resin.lock"), filepath.Join(root, "tmp/latch/services/kiosk/ui/updates.lock")},
+		{"path", []string{"--path", filepath.Join(root, "p.lock")}, filepath.Join(root, "env.lock"), filepath.Join(root, "resin.lock"), filepath.Join(root, "p.lock")},
+		{"BALENA_APP_LOCK_PATH", nil, filepath.Join(root, "env.lock"), "", filepath.Join(root, "env.lock")},
+		{"BALENA_APP_LOCK_PATH before RESIN_APP_LOCK_PATH", nil, filepath.Join(root, "env.lock"), filepath.Join(root, "resin.lock"), filepath.Join(root, "env.lock")},
+		{"RESIN_APP_LOCK_PATH when BALENA_APP_LOCK_PATH is empty", nil, "", filepath.Join(root, "resin.lock"), filepath.Join(root, "resin.lock")},
+		{"first device-wide lock", nil, "", "", filepath.Join(root, "tmp/balena/updates.lock")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(append([]string{"lock", "--root", root}, tc.args...), "--", "sh", "-c", `test -f "$0" && cat "$0"`, tc.want)
 			cmd := exec.Command(testLatchBin, args...)
-			cmd.Env = append(os.Environ(), "BALENA_APP_LOCK_PATH="+tc.env)
+			cmd.Env = append(os.Environ(), "BALENA_APP_LOCK_PATH="+tc.balena, "RESIN_APP_LOCK_PATH="+tc.resin)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("latch lock: %v: %s", err, out)
@@ -201,6 +204,37 @@ func TestLockFlockAndHolder(t *testing.T) {
 	}
 	if lockTestExists(p) {
 		t.Errorf("lock left after CMD")
+	}
+}
+
+// TestLockFlockNotInherited: the descriptor latch holds its flock on is
+// close-on-exec (CMD has nothing of the lock open, so a CMD that outlives
+// latch keeps no flock), and a --detach lock keeps no flock once latch
+// has exited: the entry alone holds it.
+func TestLockFlockNotInherited(t *testing.T) {
+	lockNeedBin(t, "flock")
+	root := lockTestRoot(t)
+	p := filepath.Join(root, "x.lock")
+	script := `for f in /proc/$$/fd/*; do readlink "$f"; done; true`
+	out, errs, code := runLatch(t, root, "lock", "--path", p, "--", "sh", "-c", script)
+	if code != 0 {
+		t.Fatalf("latch lock: status %d: %s", code, errs)
+	}
+	if !strings.Contains(out, "/") {
+		t.Fatalf("CMD listed no descriptors: %q", out)
+	}
+	if strings.Contains(out, root) {
+		// (The descriptor was opened on the entry's temporary name.)
+		t.Errorf("CMD inherited a descriptor on the lock %s or in its directory:\n%s", p, out)
+	}
+	if _, errs, code := runLatch(t, root, "lock", "--path", p, "--detach"); code != 0 {
+		t.Fatalf("latch lock --detach: status %d: %s", code, errs)
+	}
+	if !lockTestExists(p) {
+		t.Fatalf("--detach left no lock at %s", p)
+	}
+	if out, err := exec.Command("flock", "-n", p, "true").CombinedOutput(); err != nil {
+		t.Errorf("flock -n on a --detach lock after latch exited: %v %s, want no flock left", err, out)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,17 @@ func helper(action string, args []string) int {
 		}
 	case "create": // path, role
 		_, err = Create(args[0], NewRecord(Role(args[1])), -1, -1)
+	case "flock": // path: try flock(LOCK_EX|LOCK_NB) on it
+		err = tryFlock(args[0])
+	case "acquire": // lock dir, APP/SERVICE: take the agent's locks, then wait to be killed
+		var s Service
+		if s, err = ParseService(args[1]); err == nil {
+			_, err = Layout{Dir: args[0], LockUID: os.Geteuid()}.Acquire([]Service{s}, []string{UpdatesName, ResinName}, NewRecord(RoleAgent), -1, -1)
+		}
+		if err == nil {
+			fmt.Println("ready")
+			io.Copy(io.Discard, os.Stdin) // until the test kills this process
+		}
 	default:
 		err = fmt.Errorf("unknown helper action %q", action)
 	}
@@ -496,7 +508,13 @@ func TestInodeReuse(t *testing.T) {
 			p := filepath.Join(dir, UpdatesName)
 			rec := NewRecord(RoleUser).marshal()
 
-			lk, err := Create(p, NewRecord(RoleUser), -1, -1)
+			// An entry made by Create keeps its inode while its flock's
+			// descriptor is open, so a replacement never gets its number;
+			// an adopted entry (a dead agent's) has no descriptor.
+			if err := os.WriteFile(p, rec, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			lk, err := Adopt(p)
 			if err != nil {
 				t.Fatal(err)
 			}

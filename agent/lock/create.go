@@ -22,15 +22,21 @@ type Lock struct {
 	// file systems reuse inode numbers at once, so a replacement can have
 	// the same device and inode but never the same change time.
 	ctime unix.Timespec
+	// f is the entry's own descriptor (close-on-exec), on which this
+	// process holds flock(LOCK_EX) for as long as it holds the entry, so
+	// that tools testing the lock with flock (flock -n) see it held. It is
+	// nil for an entry adopted with Adopt. The kernel drops the flock when
+	// the process dies; the entry left behind is a dead record.
+	f *os.File
 }
 
 var tmpSeq atomic.Uint32
 
 // Create makes the lock entry path exclusively. The entry appears atomically,
-// already owned by uid:gid (uid < 0 leaves the caller's) and already holding
-// rec, or not at all: it is written under a temporary name in the same
-// directory and linked into place with link(2), which never follows or
-// replaces anything at path. If something exists at path, Create returns a
+// already owned by uid:gid (uid < 0 leaves the caller's), already holding
+// rec and already flocked (LOCK_EX) by this process until Remove, or not at
+// all: it is written under a temporary name in the same directory and linked
+// into place with link(2), which never follows or replaces anything at path. If something exists at path, Create returns a
 // *HeldError (errors.Is(err, ErrHeld)) describing it. Every directory on the
 // way is opened without following a symlink (ErrSymlink naming it). Create
 // counts no entry as the agent's in that description; Layout.Create does.
@@ -52,17 +58,31 @@ func (l Layout) Create(path string, rec Record, uid, gid int) (*Lock, error) {
 
 func createAt(dirfd int, path, name string, rec Record, uid, gid, lockUID int) (*Lock, error) {
 	tmp := fmt.Sprintf(".%s.latch-%d-%d", name, os.Getpid(), tmpSeq.Add(1))
-	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	// Mode 0600 until the flock is taken: no other user can open the
+	// temporary file and flock it first.
+	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("take lock %s: create temporary file: %w", path, err)
 	}
 	defer unix.Unlinkat(dirfd, tmp, 0)
+	kept := false
+	defer func() {
+		if !kept {
+			unix.Close(fd)
+		}
+	}()
+	// The flock is on the descriptor that made the file, taken before the
+	// entry is linked into place: the entry is never seen unflocked, and
+	// nothing is opened again by a path that could be swapped.
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return nil, fmt.Errorf("take lock %s: flock temporary file %s: %w", path, tmp, err)
+	}
 	err = writeAll(fd, rec.marshal())
 	if err == nil && uid >= 0 {
 		err = unix.Fchown(fd, uid, gid)
 	}
 	if err == nil {
-		err = unix.Fchmod(fd, 0o644) // the umask may have narrowed it
+		err = unix.Fchmod(fd, 0o644)
 	}
 	if err == nil {
 		// Durable before it is linked into place: on a file system that
@@ -71,7 +91,6 @@ func createAt(dirfd int, path, name string, rec Record, uid, gid, lockUID int) (
 		// knows it for its own instead of waiting on an anonymous lock.
 		err = unix.Fsync(fd)
 	}
-	defer unix.Close(fd)
 	if err != nil {
 		return nil, fmt.Errorf("take lock %s: write record: %w", path, err)
 	}
@@ -84,7 +103,8 @@ func createAt(dirfd int, path, name string, rec Record, uid, gid, lockUID int) (
 			if err := unix.Fstat(fd, &st); err != nil {
 				return nil, fmt.Errorf("take lock %s: stat: %w", path, err)
 			}
-			return &Lock{Path: path, Dev: uint64(st.Dev), Ino: uint64(st.Ino), ctime: st.Ctim}, nil
+			kept = true
+			return &Lock{Path: path, Dev: uint64(st.Dev), Ino: uint64(st.Ino), ctime: st.Ctim, f: os.NewFile(uintptr(fd), path)}, nil
 		}
 		if !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("take lock %s: link: %w", path, err)
@@ -129,12 +149,69 @@ func Adopt(path string) (*Lock, error) {
 	return &Lock{Path: path, Dev: uint64(st.Dev), Ino: uint64(st.Ino), ctime: st.Ctim}, nil
 }
 
+// Reclaim is Adopt for an entry this process takes over and holds (a dead
+// agent's entry that it resumes with): it also opens the entry, never
+// following a symlink, and holds flock(LOCK_EX) on it until Remove, like an
+// entry made by Create. The entry must be a regular file that nobody else
+// flocks; a file another process flocks is returned as a *HeldError.
+func Reclaim(path string) (*Lock, error) {
+	path = filepath.Clean(path)
+	dirfd, name, err := openParent(path)
+	if err != nil {
+		return nil, fmt.Errorf("reclaim lock %s: %w", path, err)
+	}
+	defer unix.Close(dirfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, fmt.Errorf("reclaim lock %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("reclaim lock %s: not a regular file (mode %#o): only an entry latch made can be taken over", path, st.Mode&unix.S_IFMT)
+	}
+	// O_NONBLOCK: a fifo swapped in after the lstat does not hang the open.
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("reclaim lock %s: %w", path, err)
+	}
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, fmt.Errorf("reclaim lock %s: %w", path, ErrNotOurs)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			e, derr := describe(dirfd, path, name, readProcLocks(), -1)
+			if derr != nil {
+				e = Entry{Path: path, State: StateHeld}
+			}
+			return nil, &HeldError{Entry: e}
+		}
+		return nil, fmt.Errorf("reclaim lock %s: flock: %w", path, err)
+	}
+	return &Lock{Path: path, Dev: uint64(st.Dev), Ino: uint64(st.Ino), ctime: st.Ctim, f: os.NewFile(uintptr(fd), path)}, nil
+}
+
+// Flocked reports whether this process holds a flock on the entry (made by
+// Create or Reclaim, and not yet removed).
+func (l *Lock) Flocked() bool { return l.f != nil }
+
+// unflock drops the flock and closes the entry's descriptor.
+func (l *Lock) unflock() {
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+}
+
 // Remove deletes the entry if it is still the one created or adopted (same
 // device, inode and change time: a freed inode number is reused at once);
 // otherwise it leaves it and returns an error wrapping ErrNotOurs. The
 // directories on the way are opened without following a symlink. An entry
-// already gone is not an error.
+// already gone is not an error. Remove ends the holding whatever it returns:
+// the flock is dropped (after the unlink, so that a flock(1) waiter never
+// wins a file that is being removed) and the descriptor closed.
 func (l *Lock) Remove() error {
+	defer l.unflock()
 	dirfd, name, err := openParent(l.Path)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
