@@ -1,0 +1,6 @@
+//go:build arm.7
+
+package registry
+
+// goarm is GOARM of this build (the arm.N build tags are cumulative).
+func goarm() string { return "7" }
