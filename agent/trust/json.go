@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -40,55 +39,66 @@ const maxDepth = 64
 // of two equal names silently: a document whose signer saw one value and
 // whose reader sees another is refused here, before anything reads it.
 func checkJSON(b []byte, what string) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	if err := walkJSON(dec, what, 0); err != nil {
-		return err
-	}
-	return checkEnd(dec, what)
-}
-
-func walkJSON(dec *json.Decoder, what string, depth int) error {
-	tok, err := dec.Token()
-	if err == io.EOF && depth == 0 {
+	if len(bytes.TrimSpace(b)) == 0 {
 		return malformed("%s: empty, want a JSON document", what)
 	}
-	if err != nil {
-		return malformed("%s: not valid JSON: %w", what, err)
-	}
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return nil
-	}
-	if depth >= maxDepth {
-		return malformed("%s: nested deeper than %d levels", what, maxDepth)
-	}
-	names := map[string]bool{}
-	for dec.More() {
-		if d == '{' {
-			tok, err := dec.Token()
-			if err != nil {
-				return malformed("%s: not valid JSON: %w", what, err)
-			}
-			name, _ := tok.(string)
-			if names[name] {
-				return malformed("%s: field %q appears twice in one object: remove one", what, name)
-			}
-			names[name] = true
+	if !json.Valid(b) {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return malformed("%s: not valid JSON: %w", what, err)
 		}
-		if err := walkJSON(dec, what, depth+1); err != nil {
-			return err
-		}
-	}
-	if _, err := dec.Token(); err != nil { // the closing delimiter
-		return malformed("%s: not valid JSON: %w", what, err)
-	}
-	return nil
-}
-
-func checkEnd(dec *json.Decoder, what string) error {
-	if _, err := dec.Token(); err != io.EOF {
 		return malformed("%s: data after the JSON value: a file holds one document", what)
+	}
+	// b is valid JSON: in an object, a string right after '{' or ',' is a
+	// name, any other string a value.
+	type frame struct {
+		obj     bool
+		wantKey bool
+		names   map[string]struct{}
+	}
+	stack := make([]frame, 0, 8)
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '{', '[':
+			if len(stack) >= maxDepth {
+				return malformed("%s: nested deeper than %d levels", what, maxDepth)
+			}
+			stack = append(stack, frame{obj: b[i] == '{', wantKey: b[i] == '{'})
+		case '}', ']':
+			stack = stack[:len(stack)-1]
+		case ',':
+			if n := len(stack); stack[n-1].obj {
+				stack[n-1].wantKey = true
+			}
+		case '"':
+			j := i + 1
+			escaped := false
+			for ; b[j] != '"'; j++ {
+				if b[j] == '\\' {
+					escaped = true
+					j++
+				}
+			}
+			if n := len(stack); n > 0 && stack[n-1].wantKey {
+				name := string(b[i+1 : j])
+				if escaped {
+					if err := json.Unmarshal(b[i:j+1], &name); err != nil {
+						return malformed("%s: %w", what, err)
+					}
+				}
+				f := &stack[n-1]
+				if f.names == nil {
+					f.names = map[string]struct{}{}
+				}
+				if _, dup := f.names[name]; dup {
+					return malformed("%s: field %q appears twice in one object: remove one", what, name)
+				}
+				f.names[name] = struct{}{}
+				f.wantKey = false
+			}
+			i = j
+		}
 	}
 	return nil
 }
