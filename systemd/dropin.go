@@ -14,7 +14,8 @@ const DropInName = "50-latch-lock.conf"
 
 // DropIn returns the text of the drop-in that shows a service its update lock directory where
 // balena applications look for it: lockDir bind-mounted at /tmp/balena and /tmp/resin, and
-// BALENA_APP_LOCK_PATH pointing at /tmp/balena/updates.lock. lockDir should pass the checks of
+// BALENA_APP_LOCK_PATH and the legacy RESIN_APP_LOCK_PATH both pointing at
+// /tmp/balena/updates.lock (as balena sets them). lockDir should pass the checks of
 // WriteDropIn; '%' is escaped so that systemd does not read it as a specifier.
 func DropIn(lockDir string) string {
 	src := strings.ReplaceAll(lockDir, "%", "%%")
@@ -23,8 +24,13 @@ func DropIn(lockDir string) string {
 		"[Service]\n" +
 		"BindPaths=" + src + ":/tmp/balena\n" +
 		"BindPaths=" + src + ":/tmp/resin\n" +
-		"Environment=BALENA_APP_LOCK_PATH=/tmp/balena/updates.lock\n"
+		"Environment=BALENA_APP_LOCK_PATH=" + LockPathEnv + "\n" +
+		"Environment=RESIN_APP_LOCK_PATH=" + LockPathEnv + "\n"
 }
+
+// LockPathEnv is the lock path a managed unit sees in BALENA_APP_LOCK_PATH and
+// RESIN_APP_LOCK_PATH: its own updates.lock, through the /tmp/balena bind mount.
+const LockPathEnv = "/tmp/balena/updates.lock"
 
 // WriteDropIn writes DropIn(lockDir) as <DropInRoot>/<unit>.d/50-latch-lock.conf, atomically, and
 // reloads systemd when the file's content changed (a write of the same content does nothing).

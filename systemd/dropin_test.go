@@ -28,6 +28,23 @@ func TestDropInGolden(t *testing.T) {
 	}
 }
 
+// TestDropInLockPathEnv: a unit sees its lock where balena applications
+// look for it, under both names, with the same value, once each.
+func TestDropInLockPathEnv(t *testing.T) {
+	env := map[string][]string{}
+	for _, line := range strings.Split(DropIn("/tmp/latch/services/kiosk/ui"), "\n") {
+		if kv, ok := strings.CutPrefix(line, "Environment="); ok {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = append(env[k], v)
+		}
+	}
+	for _, k := range []string{"BALENA_APP_LOCK_PATH", "RESIN_APP_LOCK_PATH"} {
+		if got := env[k]; len(got) != 1 || got[0] != "/tmp/balena/updates.lock" {
+			t.Errorf("drop-in sets %s to %q, want once /tmp/balena/updates.lock", k, got)
+		}
+	}
+}
+
 func TestDropInEscapesSpecifiers(t *testing.T) {
 	got := DropIn("/tmp/latch/services/100%/ui")
 	if !strings.Contains(got, "BindPaths=/tmp/latch/services/100%%/ui:/tmp/balena\n") {
@@ -136,7 +153,7 @@ func TestValidUnit(t *testing.T) {
 }
 
 // FuzzDropIn checks that whatever lock directory passes the checks, the drop-in has exactly its
-// three settings, and that the unit-name check never accepts a path separator.
+// section header and four settings, and that the unit-name check never accepts a path separator.
 func FuzzDropIn(f *testing.F) {
 	f.Add("kiosk-ui.service", "/tmp/latch/services/kiosk/ui")
 	f.Add("a/b.service", "/tmp/x%y")
@@ -154,8 +171,8 @@ func FuzzDropIn(f *testing.F) {
 				lines++
 			}
 		}
-		if lines != 4 {
-			t.Fatalf("DropIn(%q) has %d non-comment lines, want 4", lockDir, lines)
+		if lines != 5 {
+			t.Fatalf("DropIn(%q) has %d non-comment lines, want 5", lockDir, lines)
 		}
 	})
 }

@@ -4,8 +4,9 @@
 // without systemd, and tests.
 //
 // Guarantees: every command runs as `sh -c CMD` in a process group of its own,
-// with the service's lock path in BALENA_APP_LOCK_PATH (and LATCH_APP,
-// LATCH_SERVICE); it is killed, with everything it started in that group, at
+// with the service's lock path in BALENA_APP_LOCK_PATH and RESIN_APP_LOCK_PATH
+// (and LATCH_APP, LATCH_SERVICE), over any value of the agent's environment or
+// the configuration; it is killed, with everything it started in that group, at
 // the timeout or when ctx ends; a non-zero exit is an error naming the
 // service, the command, the status and the last lines of output. A start
 // command may leave a daemon running in the background: the call returns when
@@ -59,7 +60,7 @@ const (
 type Service struct {
 	App, Service        string
 	Stop, Start, Health string // shell commands; "" = nothing to do (Health "" = healthy)
-	LockPath            string // host path of the service's updates.lock → BALENA_APP_LOCK_PATH
+	LockPath            string // host path of the service's updates.lock → BALENA_APP_LOCK_PATH, RESIN_APP_LOCK_PATH
 }
 
 // Driver runs the commands. The zero value is usable (no reboot or shutdown).
@@ -119,7 +120,9 @@ func (d *Driver) runService(ctx context.Context, step, command string, s Service
 	}
 	env := []string{"LATCH_APP=" + s.App, "LATCH_SERVICE=" + s.Service}
 	if s.LockPath != "" {
-		env = append(env, "BALENA_APP_LOCK_PATH="+s.LockPath)
+		// Both names balena sets, to the same path: older applications
+		// read RESIN_APP_LOCK_PATH.
+		env = append(env, "BALENA_APP_LOCK_PATH="+s.LockPath, "RESIN_APP_LOCK_PATH="+s.LockPath)
 	}
 	return d.run(ctx, step+" "+s.App+"/"+s.Service, command, env)
 }

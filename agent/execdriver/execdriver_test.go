@@ -16,10 +16,14 @@ import (
 func TestEnvironment(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "env")
-	d := &Driver{Env: []string{"KIOSK_URL=http://x"}}
+	// The agent's own environment and config values cannot point a service
+	// at another lock.
+	t.Setenv("RESIN_APP_LOCK_PATH", "/tmp/from-the-agent")
+	t.Setenv("BALENA_APP_LOCK_PATH", "/tmp/from-the-agent")
+	d := &Driver{Env: []string{"KIOSK_URL=http://x", "RESIN_APP_LOCK_PATH=/tmp/from-config"}}
 	s := Service{
 		App: "kiosk", Service: "ui", LockPath: "/tmp/latch/services/kiosk/ui/updates.lock",
-		Start: `printf '%s\n' "$BALENA_APP_LOCK_PATH" "$LATCH_APP" "$LATCH_SERVICE" "$KIOSK_URL" "$PATH" > ` + out,
+		Start: `printf '%s\n' "$BALENA_APP_LOCK_PATH" "$RESIN_APP_LOCK_PATH" "$LATCH_APP" "$LATCH_SERVICE" "$KIOSK_URL" "$PATH" > ` + out,
 	}
 	if err := d.Start(context.Background(), s); err != nil {
 		t.Fatalf("Start: %v", err)
@@ -29,7 +33,7 @@ func TestEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	want := []string{s.LockPath, "kiosk", "ui", "http://x", os.Getenv("PATH")}
+	want := []string{s.LockPath, s.LockPath, "kiosk", "ui", "http://x", os.Getenv("PATH")}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("command saw %q, want %q", got, want)
 	}
