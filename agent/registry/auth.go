@@ -227,7 +227,7 @@ func (c *Client) fetchToken(ctx context.Context, ref Reference, params map[strin
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("%s for %s: %w", op, ref, err)
+		return "", fmt.Errorf("%s for %s: %w", op, ref, redactURLError(err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -286,6 +286,7 @@ func (c *Client) do(ctx context.Context, op string, ref Reference, method, path 
 		timer := time.AfterFunc(requestTimeout, cancel)
 		resp, err := c.http.Do(req)
 		if err != nil {
+			err = redactURLError(err)
 			cancel()
 			if timer.Stop() || ctx.Err() != nil {
 				return nil, fmt.Errorf("%s %s: %w", op, ref, err)
@@ -326,5 +327,15 @@ type cancelOnClose struct {
 func (b *cancelOnClose) Close() error {
 	err := b.ReadCloser.Close()
 	b.cancel()
+	return err
+}
+
+// redactURLError drops the query from the URL a *url.Error quotes (a
+// signed CDN URL carries credentials in it).
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s %s: %w", ue.Op, redact(ue.URL), ue.Err)
+	}
 	return err
 }
