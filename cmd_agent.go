@@ -46,7 +46,8 @@ and survive crashes, power cuts and reboots. Under systemd (Type=notify) the
 agent reports READY=1 once it has re-taken its locks, STATUS= lines, and
 watchdog pings while its main loop makes progress.
 
-Example (no root, the exec driver, everything under one folder):
+Example (no root, the exec driver, everything under /tmp/dev; run in latch's
+source folder: examples/target.json starts the demo's kiosk app, 2026.11.1):
   latch agent --root /tmp/dev --driver exec --target-file examples/target.json
 
 Flags:

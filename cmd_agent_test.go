@@ -7,11 +7,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"latch/agent/target"
 )
 
 // TestAgentFlagsRefused: every flag value that would turn the agent against
@@ -235,6 +239,153 @@ func TestAgentWarnings(t *testing.T) {
 		}
 		if !strings.Contains(log, "warning: target states are not verified (no --trust-key)") {
 			t.Errorf("agent without --trust-key: log %q, want the warning that target states are not verified", log)
+		}
+	}
+}
+
+// TestAgentHelpExample: the example of latch agent -h runs as written from
+// latch's source folder: every relative path it names exists, and
+// examples/target.json passes the real target parser, is an exec-driver
+// target whose commands name only files that exist, and brings the kiosk
+// app up under a real agent (with the example's /tmp/dev moved into the
+// test's folder).
+func TestAgentHelpExample(t *testing.T) {
+	out, err := exec.Command(testLatchBin, "agent", "-h").CombinedOutput()
+	if exitCode(err) != 0 {
+		t.Fatalf("latch agent -h: status %d: %s", exitCode(err), out)
+	}
+	_, example, ok := strings.Cut(string(out), "\nExample")
+	if !ok {
+		t.Fatalf("latch agent -h shows no example:\n%s", out)
+	}
+	example, _, _ = strings.Cut(example, "\n\n")
+	var cmdline []string
+	for _, line := range strings.Split(example, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "latch" && f[1] == "agent" {
+			cmdline = f[2:]
+		}
+	}
+	if cmdline == nil {
+		t.Fatalf("the example of latch agent -h has no latch agent command line:\n%s", example)
+	}
+	var targetFile, root string
+	named := 0
+	for i, a := range cmdline {
+		if i > 0 && cmdline[i-1] == "--root" {
+			root = a
+		}
+		if i > 0 && cmdline[i-1] == "--target-file" {
+			targetFile = a
+		}
+		if strings.HasPrefix(a, "-") || filepath.IsAbs(a) || !strings.Contains(a, "/") {
+			continue
+		}
+		named++
+		if _, err := os.Stat(a); err != nil {
+			t.Errorf("the example of latch agent -h names %s, which is not in latch's source folder: %v", a, err)
+		}
+	}
+	if named == 0 || targetFile == "" || root == "" || !slices.Contains(cmdline, "exec") {
+		t.Fatalf("the example %q does not name a target file in the source folder, a --root and the exec driver", cmdline)
+	}
+
+	data, err := os.ReadFile(targetFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := target.Parse(data)
+	if err != nil {
+		t.Fatalf("%s does not parse: %v", targetFile, err)
+	}
+	if len(st.Apps) == 0 {
+		t.Fatalf("%s names no app", targetFile)
+	}
+	repoPath := regexp.MustCompile(`examples/[^ ;&|>"']+`)
+	for app, a := range st.Apps {
+		for name, s := range a.Services {
+			if s.Unit != "" || s.Start == "" || s.Stop == "" || s.Health == "" {
+				t.Errorf("%s: %s/%s is not an exec-driver service with start, stop and health commands: %+v", targetFile, app, name, s)
+			}
+			for _, p := range repoPath.FindAllString(s.Start+" "+s.Stop+" "+s.Health, -1) {
+				if _, err := os.Stat(p); err != nil {
+					t.Errorf("%s: %s/%s runs %s, which is not in latch's source folder: %v", targetFile, app, name, p, err)
+				}
+			}
+		}
+	}
+
+	// Run it, with the example's --root inside the test's folder.
+	dir := t.TempDir()
+	dev := filepath.Join(dir, "dev")
+	moved := strings.ReplaceAll(string(data), root, dev)
+	if _, err := target.Parse([]byte(moved)); err != nil {
+		t.Fatalf("%s with %s moved to %s: %v", targetFile, root, dev, err)
+	}
+	tf := filepath.Join(dir, "target.json")
+	if err := os.WriteFile(tf, []byte(moved), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := slices.Clone(cmdline)
+	for i := range args {
+		switch {
+		case args[i] == root:
+			args[i] = dev
+		case args[i] == targetFile:
+			args[i] = tf
+		}
+	}
+	agentCmd := exec.Command(testLatchBin, append(append([]string{"agent"}, args...), "--health-wait", "1s")...)
+	var log bytes.Buffer
+	agentCmd.Stdout, agentCmd.Stderr = &log, &log
+	if err := agentCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- agentCmd.Wait() }()
+	stopped := false
+	stopAll := func() {
+		if !stopped {
+			stopped = true
+			agentCmd.Process.Signal(syscall.SIGTERM)
+			<-exited
+		}
+		// The services outlive the agent (setsid): their own stop commands end them.
+		st, _ := target.Parse([]byte(moved))
+		for _, a := range st.Apps {
+			for _, s := range a.Services {
+				exec.Command("/bin/sh", "-c", s.Stop).Run()
+			}
+		}
+	}
+	defer stopAll()
+	want := map[string]string{}
+	for app, a := range st.Apps {
+		want[app] = a.Release
+	}
+	waitUntil(t, "the example's apps to run", func() bool {
+		select {
+		case err := <-exited:
+			stopped = true
+			t.Fatalf("latch agent %q exited: %v\n%s", args, err, log.String())
+		default:
+		}
+		out, err := exec.Command(testLatchBin, "status", "--root", dev, "--json").Output()
+		if err != nil {
+			return false
+		}
+		for app, rel := range want {
+			if !regexp.MustCompile(`"release": *"[^"]*\b` + regexp.QuoteMeta(app+"="+rel)).Match(out) {
+				return false
+			}
+		}
+		return true
+	})
+	for app, a := range st.Apps {
+		for name, s := range a.Services {
+			moved := strings.ReplaceAll(s.Health, root, dev)
+			if out, err := exec.Command("/bin/sh", "-c", moved).CombinedOutput(); err != nil {
+				t.Errorf("%s/%s of the example is not healthy once applied: %v %s\nagent log:\n%s", app, name, err, out, log.String())
+			}
 		}
 	}
 }
