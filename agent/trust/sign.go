@@ -31,16 +31,16 @@ func SignTarget(b Bundle, body []byte, priv ed25519.PrivateKey) (Bundle, error) 
 
 func sign(sigs []Signature, priv ed25519.PrivateKey, typ string, body []byte, what string) ([]Signature, error) {
 	if len(priv) != ed25519.PrivateKeySize {
-		return nil, fmt.Errorf("sign %s: private key is %d bytes, want %d", what, len(priv), ed25519.PrivateKeySize)
+		return nil, fmt.Errorf("%s: private key is %d bytes, want %d", what, len(priv), ed25519.PrivateKeySize)
 	}
 	id := KeyID(priv.Public().(ed25519.PublicKey))
 	for _, s := range sigs {
 		if s.KeyID == id {
-			return nil, refuse(ErrAlreadySigned, "sign %s: key %s has signed it already", what, id)
+			return nil, refuse(ErrAlreadySigned, "%s: key %s has signed it already", what, id)
 		}
 	}
 	if len(sigs) >= MaxSignatures {
-		return nil, malformed("sign %s: it has %d signatures already, the most a document may have", what, len(sigs))
+		return nil, malformed("%s: it has %d signatures already, the most a document may have", what, len(sigs))
 	}
 	out := append(append([]Signature(nil), sigs...), Signature{KeyID: id, Sig: ed25519.Sign(priv, PAE(typ, body))})
 	return out, nil

@@ -342,3 +342,19 @@ func acceptedOn(t time.Time) string {
 	}
 	return "on " + t.UTC().Format("2006-01-02")
 }
+
+// Signers returns the distinct key ids of role whose signature in sigs is
+// valid over PAE(typ, body): what counts towards the role's threshold.
+func (r Root) Signers(role Role, typ string, body []byte, sigs []Signature) []string {
+	msg := PAE(typ, body)
+	var ids []string
+	for _, s := range sigs {
+		if contains(ids, s.KeyID) || !contains(role.KeyIDs, s.KeyID) {
+			continue
+		}
+		if ed25519.Verify(r.Keys[s.KeyID], msg, s.Sig) {
+			ids = append(ids, s.KeyID)
+		}
+	}
+	return ids
+}
