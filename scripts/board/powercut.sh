@@ -41,7 +41,7 @@ t_all=$EPOCHREALTIME
 board_mkdisk "$work/disk.img" 64
 trap 'board_cut 2>/dev/null || true' INT TERM
 
-failed=0
+failed=0 failed_logs=()
 rows=()
 boot_timeout=180
 for ((i = 1; i <= cuts + 1; i++)); do
@@ -62,7 +62,7 @@ for ((i = 1; i <= cuts + 1; i++)); do
 	if ((i > 1)); then
 		# Give the check a moment to print (it runs first on every boot).
 		board_wait_marker "$log" "$wl_check_marker" 60 || true
-		if wl_check "$log"; then verdict=ok; else verdict=FAIL; failed=1; fi
+		if wl_check "$log"; then verdict=ok; else verdict=FAIL; failed=1; failed_logs+=("$log"); fi
 		rows[i - 1]+=" | $wl_found | $verdict"
 	fi
 	if [[ $phase == last ]]; then
@@ -86,6 +86,11 @@ for ((i = 1; i <= cuts; i++)); do
 done
 echo "powercut: $arch: $cuts cuts, seed $seed, $(board_since "$t_all")s in all"
 if ((failed)); then
+	# What the failing boots printed, so that a CI log alone explains the failure.
+	for f in "${failed_logs[@]}"; do
+		echo "powercut: console of the failing boot, $f (last 60 lines):"
+		tail -n 60 "$f" | sed 's/^/  | /'
+	done
 	echo "powercut: FAIL: something durable was lost; console logs in $work" >&2
 	exit 1
 fi
