@@ -358,3 +358,40 @@ func (r Root) Signers(role Role, typ string, body []byte, sigs []Signature) []st
 	}
 	return ids
 }
+
+// Provision merges the provisioned root file (--trust-root) into the State
+// read from the journal. The journal wins when its root is as new as the
+// file's or newer (rotations arrive in bundles and outlive the file); a
+// newer file replaces the trusted root and keeps every counter, so that
+// re-provisioning never reopens a rollback. A file for another fleet than
+// the journal's root is refused: a device changes fleet only by a reset of
+// its trust state.
+func Provision(s State, root []byte) (State, error) {
+	file, err := NewState(root)
+	if err != nil {
+		return State{}, err
+	}
+	if len(s.Root) == 0 {
+		next := s
+		next.Root, next.RootVersion = file.Root, file.RootVersion
+		return next, nil
+	}
+	cur, err := s.TrustedRoot()
+	if err != nil {
+		return State{}, err
+	}
+	fr, err := file.TrustedRoot()
+	if err != nil {
+		return State{}, err
+	}
+	if fr.Root.Fleet != cur.Root.Fleet {
+		return State{}, refuse(ErrWrongFleet, "provisioned root is for fleet %q, the trusted root (version %d) for %q: reset the device's trust state to change its fleet",
+			fr.Root.Fleet, cur.Root.Version, cur.Root.Fleet)
+	}
+	if fr.Root.Version <= cur.Root.Version {
+		return s, nil
+	}
+	next := s
+	next.Root, next.RootVersion = file.Root, file.RootVersion
+	return next, nil
+}

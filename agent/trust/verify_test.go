@@ -387,3 +387,37 @@ func TestVerifyNeverMutatesState(t *testing.T) {
 		t.Errorf("the new State shares its root bytes with the old one")
 	}
 }
+
+func TestProvision(t *testing.T) {
+	v1 := envelope(t, root1(t))
+	st, err := Provision(State{}, v1)
+	if err != nil || st.RootVersion != 1 {
+		t.Fatalf("Provision(empty, v1): got %+v, %v", st, err)
+	}
+	body := doc(9, "a")
+	st = accept(t, st, body, signT(t, body, nil, t1), t0, "")
+	// The journal's newer root wins over an older file.
+	v2 := rotation(t, []ed25519.PrivateKey{t3}, r1, r2, n1)
+	next := doc(10, "b")
+	st2 := accept(t, st, next, signT(t, next, []SignedRoot{v2}, t3), t0, "")
+	got, err := Provision(st2, v1)
+	if err != nil || !reflect.DeepEqual(got, st2) {
+		t.Fatalf("Provision(journal v2, file v1): got %+v, %v, want the journal's state", got, err)
+	}
+	// A newer file replaces the root and keeps the counters.
+	got, err = Provision(st, envelope(t, v2))
+	if err != nil || got.RootVersion != 2 || got.TargetVersion != 9 || got.TargetSHA256 != st.TargetSHA256 {
+		t.Fatalf("Provision(journal v1, file v2): got %+v, %v", got, err)
+	}
+	// Another fleet, or an unsigned file, is refused.
+	other := makeRoot(t, rootSpec{version: 3, fleet: "other", rootKeys: []ed25519.PrivateKey{r1}, rootTh: 1,
+		targetKeys: []ed25519.PrivateKey{t1}, targetTh: 1, signedBy: []ed25519.PrivateKey{r1}})
+	if _, err := Provision(st, envelope(t, other)); !errors.Is(err, ErrWrongFleet) {
+		t.Errorf("Provision of another fleet's root: got %v, want ErrWrongFleet", err)
+	}
+	unsigned := makeRoot(t, rootSpec{version: 3, rootKeys: []ed25519.PrivateKey{r1}, rootTh: 1,
+		targetKeys: []ed25519.PrivateKey{t1}, targetTh: 1})
+	if _, err := Provision(st, envelope(t, unsigned)); !errors.Is(err, ErrThreshold) {
+		t.Errorf("Provision of an unsigned root: got %v, want ErrThreshold", err)
+	}
+}
