@@ -30,7 +30,7 @@ import (
 
 func init() {
 	register("hold", "ask the agent to hold a lock that survives reboots", runHold)
-	register("release", "end a hold taken with 'latch hold'", runRelease)
+	register("release", "end a hold taken with 'latch hold'; 'release build': make a release folder", runRelease)
 	register("status", "what the agent is doing and what blocks it", runStatus)
 	register("update", "apply the pending update now (--force ignores locks once)", runUpdate)
 	register("reboot", "reboot through the agent, honouring locks (--force)", func(ctx context.Context, args []string) error { return runPower(ctx, "reboot", args) })
@@ -277,12 +277,15 @@ func releaseArg(h store.Hold) string {
 }
 
 func runRelease(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "build" { // an APP/SERVICE always has a slash
+		return runReleaseBuild(ctx, args[1:])
+	}
 	fs := flag.NewFlagSet("latch release", flag.ContinueOnError)
 	var cf clientFlags
 	cf.add(fs, "print the answer as JSON")
 	all := fs.Bool("all", false, "end the --all hold")
 	fs.Usage = commandUsage(fs,
-		"  latch release APP/SERVICE|--all",
+		"  latch release APP/SERVICE|--all\n  latch release build ...   (make a release folder to publish: latch release build -h)",
 		"End a hold taken with 'latch hold': the agent removes its entry (unless another hold still needs\n"+
 			"it) and journals the release. Exits 1 when there is no such hold.",
 		"  latch release kiosk/ui\n  latch release --all")
