@@ -231,9 +231,12 @@ func runLock(ctx context.Context, args []string) error {
 
 	// Catch the signals at once: until CMD runs, one of them means give up
 	// (releasing what was taken); afterwards they are forwarded to CMD.
+	// They stay caught until latch exits (no signal.Stop: each signal it
+	// gives back costs a round trip with the runtime's signal thread, and a
+	// signal that arrives while the lock is being removed must not stop the
+	// removal).
 	sigc := make(chan os.Signal, 8)
 	signal.Notify(sigc, forwardedSignals...)
-	defer signal.Stop(sigc)
 
 	rec := lock.NewRecord(lock.RoleUser)
 	if *detach {
@@ -327,21 +330,40 @@ func takeLock(ctx context.Context, layout lock.Layout, path string, rec lock.Rec
 
 // runUnderLock runs CMD with the terminal, forwarding signals, and returns
 // its exit status (128+N for signal N).
+//
+// CMD is started with syscall.ForkExec rather than os/exec: the first use of
+// os.StartProcess probes for pidfd support by forking a child of its own,
+// which costs as much as the rest of latch lock's start-up. Without a pidfd,
+// a signal must never reach a pid that was reaped and reused: CMD is waited
+// for without reaping it (waitid WNOWAIT), forwarding stops, and only then
+// is it reaped.
 func runUnderLock(argv []string, sigc <-chan os.Signal) (int, error) {
 	select {
 	case s := <-sigc:
 		return 128 + int(s.(syscall.Signal)), nil
 	default:
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
-		code := 127
-		if errors.Is(err, os.ErrPermission) {
-			code = 126
+	path, err := exec.LookPath(argv[0])
+	if err == nil {
+		var pid int
+		pid, err = syscall.ForkExec(path, argv, &syscall.ProcAttr{
+			Env:   os.Environ(),
+			Files: []uintptr{0, 1, 2},
+		})
+		if err == nil {
+			return waitForwarding(argv[0], pid, sigc)
 		}
-		return 0, &exitError{code: code, msg: fmt.Sprintf("run %s: %v", argv[0], err)}
 	}
+	code := 127
+	if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.ENOEXEC) {
+		code = 126 // found but cannot be run, as shells say
+	}
+	return 0, &exitError{code: code, msg: fmt.Sprintf("run %s: %v", argv[0], err)}
+}
+
+// waitForwarding forwards the signals of sigc to the process pid until it
+// ends, then reaps it and returns its exit status (128+N for signal N).
+func waitForwarding(name string, pid int, sigc <-chan os.Signal) (int, error) {
 	done := make(chan struct{})
 	forwarded := make(chan struct{})
 	go func() {
@@ -352,26 +374,40 @@ func runUnderLock(argv []string, sigc <-chan os.Signal) (int, error) {
 				if (s == syscall.SIGINT || s == syscall.SIGQUIT) && terminalForeground() {
 					continue // the terminal sent it to CMD's process group already
 				}
-				cmd.Process.Signal(s)
+				syscall.Kill(pid, s.(syscall.Signal)) // not yet reaped: still CMD
 			case <-done:
 				return
 			}
 		}
 	}()
-	err := cmd.Wait()
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR {
+			close(done)
+			<-forwarded
+			return 0, fmt.Errorf("wait for %s (pid %d): %w", name, pid, err)
+		}
+	}
 	close(done)
 	<-forwarded
-	if err == nil {
-		return 0, nil
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal()), nil
+	var ws syscall.WaitStatus
+	for {
+		_, err := syscall.Wait4(pid, &ws, 0, nil)
+		if err == nil {
+			break
 		}
-		return ee.ExitCode(), nil
+		if err != syscall.EINTR {
+			return 0, fmt.Errorf("wait for %s (pid %d): %w", name, pid, err)
+		}
 	}
-	return 0, fmt.Errorf("wait for %s: %w", argv[0], err)
+	if ws.Signaled() {
+		return 128 + int(ws.Signal()), nil
+	}
+	return ws.ExitStatus(), nil
 }
 
 // terminalForeground reports whether latch (and so CMD, in its process

@@ -139,6 +139,82 @@ func TestLockExitStatus(t *testing.T) {
 	}
 }
 
+// TestLockRunsCommandAsGiven: CMD is found on PATH, gets its arguments,
+// environment and terminal (stdin, stdout, stderr) as given, and a CMD that
+// cannot be run exits 127 (not found) or 126 (found, not runnable), naming
+// it, with the lock removed.
+func TestLockRunsCommandAsGiven(t *testing.T) {
+	root := lockTestRoot(t)
+	p := filepath.Join(root, "app.lock")
+	cmd := latchCmd(root, "lock", "--path", p, "--", "sh", "-c", `read line; echo "$0|$1|$LATCH_TEST_VALUE|$line"; echo err >&2`, "arg zero", "a b")
+	cmd.Env = append(cmd.Env, "LATCH_TEST_VALUE=v=1 2")
+	cmd.Stdin = strings.NewReader("from stdin\n")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("latch lock: %v %s", err, errb.String())
+	}
+	if got, want := out.String(), "arg zero|a b|v=1 2|from stdin\n"; got != want {
+		t.Errorf("CMD printed %q, want %q", got, want)
+	}
+	if errb.String() != "err\n" {
+		t.Errorf("CMD's stderr %q, want %q", errb.String(), "err\n")
+	}
+
+	garbage := filepath.Join(root, "garbage")
+	os.WriteFile(garbage, []byte{0x7f, 'E', 'L', 'F', 0, 1, 2, 3}, 0o755)
+	plain := filepath.Join(root, "plain")
+	os.WriteFile(plain, []byte("#!/bin/sh\ntrue\n"), 0o644)
+	for _, tc := range []struct {
+		cmd  string
+		want int
+	}{
+		{"latch-no-such-command", 127},
+		{filepath.Join(root, "missing"), 127},
+		{plain, 126},   // not executable
+		{garbage, 126}, // exec format error
+	} {
+		_, errs, code := runLatch(t, root, "lock", "--path", p, "--", tc.cmd)
+		if code != tc.want || !strings.Contains(errs, "run "+tc.cmd) {
+			t.Errorf("latch lock -- %s: status %d, stderr %q; want %d naming it", tc.cmd, code, errs, tc.want)
+		}
+		if lockTestExists(p) {
+			t.Errorf("latch lock -- %s left the lock behind", tc.cmd)
+		}
+	}
+}
+
+// TestLockForksOnlyCMD: latch lock -- CMD creates exactly one process, CMD
+// (os/exec's first start forks a pidfd probe child of its own, which doubles
+// the cost of a short CMD). Counted with strace.
+func TestLockForksOnlyCMD(t *testing.T) {
+	lockNeedBin(t, "strace")
+	root := lockTestRoot(t)
+	trace := filepath.Join(root, "trace")
+	cmd := exec.Command("strace", "-f", "-qq", "-o", trace, "-e", "trace=clone,clone3,fork,vfork,execve",
+		testLatchBin, "lock", "--path", filepath.Join(root, "x.lock"), "--", "true")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		if strings.Contains(string(out), "ptrace") {
+			t.Skipf("strace cannot trace here (%s): the processes latch lock creates were not counted", strings.TrimSpace(string(out)))
+		}
+		t.Fatalf("strace latch lock: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var procs []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "clone") && !strings.Contains(line, "CLONE_THREAD") && !strings.Contains(line, "resumed>") ||
+			strings.Contains(line, "fork(") {
+			procs = append(procs, line)
+		}
+	}
+	if len(procs) != 1 || !strings.Contains(string(b), `execve("/usr/bin/true"`) && !strings.Contains(string(b), `execve("/bin/true"`) {
+		t.Errorf("latch lock -- true created %d processes, want 1 (true):\n%s", len(procs), strings.Join(procs, "\n"))
+	}
+}
+
 // TestLockDefaultPaths: --service, $BALENA_APP_LOCK_PATH and the first
 // device-wide path.
 func TestLockDefaultPaths(t *testing.T) {
