@@ -688,7 +688,7 @@ func TestNonRoot(t *testing.T) {
 	needRoot(t)
 	asUser(t, 1000, "none") // copies the binary where uid 1000 reaches it
 	tmp := attackRoot(t)
-	tests := "^(TestCreate|TestRemoveOnlyOurs|TestSymlinkAttacks|TestEnsureServiceDirMode|TestAcquireRollback|TestHoldCoexists|TestWatcher|TestAcquireExcept|TestInodeReuse|TestScanRules)$"
+	tests := "^(TestCreate|TestRemoveOnlyOurs|TestSymlinkAttacks|TestEnsureServiceDirMode|TestAcquireRollback|TestHoldCoexists|TestWatcher|TestAcquireExcept|TestInodeReuse|TestScanRules|TestCreateFlocks|TestFlockNoLeak|TestFlockDiesWithHolder|TestReclaim)$"
 	cmd := exec.Command("setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", helperBin, "-test.v", "-test.count=1", "-test.run", tests)
 	cmd.Env = append(os.Environ(), "LATCH_LOCK_NONROOT=1", "TMPDIR="+tmp)
 	var out bytes.Buffer
@@ -697,7 +697,8 @@ func TestNonRoot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("as uid 1000: %v\n%s", err, out.String())
 	}
-	for _, name := range []string{"TestCreate", "TestRemoveOnlyOurs", "TestSymlinkAttacks", "TestEnsureServiceDirMode", "TestAcquireRollback", "TestHoldCoexists", "TestWatcher", "TestAcquireExcept", "TestInodeReuse/ext4"} {
+	for _, name := range []string{"TestCreate", "TestRemoveOnlyOurs", "TestSymlinkAttacks", "TestEnsureServiceDirMode", "TestAcquireRollback", "TestHoldCoexists", "TestWatcher", "TestAcquireExcept", "TestInodeReuse/ext4",
+		"TestCreateFlocks", "TestFlockNoLeak", "TestFlockDiesWithHolder", "TestReclaim"} {
 		if !strings.Contains(out.String(), "--- PASS: "+name+" ") {
 			t.Errorf("%s did not pass as uid 1000:\n%s", name, out.String())
 		}
