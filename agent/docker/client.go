@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +23,18 @@ const APIVersion = "1.41"
 
 // maxErrorBody bounds how much of an error answer is read.
 const maxErrorBody = 64 << 10
+
+// DefaultHost is the engine latch uses without --docker-host: $DOCKER_HOST,
+// else balena-engine's socket when it exists, else dockerd's.
+func DefaultHost() string {
+	if h := os.Getenv("DOCKER_HOST"); h != "" {
+		return h
+	}
+	if _, err := os.Stat("/var/run/balena-engine.sock"); err == nil {
+		return "unix:///var/run/balena-engine.sock"
+	}
+	return "unix:///var/run/docker.sock"
+}
 
 // Client speaks the Docker Engine API, pinned to APIVersion, to one engine.
 // It is safe for concurrent use.

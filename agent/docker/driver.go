@@ -240,7 +240,30 @@ func (d *Driver) lookup(ctx context.Context, s Service) (c Container, name strin
 	}
 	c, err = d.Client.InspectContainer(ctx, name)
 	if isNotFound(err) {
-		return Container{}, name, false, nil
+		// Renamed by someone: find it by its labels.
+		list, err := d.Client.ListContainers(ctx, LabelApp+"="+s.App, LabelService+"="+s.Service, LabelRelease+"="+s.Release)
+		if err != nil {
+			return Container{}, name, false, err
+		}
+		switch len(list) {
+		case 0:
+			return Container{}, name, false, nil
+		case 1:
+		default:
+			return Container{}, name, false, fmt.Errorf("container %s: %w: %d containers carry the labels of %s/%s release %s under other names; remove all but one",
+				name, ErrConflict, len(list), s.App, s.Service, s.Release)
+		}
+		c, err = d.Client.InspectContainer(ctx, list[0].ID)
+		if isNotFound(err) {
+			return Container{}, name, false, nil
+		}
+		if err != nil {
+			return Container{}, name, false, err
+		}
+		if !owns(c, s) {
+			return Container{}, name, false, nil
+		}
+		return c, strings.TrimPrefix(c.Name, "/"), true, nil
 	}
 	if err != nil {
 		return Container{}, name, false, err

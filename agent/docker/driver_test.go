@@ -103,6 +103,7 @@ func TestHealth(t *testing.T) {
 	}{
 		{"exits", baseImage, []string{"/bin/sh", "-c", "echo cannot open /dev/display; exit 3"},
 			[]string{"exit code 3", "cannot open /dev/display", "latch_health_exits_r1"}},
+		{"restarts", baseImage, []string{"/bin/sh", "-c", "echo crashing; sleep 0.2; exit 4"}, []string{"latch_health_restarts_r1", "exit", "code 4", "crashing"}},
 		{"fails", checkImage, []string{"/bin/sleep", "1000"}, []string{"unhealthy", "check exit code 1"}},
 		{"passes", checkImage, []string{"/bin/sh", "-c", "touch /tmp/ok; exec sleep 1000"}, nil},
 	} {
@@ -111,6 +112,9 @@ func TestHealth(t *testing.T) {
 			t.Parallel()
 			ctx := testCtx(t)
 			s := svc(t, app, tc.name, "r1", tc.img, tc.cmd...)
+			if tc.name == "restarts" {
+				s.Spec.Restart = "always"
+			}
 			if _, err := d.Create(ctx, s); err != nil {
 				t.Fatal(err)
 			}
@@ -130,6 +134,7 @@ func TestHealth(t *testing.T) {
 			if !errors.Is(err, ErrUnhealthy) {
 				t.Fatalf("Health: %v, want ErrUnhealthy", err)
 			}
+			t.Logf("Health: %v", err)
 			for _, w := range tc.want {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("Health error %q does not say %q", err, w)
@@ -275,7 +280,7 @@ func TestForeignContainer(t *testing.T) {
 		if !c.State.Running || c.Name != "/"+name || c.RestartCount != 0 {
 			t.Errorf("labels %v: the foreign container was touched: running %v, name %s, restarts %d", labels, c.State.Running, c.Name, c.RestartCount)
 		}
-		if found, err := d.Find(ctx, app); err != nil || len(found) != 0 && labels[LabelRelease] != "" {
+		if found, err := d.Find(ctx, app); err != nil || len(found) != 0 {
 			t.Errorf("labels %v: Find = %+v, %v; want none of the foreign ones", labels, found, err)
 		}
 		if err := engine.RemoveContainer(ctx, id, true); err != nil {
@@ -478,5 +483,56 @@ func TestEngineErrors(t *testing.T) {
 	c, _ := NewClient("unix://" + filepath.Join(t.TempDir(), "none.sock"))
 	if err := c.Ping(ctx); err == nil || !strings.Contains(err.Error(), "ping") {
 		t.Errorf("Ping of no engine: %v, want an error naming it", err)
+	}
+}
+
+// TestRenamedContainer: latch's container that someone renamed is still
+// found by its labels, and stopped and removed, not left running.
+func TestRenamedContainer(t *testing.T) {
+	d := needEngine(t, "finding a renamed container by its labels")
+	t.Parallel()
+	ctx := testCtx(t)
+	const app = "renamed"
+	cleanApp(t, app)
+	s := svc(t, app, "ui", "r1", baseImage, "/bin/sleep", "1000")
+	id, err := d.Create(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.RenameContainer(ctx, id, "somebody-renamed-it"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := d.Create(ctx, s); err != nil || got != id {
+		t.Errorf("Create after a rename: %s, %v; want the renamed container %s", got, err, id)
+	}
+	if err := d.Stop(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := engine.InspectContainer(ctx, id); err != nil || c.State.Running {
+		t.Errorf("the renamed container runs after Stop: %v", err)
+	}
+	if err := d.Remove(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := engine.InspectContainer(ctx, id); !isNotFound(err) {
+		t.Errorf("the renamed container is still there after Remove: %v", err)
+	}
+}
+
+func TestDefaultHost(t *testing.T) {
+	t.Setenv("DOCKER_HOST", "unix:///run/engine-of-test.sock")
+	if got := DefaultHost(); got != "unix:///run/engine-of-test.sock" {
+		t.Errorf("DefaultHost with DOCKER_HOST: got %q", got)
+	}
+	t.Setenv("DOCKER_HOST", "")
+	want := "unix:///var/run/docker.sock"
+	if _, err := os.Stat("/var/run/balena-engine.sock"); err == nil {
+		want = "unix:///var/run/balena-engine.sock"
+	}
+	if got := DefaultHost(); got != want {
+		t.Errorf("DefaultHost without DOCKER_HOST: got %q, want %q", got, want)
 	}
 }

@@ -344,6 +344,8 @@ func exists(t *testing.T, name string) bool {
 func waitFile(ctx context.Context, t *testing.T, path string, s Service) string {
 	t.Helper()
 	name, _ := ContainerName(s.App, s.Service, s.Release)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	for {
 		if b, err := os.ReadFile(path); err == nil {
 			return string(b)
