@@ -295,8 +295,15 @@ func (c *Client) do(ctx context.Context, op string, ref Reference, method, path 
 		}
 		timer.Stop()
 		resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-		if resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
+		if resp.StatusCode != http.StatusUnauthorized {
 			return resp, nil
+		}
+		if attempt > 0 {
+			// Refused with the answer to the challenge: say so.
+			se := registryError(op, ref.String(), resp)
+			resp.Body.Close()
+			se.credentialsRefused = true
+			return nil, se
 		}
 		challenges := parseChallenges(resp.Header.Values("Www-Authenticate"))
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -308,10 +315,6 @@ func (c *Client) do(ctx context.Context, op string, ref Reference, method, path 
 				return nil, err
 			}
 			return nil, fmt.Errorf("%s %s: %w", op, ref, err)
-		}
-		if next == auth && !strings.HasPrefix(next, "Bearer ") {
-			// The same basic credentials were refused already.
-			return nil, &StatusError{Op: op, Ref: ref.String(), StatusCode: http.StatusUnauthorized, Message: "the credentials for " + ref.Domain + " were refused"}
 		}
 		c.mu.Lock()
 		c.auth[key] = next

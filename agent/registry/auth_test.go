@@ -74,15 +74,16 @@ func TestBasicAuth(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		creds map[string]Credentials
+		says  string
 	}{
-		{"no credentials", nil},
-		{"wrong password", loadCreds(t, writeAuthFile(t, px.addr(), testUser, "wrong"))},
-		{"credentials of another registry", loadCreds(t, writeAuthFile(t, "other.example:5000", testUser, testPass))},
+		{"no credentials", nil, "has none"},
+		{"wrong password", loadCreds(t, writeAuthFile(t, px.addr(), testUser, "wrong")), "refused"},
+		{"credentials of another registry", loadCreds(t, writeAuthFile(t, "other.example:5000", testUser, testPass)), "has none"},
 	} {
 		c := newClient(t, Options{Insecure: []string{px.addr()}, Credentials: tc.creds})
 		_, err := c.Image(ctxT(t), ref)
-		if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "--registry-auth") || !strings.Contains(err.Error(), px.addr()) {
-			t.Errorf("%s: got %v, want ErrUnauthorized naming the registry and --registry-auth", tc.name, err)
+		if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "--registry-auth") || !strings.Contains(err.Error(), px.addr()) || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%s: got %v, want ErrUnauthorized naming the registry and --registry-auth, saying %q", tc.name, err, tc.says)
 		}
 	}
 	for _, s := range px.seen() {

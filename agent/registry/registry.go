@@ -77,6 +77,9 @@ type StatusError struct {
 	// Message is the registry's own error codes and messages, if any.
 	Message    string
 	RetryAfter string // the Retry-After header of a 429 or 503
+	// credentialsRefused: the 401 came after latch answered the
+	// registry's challenge.
+	credentialsRefused bool
 }
 
 func (e *StatusError) Error() string {
@@ -89,7 +92,11 @@ func (e *StatusError) Error() string {
 	}
 	switch e.StatusCode {
 	case http.StatusUnauthorized:
-		s += "; give credentials for this registry in the --registry-auth file"
+		if e.credentialsRefused {
+			s += "; the registry refused what latch sent: check the credentials for this registry in the --registry-auth file"
+		} else {
+			s += "; give credentials for this registry in the --registry-auth file"
+		}
 	case http.StatusForbidden:
 		s += "; the credentials in the --registry-auth file may not pull this repository"
 	}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // blobSetup pushes one random blob of n bytes to a real registry behind a
@@ -93,6 +95,15 @@ func TestServerIgnoresRange(t *testing.T) {
 	checkBlob(t, dir, digest, data)
 	if last.Fetched != size || last.Refetched != have {
 		t.Errorf("progress %+v, want %d fetched of which %d again", last, size, have)
+	}
+	gets := 0
+	for _, s := range px.seen() {
+		if strings.Contains(s.Path, "/blobs/") {
+			gets++
+		}
+	}
+	if gets != 1 {
+		t.Errorf("%d blob requests, want 1 (the 200 answer is the blob)", gets)
 	}
 }
 
@@ -206,9 +217,13 @@ func TestEndlessServer(t *testing.T) {
 	host := strings.TrimPrefix(srv.URL, "http://")
 	c := newClient(t, Options{Insecure: []string{host}})
 	const size = 1 << 20
+	// A bound on the test, not a timing it asserts: a client that keeps
+	// reading fails here instead of hanging.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
 	digest := sha([]byte("whatever"))
 	dir := t.TempDir()
-	_, err := c.FetchBlob(ctxT(t), mustRef(t, host+"/test/app"), digest, size, dir, nil)
+	_, err := c.FetchBlob(ctx, mustRef(t, host+"/test/app"), digest, size, dir, nil)
 	if !errors.Is(err, ErrSizeMismatch) {
 		t.Fatalf("endless blob: got %v, want ErrSizeMismatch", err)
 	}
@@ -216,14 +231,14 @@ func TestEndlessServer(t *testing.T) {
 	if st != nil && st.Size() > size {
 		t.Errorf("the partial grew to %d bytes, past the size %d", st.Size(), size)
 	}
-	_, err = c.FetchBlob(ctxT(t), mustRef(t, host+"/announced/app"), digest, size, dir, nil)
+	_, err = c.FetchBlob(ctx, mustRef(t, host+"/announced/app"), digest, size, dir, nil)
 	if !errors.Is(err, ErrSizeMismatch) {
 		t.Errorf("blob announced too long: got %v, want ErrSizeMismatch", err)
 	}
-	if _, err := c.Image(ctxT(t), mustRef(t, host+"/test/app@"+digest)); err == nil || !strings.Contains(err.Error(), "over the 4194304 bytes") {
+	if _, err := c.Image(ctx, mustRef(t, host+"/test/app@"+digest)); err == nil || !strings.Contains(err.Error(), "over the 4194304 bytes") {
 		t.Errorf("endless manifest: got %v, want an error naming the bound", err)
 	}
-	if _, err := c.Image(ctxT(t), mustRef(t, host+"/locked/app@"+digest)); err == nil || !strings.Contains(err.Error(), "over 1048576 bytes") {
+	if _, err := c.Image(ctx, mustRef(t, host+"/locked/app@"+digest)); err == nil || !strings.Contains(err.Error(), "over 1048576 bytes") {
 		t.Errorf("endless token: got %v, want an error naming the bound", err)
 	}
 	t.Logf("the endless server got %d bytes out in all (buffers included)", sent.Load())
