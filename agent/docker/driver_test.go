@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // TestApplyAndRollback runs the apply of section 9 and its rollback: the
@@ -534,5 +536,120 @@ func TestDefaultHost(t *testing.T) {
 	}
 	if got := DefaultHost(); got != want {
 		t.Errorf("DefaultHost without DOCKER_HOST: got %q, want %q", got, want)
+	}
+}
+
+// TestEverySpecField: a spec with every field reaches the engine as
+// written: what the engine reports of the container matches the spec, and
+// the process runs with it.
+func TestEverySpecField(t *testing.T) {
+	d := needEngine(t, "the create request of every spec field")
+	t.Parallel()
+	ctx := testCtx(t)
+	const app = "fields"
+	cleanApp(t, app)
+	host := t.TempDir()
+	if err := os.WriteFile(filepath.Join(host, "conf"), []byte("from host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	raw := `{
+	  "image": "` + baseImage.Digest + `",
+	  "entrypoint": ["/bin/sh", "-c"],
+	  "command": ["cat /host/conf > /tmp/balena/conf; pwd > /tmp/balena/pwd; id -u > /tmp/balena/uid; test -c /dev/xnull && echo dev > /tmp/balena/dev; if (: > /host/ro) 2>/dev/null; then echo writable > /tmp/balena/ro; fi; touch /tmp/balena/done; exec sleep 1000"],
+	  "working_dir": "/tmp", "user": "0:0",
+	  "environment": {"KIOSK_URL": "http://localhost:8080"},
+	  "volumes": ["` + host + `:/host:ro", "latch-test-fields:/data"],
+	  "ports": ["127.0.0.1:18080:80/tcp", "5353/udp"], "network_mode": "none", "privileged": false,
+	  "devices": ["/dev/null:/dev/xnull:rw"], "cap_add": ["NET_ADMIN"], "labels": {"com.example.role": "ui"},
+	  "restart": "on-failure:3", "stop_signal": "SIGUSR1", "stop_grace_period": "2500ms"
+	}`
+	spec, err := ParseSpec([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = engine.call(context.Background(), "remove volume", "DELETE", "/volumes/latch-test-fields", nil, nil, nil)
+	})
+	s := Service{App: app, Service: "ui", Release: "r1", Spec: spec, Image: baseImage.ID, LockDir: lockDir(t)}
+	id, err := d.Create(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(ctx, t, filepath.Join(s.LockDir, "done"), s)
+	for file, want := range map[string]string{"conf": "from host\n", "pwd": "/tmp\n", "uid": "0\n", "dev": "dev\n"} {
+		if got, _ := os.ReadFile(filepath.Join(s.LockDir, file)); string(got) != want {
+			t.Errorf("in the container, %s: got %q, want %q", file, got, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.LockDir, "ro")); err == nil {
+		t.Errorf("the :ro volume is writable in the container")
+	}
+	var got struct {
+		Config struct {
+			Entrypoint, Cmd []string
+			WorkingDir      string
+			User            string
+			Labels          map[string]string
+			ExposedPorts    map[string]struct{}
+			StopSignal      string
+			StopTimeout     int
+		}
+		HostConfig struct {
+			Binds         []string
+			PortBindings  map[string][]PortBinding
+			NetworkMode   string
+			Privileged    bool
+			Devices       []DeviceMapping
+			CapAdd        []string
+			RestartPolicy RestartPolicy
+		}
+	}
+	if err := engine.call(ctx, "inspect", "GET", "/containers/"+id+"/json", nil, nil, &got); err != nil {
+		t.Fatal(err)
+	}
+	c, h := got.Config, got.HostConfig
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"entrypoint", c.Entrypoint, []string{"/bin/sh", "-c"}},
+		{"cmd", c.Cmd, spec.Command},
+		{"working dir", c.WorkingDir, "/tmp"},
+		{"user", c.User, "0:0"},
+		{"label", c.Labels["com.example.role"], "ui"},
+		{"latch label", c.Labels[LabelRelease], "r1"},
+		{"exposed", len(c.ExposedPorts), 2},
+		{"stop signal", c.StopSignal, "SIGUSR1"},
+		{"stop timeout", c.StopTimeout, 3},
+		{"binds", h.Binds, []string{host + ":/host:ro", "latch-test-fields:/data"}},
+		{"port 80", h.PortBindings["80/tcp"], []PortBinding{{HostIP: "127.0.0.1", HostPort: "18080"}}},
+		{"network", h.NetworkMode, "none"},
+		{"privileged", h.Privileged, false},
+		{"devices", h.Devices, []DeviceMapping{{PathOnHost: "/dev/null", PathInContainer: "/dev/xnull", CgroupPermissions: "rw"}}},
+		{"cap add", h.CapAdd, []string{"NET_ADMIN"}},
+		{"restart", h.RestartPolicy, RestartPolicy{Name: "on-failure", MaximumRetryCount: 3}},
+	}
+	for _, ck := range checks {
+		if !cmp.Equal(ck.got, ck.want) {
+			t.Errorf("%s: engine has %v, want %v", ck.what, ck.got, ck.want)
+		}
+	}
+
+	// Privileged is only created, not started: this lab's bounding set
+	// lacks CAP_SYS_RESOURCE, which a privileged container needs.
+	p := s
+	p.Release, p.Spec.Privileged = "r2", true
+	pid, err := d.Create(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.call(ctx, "inspect", "GET", "/containers/"+pid+"/json", nil, nil, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !got.HostConfig.Privileged {
+		t.Errorf("privileged: true did not reach the engine")
 	}
 }
