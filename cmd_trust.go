@@ -1,10 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -147,18 +147,10 @@ Example:
 	if err != nil {
 		return fmt.Errorf("gen %s: %w", name, err)
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
+	if err := writeNewFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: append(append([]byte(nil), pkcs8Ed25519...), priv.Seed()...)}), 0o600); err != nil {
 		return fmt.Errorf("gen %s: %w", name, err)
 	}
-	pubDer, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return fmt.Errorf("gen %s: %w", name, err)
-	}
-	if err := writeNewFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return fmt.Errorf("gen %s: %w", name, err)
-	}
-	if err := writeNewFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDer}), 0o644); err != nil {
+	if err := writeNewFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: append(append([]byte(nil), pkixEd25519...), pub...)}), 0o644); err != nil {
 		os.Remove(keyPath)
 		return fmt.Errorf("gen %s: %w", name, err)
 	}
@@ -172,6 +164,14 @@ func helpIsOK(err error) error {
 	}
 	return err
 }
+
+// The DER of ed25519 keys is fixed (RFC 8410): a prefix and the 32 bytes of
+// the seed (PKCS#8) or of the public key (PKIX). Writing and reading them by
+// hand keeps crypto/x509's RSA and ECDSA private-key code out of the binary.
+var (
+	pkcs8Ed25519 = []byte{0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20}
+	pkixEd25519  = []byte{0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00}
+)
 
 // loadPrivateKey reads a NAME.key file (PKCS#8 PEM "PRIVATE KEY" of an
 // ed25519 key, as `latch key gen` and `openssl genpkey -algorithm ed25519`
@@ -188,14 +188,10 @@ func loadPrivateKey(path string) (ed25519.PrivateKey, error) {
 	if block.Type != "PRIVATE KEY" {
 		return nil, fmt.Errorf("load signing key %s: PEM block is %q, want \"PRIVATE KEY\" (give NAME.key, not NAME.pub)", path, block.Type)
 	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("load signing key %s: %w", path, err)
+	if len(block.Bytes) != len(pkcs8Ed25519)+ed25519.SeedSize || !bytes.Equal(block.Bytes[:len(pkcs8Ed25519)], pkcs8Ed25519) {
+		return nil, fmt.Errorf("load signing key %s: not an ed25519 private key in PKCS#8 (make one with 'latch key gen' or 'openssl genpkey -algorithm ed25519')", path)
 	}
-	priv, ok := k.(ed25519.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("load signing key %s: key is %T, want ed25519", path, k)
-	}
+	priv := ed25519.NewKeyFromSeed(block.Bytes[len(pkcs8Ed25519):])
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		fmt.Fprintf(os.Stderr, "latch: warning: %s is readable by others (mode %04o): chmod 600 it\n", path, fi.Mode().Perm())
 	}

@@ -421,3 +421,39 @@ func TestTrustHelp(t *testing.T) {
 		}
 	}
 }
+
+// Keys are the files openssl reads and writes: a key of either tool signs
+// for the other.
+func TestTrustKeysInteroperate(t *testing.T) {
+	openssl, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Skip("no openssl: the key files were not checked against it")
+	}
+	e := newTrustEnv(t)
+	ossl := func(args ...string) []byte {
+		t.Helper()
+		cmd := exec.Command(openssl, args...)
+		cmd.Dir = e.dir
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("openssl %v: %v", args, err)
+		}
+		return out
+	}
+	e.ok("key", "gen", "alice")
+	if pub := ossl("pkey", "-in", "alice.key", "-pubout"); !bytes.Equal(pub, e.read("alice.pub")) {
+		t.Fatalf("openssl derives %q from alice.key, latch wrote %q", pub, e.read("alice.pub"))
+	}
+	ossl("genpkey", "-algorithm", "ed25519", "-out", "bob.key")
+	ossl("pkey", "-in", "bob.key", "-pubout", "-out", "bob.pub")
+	e.ok("root", "init", "--root-key", "alice.pub", "--root-key", "bob.pub", "--root-threshold", "2",
+		"--targets-key", "bob.pub", "--fleet", "kiosk-prod", "-o", "root.json")
+	e.ok("root", "sign", "--key", "alice.key", "root.json")
+	e.ok("root", "sign", "--key", "bob.key", "root.json")
+	now := time.Now()
+	e.target("target.json", 1, now.Add(-time.Minute), now.Add(time.Hour), "kiosk-prod", "")
+	e.ok("sign", "--key", "bob.key", "target.json")
+	e.ok("verify", "--root", "root.json", "target.json")
+	ossl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ec.key")
+	e.fails(1, "not an ed25519 private key", "sign", "--key", "ec.key", "target.json")
+}
