@@ -36,8 +36,9 @@ var tmpSeq atomic.Uint32
 // already owned by uid:gid (uid < 0 leaves the caller's), already holding
 // rec and already flocked (LOCK_EX) by this process until Remove, or not at
 // all: it is written under a temporary name in the same directory and linked
-// into place with link(2), which never follows or replaces anything at path. If something exists at path, Create returns a
-// *HeldError (errors.Is(err, ErrHeld)) describing it. Every directory on the
+// into place with link(2), which never follows or replaces anything at path.
+// If something exists at path, Create returns a *HeldError
+// (errors.Is(err, ErrHeld)) describing it. Every directory on the
 // way is opened without following a symlink (ErrSymlink naming it). Create
 // counts no entry as the agent's in that description; Layout.Create does.
 func Create(path string, rec Record, uid, gid int) (*Lock, error) {
@@ -82,7 +83,7 @@ func createAt(dirfd int, path, name string, rec Record, uid, gid, lockUID int) (
 		err = unix.Fchown(fd, uid, gid)
 	}
 	if err == nil {
-		err = unix.Fchmod(fd, 0o644)
+		err = unix.Fchmod(fd, 0o644) // readable by all now it is flocked (and whatever the umask)
 	}
 	if err == nil {
 		// Durable before it is linked into place: on a file system that

@@ -27,6 +27,12 @@
 //     record and the final owner, linked into place with link(2)): the entry
 //     never appears without its record or with the wrong owner, and never
 //     replaces anything that exists.
+//   - An entry made by Create (or taken over with Reclaim) carries
+//     flock(LOCK_EX), held on the descriptor that made it (close-on-exec,
+//     never reopened by path) from before the entry appears until Remove,
+//     which drops it after the unlink: tools that test a lock with flock
+//     see latch's entries held. The kernel drops it when the holder dies;
+//     the entry left behind is a dead record.
 //   - A record's claim to be the agent's (role agent or hold) counts only on
 //     an entry owned by Layout.LockUID, and its pid is named as the holder
 //     only while that process's real uid owns the entry (or it is root and
