@@ -82,7 +82,8 @@ func (c *Client) Host() string { return c.host }
 // Close releases idle connections.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
 
-// APIError is an answer of the engine with a status of 400 or more.
+// APIError is an answer of the engine with a status of 400 or more, or an
+// error inside the progress stream of a 200 answer (LoadImage).
 type APIError struct {
 	Call       string // "create container latch_kiosk_ui_r1"
 	StatusCode int
@@ -90,6 +91,9 @@ type APIError struct {
 }
 
 func (e *APIError) Error() string {
+	if e.StatusCode < 400 { // an error inside a progress stream
+		return fmt.Sprintf("%s: engine reported: %s", e.Call, e.Message)
+	}
 	return fmt.Sprintf("%s: engine answered %d: %s", e.Call, e.StatusCode, e.Message)
 }
 

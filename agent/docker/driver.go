@@ -439,6 +439,10 @@ func (d *Driver) removeOwned(ctx context.Context, c Container, name string) erro
 // container and starts the old one again (old nil: the service is new, there
 // is nothing to start). Each part can be repeated.
 func (d *Driver) Rollback(ctx context.Context, old *Service, new Service) error {
+	if old != nil && (old.App != new.App || old.Service != new.Service || old.Release == new.Release) {
+		return fmt.Errorf("roll back %s/%s: %w: the old container must be another release of the same service, got %s/%s release %s",
+			new.App, new.Service, ErrInvalid, old.App, old.Service, old.Release)
+	}
 	if err := d.Remove(ctx, new); err != nil {
 		return fmt.Errorf("roll back %s/%s to the previous release: %w", new.App, new.Service, err)
 	}
@@ -488,7 +492,7 @@ func (d *Driver) Health(ctx context.Context, s Service, wait time.Duration) erro
 		case c.RestartCount > restarts:
 			return d.unhealthy(ctx, c, name, fmt.Sprintf("restarted %d times (last exit code %d)", c.RestartCount-restarts, st.ExitCode))
 		case st.Restarting:
-			return d.unhealthy(ctx, c, name, fmt.Sprintf("exited with code %d and is restarting", st.ExitCode))
+			return d.unhealthy(ctx, c, name, fmt.Sprintf("exited (exit code %d) and is restarting", st.ExitCode))
 		case !st.Running:
 			why := fmt.Sprintf("is %s, exit code %d", st.Status, st.ExitCode)
 			if st.OOMKilled {

@@ -1,6 +1,8 @@
 package docker
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -81,6 +83,14 @@ func TestApplyAndRollback(t *testing.T) {
 	}
 	if p := oc.HostConfig.RestartPolicy.Name; p != "always" {
 		t.Errorf("restart policy after the rollback: got %q, want always again", p)
+	}
+	// A rollback to the very release it removes is refused: it would
+	// remove the container it means to start.
+	if err := d.Rollback(ctx, &old, old); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Rollback to the same release: %v, want ErrInvalid", err)
+	}
+	if !inspect(t, old).State.Running {
+		t.Fatalf("a refused rollback stopped the old container")
 	}
 	// The rollback repeated (a crash after it) changes nothing.
 	if err := d.Rollback(ctx, &old, nu); err != nil {
@@ -272,7 +282,9 @@ func TestForeignContainer(t *testing.T) {
 		if err := d.Remove(ctx, s); !errors.Is(err, ErrForeign) {
 			t.Errorf("labels %v: Remove: %v, want ErrForeign", labels, err)
 		}
-		if err := d.Rollback(ctx, &s, s); !errors.Is(err, ErrForeign) {
+		other := s
+		other.Release = "r0"
+		if err := d.Rollback(ctx, &other, s); !errors.Is(err, ErrForeign) {
 			t.Errorf("labels %v: Rollback: %v, want ErrForeign", labels, err)
 		}
 		c, err := engine.InspectContainer(ctx, id)
@@ -472,6 +484,17 @@ func TestEngineErrors(t *testing.T) {
 	_, err = engine.LoadImage(ctx, strings.NewReader("this is not a tarball"))
 	if err == nil || !strings.Contains(err.Error(), "load image") {
 		t.Errorf("load of garbage: %v, want an error naming the load", err)
+	}
+	// A tarball whose manifest names a config it lacks: the engine says so
+	// inside its 200 stream.
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	m := []byte(`[{"Config":"missing-config.json","RepoTags":["latch-test/broken:1"],"Layers":["l/layer.tar"]}]`)
+	_ = tw.WriteHeader(&tar.Header{Name: "manifest.json", Mode: 0o644, Size: int64(len(m)), Typeflag: tar.TypeReg})
+	_, _ = tw.Write(m)
+	_ = tw.Close()
+	if loaded, err := engine.LoadImage(ctx, &tb); err == nil || !strings.Contains(err.Error(), "missing-config.json") {
+		t.Errorf("load of a broken archive: %v, %v; want the engine's error naming missing-config.json", loaded, err)
 	}
 	v, err := engine.Version(ctx)
 	if err != nil || v.APIVersion == "" {

@@ -28,7 +28,7 @@ type Spec struct {
 	Devices         []string          `json:"devices,omitempty"`
 	CapAdd          []string          `json:"cap_add,omitempty"`
 	Labels          map[string]string `json:"labels,omitempty"`
-	Restart         string            `json:"restart,omitempty"` // default "no"
+	Restart         string            `json:"restart,omitempty"` // default "always", as on balena
 	DependsOn       []string          `json:"depends_on,omitempty"`
 	StopSignal      string            `json:"stop_signal,omitempty"`       // normalised: "SIGTERM"
 	StopGracePeriod time.Duration     `json:"-"`                           // parsed stop_grace_period
@@ -301,7 +301,9 @@ func parseDevice(d string) (DeviceMapping, error) {
 // parseRestart reads a compose restart policy.
 func parseRestart(r string) (RestartPolicy, error) {
 	switch r {
-	case "", "no":
+	case "":
+		return RestartPolicy{Name: "always"}, nil // balena's default: a device's services come back
+	case "no":
 		return RestartPolicy{Name: "no"}, nil
 	case "always", "unless-stopped", "on-failure":
 		return RestartPolicy{Name: r}, nil
