@@ -322,3 +322,37 @@ func TestHTTPSOnly(t *testing.T) {
 		t.Error("the TLS registry never got the credentials")
 	}
 }
+
+// TestHtpasswdRegistry: the real registry with its own htpasswd (bcrypt)
+// auth: basic credentials from a config.json pull; none or wrong ones are
+// refused with errors that say which.
+func TestHtpasswdRegistry(t *testing.T) {
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	line := testUser + ":" + bcryptHash(testPass, []byte("latch-test-salt!"), 4) + "\n"
+	if err := os.WriteFile(htpasswd, []byte(line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := startRegistry(t, fmt.Sprintf("auth: {htpasswd: {realm: latch-test, path: %s}}\n", htpasswd))
+	p := pusher{t: t, base: "http://" + addr, auth: basicHeader(testUser, testPass)}
+	im := p.pushImage("test/app", linuxAMD64, false, map[string][]byte{"a": randomBytes(20<<10, 11)})
+	ref := mustRef(t, addr+"/test/app@"+im.digest)
+
+	_, err := newClient(t, Options{Insecure: []string{addr}}).Image(ctxT(t), ref)
+	if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "has none") {
+		t.Errorf("no credentials: got %v", err)
+	}
+	_, err = newClient(t, Options{Insecure: []string{addr}, Credentials: loadCreds(t, writeAuthFile(t, addr, testUser, "wrong"))}).Image(ctxT(t), ref)
+	if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("wrong password: got %v", err)
+	}
+	c := newClient(t, Options{Insecure: []string{addr}, Credentials: loadCreds(t, writeAuthFile(t, addr, testUser, testPass))})
+	img, err := c.Image(ctxT(t), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := c.FetchImage(ctxT(t), img, dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkBlob(t, dir, img.Layers[0].Digest, im.layers[0])
+}
