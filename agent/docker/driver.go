@@ -297,6 +297,11 @@ func (d *Driver) Create(ctx context.Context, s Service) (string, error) {
 	} else if !fi.IsDir() {
 		return "", fmt.Errorf("create container %s: %w: lock dir %s is not a directory (a symlink or a file)", name, ErrInvalid, s.LockDir)
 	}
+	if real, err := filepath.EvalSymlinks(s.LockDir); err != nil {
+		return "", fmt.Errorf("create container %s: lock dir: %w", name, err)
+	} else if real != filepath.Clean(s.LockDir) {
+		return "", fmt.Errorf("create container %s: %w: lock dir %s resolves through a symlink to %s; give the real path", name, ErrInvalid, s.LockDir, real)
+	}
 	for attempt := 0; ; attempt++ {
 		c, _, found, err := d.lookup(ctx, s)
 		if err != nil {
@@ -329,7 +334,8 @@ func (d *Driver) Create(ctx context.Context, s Service) (string, error) {
 }
 
 // Start starts the container of s (made by Create) with the restart policy
-// of its spec. Starting a running container is no error.
+// of its spec. Starting a running container is no error; starting one while
+// a container of another release of the service runs is ErrConflict.
 func (d *Driver) Start(ctx context.Context, s Service) error {
 	c, name, found, err := d.lookup(ctx, s)
 	if err != nil {
@@ -349,6 +355,17 @@ func (d *Driver) Start(ctx context.Context, s Service) error {
 	}
 	if c.State.Running && !c.State.Restarting {
 		return nil
+	}
+	// Two releases of a service never run at once: the old one is
+	// stopped (apply) or the new one removed (rollback) first.
+	others, err := d.Client.ListContainers(ctx, LabelApp+"="+s.App, LabelService+"="+s.Service)
+	if err != nil {
+		return fmt.Errorf("start container %s: %w", name, err)
+	}
+	for _, o := range others {
+		if o.ID != c.ID && (o.State == "running" || o.State == "restarting" || o.State == "paused") {
+			return fmt.Errorf("start container %s: %w: %s of release %s still runs; stop it first", name, ErrConflict, o.Name(), o.Labels[LabelRelease])
+		}
 	}
 	if err := d.Client.StartContainer(ctx, c.ID); err != nil {
 		return err

@@ -41,6 +41,16 @@ func TestApplyAndRollback(t *testing.T) {
 
 	nu := svc(t, app, "web", "r2", baseImage, "/bin/sleep", "1001")
 	nu.LockDir = lock
+	// The new release never starts beside the old one.
+	if _, err := d.Create(ctx, nu); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, nu); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "latch_cycle_web_r1") {
+		t.Errorf("Start of r2 while r1 runs: %v, want ErrConflict naming latch_cycle_web_r1", err)
+	}
+	if inspect(t, nu).State.Running {
+		t.Fatalf("r2 runs beside r1")
+	}
 	if err := d.Stop(ctx, old); err != nil {
 		t.Fatal(err)
 	}
@@ -232,6 +242,15 @@ func TestLockDirRequired(t *testing.T) {
 	s.LockDir = link
 	if _, err := d.Create(ctx, s); !errors.Is(err, ErrInvalid) {
 		t.Errorf("Create with a symlinked lock dir: %v, want ErrInvalid", err)
+	}
+	// A symlink above the lock dir is refused too.
+	linkedParent := filepath.Join(t.TempDir(), "parent")
+	if err := os.Symlink(filepath.Dir(target), linkedParent); err != nil {
+		t.Fatal(err)
+	}
+	s.LockDir = filepath.Join(linkedParent, filepath.Base(target))
+	if _, err := d.Create(ctx, s); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "symlink") {
+		t.Errorf("Create with a lock dir under a symlinked parent: %v, want ErrInvalid naming the symlink", err)
 	}
 	s.LockDir = target
 	s.Image = "sha256:" + strings.Repeat("0", 64)

@@ -206,10 +206,15 @@ func parseVolume(v string) (source, target string, readOnly bool, err error) {
 	if !path.IsAbs(target) {
 		return "", "", false, bad("volumes", "%q: target %q must be an absolute path in the container", v, target)
 	}
-	if t := path.Clean(target); t == "/" || t == "/tmp/balena" || t == "/tmp/resin" {
+	if t := path.Clean(target); t == "/" || under(t, "/tmp/balena") || under(t, "/tmp/resin") {
 		return "", "", false, bad("volumes", "%q: target %s is reserved (the root, or latch's lock mounts)", v, t)
 	}
 	return source, target, readOnly, nil
+}
+
+// under reports whether p is dir or a path inside it.
+func under(p, dir string) bool {
+	return p == dir || strings.HasPrefix(p, dir+"/")
 }
 
 // port is one published port.

@@ -65,6 +65,8 @@ func TestParseSpecBad(t *testing.T) {
 		{name: "volume bad mode", field: "volumes", value: []string{"data:/data:rx"}, want: `mode "rx"`},
 		{name: "volume bad source", field: "volumes", value: []string{"../etc:/data"}, want: "neither an absolute host path"},
 		{name: "volume over lock mount", field: "volumes", value: []string{"/tmp/x:/tmp/balena"}, want: "reserved"},
+		{name: "volume inside lock mount", field: "volumes", value: []string{"data:/tmp/resin/x"}, want: "reserved"},
+		{name: "volume over lock mount, unclean", field: "volumes", value: []string{"data:/tmp//balena/"}, want: "reserved"},
 		{name: "port not number", field: "ports", value: []string{"80a"}, want: "ports"},
 		{name: "port zero", field: "ports", value: []string{"0:80"}, want: "host port"},
 		{name: "port too big", field: "ports", value: []string{"8080:70000"}, want: "container port"},
