@@ -126,6 +126,7 @@ type Agent struct {
 	done   chan struct{}   // closed when Run returns
 	ctx    context.Context // Run's context, for workers
 
+	hub    eventHub // the journal's events, to subscribers (GET /v2/events)
 	status atomic.Pointer[Status]
 	beat   atomic.Int64 // unix nanoseconds of the loop's last iteration
 
@@ -164,6 +165,7 @@ func New(cfg Config, j *store.Journal) (*Agent, error) {
 		done:   make(chan struct{}),
 	}
 	a.status.Store(&Status{State: StateIdle, BlockedBy: []lock.Entry{}, Holds: []store.Hold{}})
+	j.OnEvents(a.hub.publish)
 	return a, nil
 }
 
@@ -293,6 +295,7 @@ func (a *Agent) loop(ctx context.Context, w *lock.Watcher) error {
 	watched := "-"
 	for {
 		a.advance()
+		a.syncNotices()
 		a.publish()
 		// Only the services some target names are watched: lock
 		// directories that users make cost no watch and no rescan.

@@ -11,6 +11,7 @@ import (
 
 	"latch/agent/fetch"
 	"latch/agent/lock"
+	"latch/agent/target"
 	"latch/store"
 )
 
@@ -44,39 +45,74 @@ type applyDone struct {
 	where       string // for an interrupted apply: how far each service got
 }
 
-// tryApply takes the locks of every service the pending update touches, all
-// or nothing, and starts the apply; when something blocks it (and neither
-// force nor override says otherwise) it records what blocks and waits for the
-// watcher to report a change.
+// tryApply applies the pending update app by app: for each app that it
+// changes, in order, it takes the locks of that app's services (and the
+// device-wide paths), all or nothing, and starts the apply of that app's
+// part; an app whose locks are held waits (and says what blocks it) while
+// the others go ahead. Only one part is applied at a time; the loop comes
+// back here when it ends. When every app is blocked (and neither force nor
+// override says otherwise) it records what blocks and waits for the watcher
+// to report a change.
 func (a *Agent) tryApply() {
 	p := a.st.pending
 	if a.restageMissing() {
 		return
 	}
-	svcs := services(a.st.plan)
 	force := p.Forced || a.st.override.Enabled
 	why, by := "override", "override:"+a.st.override.By
 	if p.Forced {
 		why, by = "forced update", a.forcedBy()
 	}
-	locks, blocking, err := a.take(svcs, force, why, by)
-	if err != nil {
-		p.Reason = "cannot take the locks: " + err.Error()
+	apps := planApps(a.st.plan)
+	blocked := map[string][]lock.Entry{}
+	var all []lock.Entry
+	var takeErr error
+	for _, app := range apps {
+		part := appPart(a.st.plan, app)
+		svcs := services(part)
+		locks, blocking, err := a.take(svcs, force, why, by)
+		if err != nil {
+			takeErr = err
+			a.logf("take locks of %s for update %s: %v", app, short(p.ID), err)
+			continue
+		}
+		if len(blocking) > 0 {
+			blocked[app] = blocking
+			for _, e := range blocking {
+				if !slices.ContainsFunc(all, func(x lock.Entry) bool { return x.Path == e.Path }) {
+					all = append(all, e)
+				}
+			}
+			continue
+		}
+		a.st.appBlocked = blocked
+		a.startPart(part, locks, len(apps) == 1)
+		return
+	}
+	a.st.appBlocked = blocked
+	if len(all) > 0 {
+		a.setBlocked(all)
+		return
+	}
+	if takeErr != nil {
+		p.Reason = "cannot take the locks: " + takeErr.Error()
 		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
-		a.logf("take locks for update %s: %v", short(p.ID), err)
-		return
 	}
-	if len(blocking) > 0 {
-		a.setBlocked(blocking)
-		return
-	}
+}
+
+// startPart journals the apply of one app's part (its locks are taken) and
+// starts it. A force armed for the update stays armed until its last app.
+func (a *Agent) startPart(part []planned, locks []*lock.Lock, last bool) {
+	p := a.st.pending
+	svcs := services(part)
 	ap := &store.Apply{UpdateID: p.ID, Locks: lockRefs(locks), Started: time.Now()}
-	for _, pl := range a.st.plan {
+	for _, pl := range part {
 		ap.Steps = append(ap.Steps, store.Step{App: pl.Svc.App, Service: pl.Svc.Service, Phase: phasePending, At: time.Now()})
 	}
 	forced := p.Forced
-	err = a.journal(func(tx *store.Tx) error {
-		p.State, p.Attempts, p.Forced, p.Reason, p.Updated = store.Applying, p.Attempts+1, false, "", time.Now()
+	err := a.journal(func(tx *store.Tx) error {
+		p.State, p.Attempts, p.Reason, p.Updated = store.Applying, p.Attempts+1, "", time.Now()
+		p.Forced = p.Forced && !last
 		if err := tx.PutPending(p); err != nil {
 			return err
 		}
@@ -98,8 +134,10 @@ func (a *Agent) tryApply() {
 		return
 	}
 	hit(FPLocksTaken)
-	a.st.blockedBy, a.st.blockedSince, a.st.blockKey = nil, time.Time{}, ""
-	a.startApply(ap, locks, false)
+	if len(a.st.appBlocked) == 0 {
+		a.st.blockedBy, a.st.blockedSince, a.st.blockKey = nil, time.Time{}, ""
+	}
+	a.startApply(ap, locks, false, part)
 }
 
 // restageMissing puts the pending update back to downloading when a staged
@@ -157,13 +195,15 @@ func lockRefs(locks []*lock.Lock) []store.LockRef {
 	return refs
 }
 
-// startApply runs the apply worker beside the loop.
-func (a *Agent) startApply(ap *store.Apply, locks []*lock.Lock, rollback bool) {
+// startApply runs the apply worker for part (one app's services) beside
+// the loop.
+func (a *Agent) startApply(ap *store.Apply, locks []*lock.Lock, rollback bool, part []planned) {
 	a.st.applying, a.st.actionLocks, a.st.applyStarted = true, locks, time.Now()
+	a.st.applyPlan = slices.Clone(part)
 	w := &applyWorker{
 		a:        a,
 		ap:       cloneApply(ap),
-		plan:     slices.Clone(a.st.plan),
+		plan:     slices.Clone(part),
 		files:    slices.Clone(a.st.pending.Files),
 		rollback: rollback,
 	}
@@ -417,63 +457,102 @@ func (a *Agent) onApplied(ev applyDone) {
 	s.lastApplySeconds = dur
 	s.applySecondsTotal += dur
 	if ev.err == nil {
+		part := s.applyPlan
+		// What remains once this part is done: the plan without its app.
+		var rest []planned
+		for _, pl := range s.plan {
+			if len(part) == 0 || pl.Svc.App != part[0].Svc.App {
+				rest = append(rest, pl)
+			}
+		}
+		done := len(rest) == 0
+		running := p.Target
+		if !done {
+			var err error
+			if running, err = mergeRunning(a.runningDoc(), p.Target, partApps(part)); err != nil {
+				a.logf("record what runs after update %s of %s: %v", short(p.ID), releases(part), err)
+				running = nil
+			}
+		}
 		err := a.journal(func(tx *store.Tx) error {
-			seen := map[string]bool{}
-			for _, pl := range s.plan {
-				if seen[pl.Svc.App] {
-					continue
-				}
-				seen[pl.Svc.App] = true
-				if _, stays := s.tgt.Apps[pl.Svc.App]; !stays {
-					if err := tx.DeleteApp(pl.Svc.App); err != nil {
+			for _, app := range partApps(part) {
+				if _, stays := s.tgt.Apps[app]; !stays {
+					if err := tx.DeleteApp(app); err != nil {
 						return err
 					}
 					continue
 				}
-				ap := s.apps[pl.Svc.App]
-				ap.Name, ap.Current, ap.Target, ap.Updated = pl.Svc.App, pl.Release, pl.Release, time.Now()
+				ap := s.apps[app]
+				ap.Name, ap.Current, ap.Target, ap.Updated = app, s.tgt.Apps[app].Release, s.tgt.Apps[app].Release, time.Now()
 				if err := tx.PutApp(ap); err != nil {
 					return err
 				}
 			}
-			if err := tx.SetRunning(p.Target); err != nil {
-				return err
+			if running != nil {
+				if err := tx.SetRunning(running); err != nil {
+					return err
+				}
 			}
 			if err := tx.DeleteApply(); err != nil {
 				return err
 			}
-			if err := tx.DeletePending(); err != nil {
-				return err
+			if done {
+				if err := tx.DeletePending(); err != nil {
+					return err
+				}
+			} else {
+				// The next app's part starts afresh.
+				p.State, p.Attempts, p.Reason, p.Updated = store.Downloaded, 0, "", time.Now()
+				if err := tx.PutPending(p); err != nil {
+					return err
+				}
 			}
-			_, err := tx.Log(store.Event{Kind: "applied", Message: fmt.Sprintf("update %s applied in %.1fs: %s", short(p.ID), dur, releases(s.plan))})
+			msg := fmt.Sprintf("update %s applied in %.1fs: %s", short(p.ID), dur, releases(part))
+			if !done {
+				msg += fmt.Sprintf(" (%s to go)", strings.Join(planApps(rest), ", "))
+			}
+			_, err := tx.Log(store.Event{Kind: "applied", Message: msg})
 			return err
 		})
 		if err != nil {
 			return // try again from the journal at the next start
 		}
-		for _, pl := range s.plan {
-			if _, stays := s.tgt.Apps[pl.Svc.App]; !stays {
-				delete(s.apps, pl.Svc.App)
+		for _, app := range partApps(part) {
+			if _, stays := s.tgt.Apps[app]; !stays {
+				delete(s.apps, app)
 				continue
 			}
-			ap := s.apps[pl.Svc.App]
-			ap.Name, ap.Current, ap.Target = pl.Svc.App, pl.Release, pl.Release
-			s.apps[pl.Svc.App] = ap
+			ap := s.apps[app]
+			ap.Name, ap.Current, ap.Target = app, s.tgt.Apps[app].Release, s.tgt.Apps[app].Release
+			s.apps[app] = ap
 		}
-		s.running = s.tgt
+		if running != nil {
+			if st, err := target.Parse(running); err == nil {
+				s.running = st
+			}
+		}
 		hit(FPFinished)
-		for _, f := range p.Files {
-			if err := fetch.Commit(f.Path); err != nil {
-				a.logf("forget the install markers of %s: %v", f.Path, err)
+		for _, pl := range part {
+			for _, fi := range pl.Files {
+				if err := fetch.Commit(p.Files[fi].Path); err != nil {
+					a.logf("forget the install markers of %s: %v", p.Files[fi].Path, err)
+				}
 			}
 		}
 		s.appliesOK++
-		a.logf("update %s applied: %s", short(p.ID), releases(s.plan))
+		a.logf("update %s applied: %s", short(p.ID), releases(part))
 		a.releaseActionLocks()
-		a.setPending(nil, nil)
-		a.cleanDownloads()
+		s.applyPlan = nil
+		if done {
+			a.setPending(nil, nil)
+			a.cleanDownloads()
+		} else {
+			s.plan = rest
+			delete(s.appBlocked, part[0].Svc.App)
+		}
 	} else {
 		s.appliesFailed++
+		s.applyPlan = nil
 		if cancelled(p) {
 			a.releaseActionLocks()
 			a.cancelPending(cancelledBy(p), "rolled back: "+ev.err.Error())
@@ -567,7 +646,11 @@ func (a *Agent) tryResume() {
 		return
 	}
 	p := s.pending
-	if p == nil || p.ID != ap.UpdateID || !stepsMatch(ap.Steps, s.plan) {
+	var part []planned
+	if len(ap.Steps) > 0 {
+		part = appPart(s.plan, ap.Steps[0].App)
+	}
+	if p == nil || p.ID != ap.UpdateID || !stepsMatch(ap.Steps, part) {
 		a.logf("apply record of %s does not match the pending update: dropping it", short(ap.UpdateID))
 		a.journal(func(tx *store.Tx) error { return tx.DeleteApply() })
 		s.resume = nil
@@ -581,9 +664,9 @@ func (a *Agent) tryResume() {
 		if p.Forced {
 			why, by = "forced resume of an interrupted update", a.forcedBy()
 		}
-		svcs := services(s.plan)
+		svcs := services(part)
 		if rollback {
-			svcs = touched(ap, s.plan) // a rollback acts on these alone
+			svcs = touched(ap, part) // a rollback acts on these alone
 		}
 		locks, blocking, err := a.take(svcs, force, why, by)
 		if err != nil {
@@ -599,7 +682,7 @@ func (a *Agent) tryResume() {
 		s.blockedBy, s.blockedSince, s.blockKey = nil, time.Time{}, ""
 		a.journal(func(tx *store.Tx) error {
 			ap.Locks = lockRefs(locks)
-			p.Forced, p.Updated = false, time.Now()
+			p.Forced, p.Updated = p.Forced && len(planApps(s.plan)) > 1, time.Now()
 			if err := tx.PutPending(p); err != nil {
 				return err
 			}
@@ -626,7 +709,7 @@ func (a *Agent) tryResume() {
 		return err
 	})
 	s.resume = nil
-	a.startApply(ap, s.actionLocks, rollback)
+	a.startApply(ap, s.actionLocks, rollback, part)
 }
 
 // touched lists the services of an apply record that its forward pass

@@ -99,7 +99,10 @@ func (a *Agent) holdAllowed(h store.Hold) error {
 	case s.restarting != nil:
 		busy = []lock.Service{*s.restarting}
 	case s.applying || s.resume != nil:
-		busy = services(s.plan)
+		busy = services(s.applyPlan)
+		if s.resume != nil && len(s.resume.Steps) > 0 {
+			busy = services(appPart(s.plan, s.resume.Steps[0].App))
+		}
 		if s.resume != nil && isRestart(s.resume) {
 			st := s.resume.Steps[0]
 			busy = []lock.Service{{App: st.App, Service: st.Service}}

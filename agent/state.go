@@ -43,6 +43,7 @@ type loopState struct {
 	lastJournalled time.Time
 
 	applying     bool
+	applyPlan    []planned    // the part of plan in flight: the services of one app
 	actionLocks  []*lock.Lock // the agent's entries for the action in flight (apply, restart, reboot)
 	applyStarted time.Time
 	// resume is an apply (or a restart) that a crash or a shutdown
@@ -57,8 +58,16 @@ type loopState struct {
 	rebootRetryAt  time.Time // earliest next try of a failed reboot or shutdown
 	blockedBy      []lock.Entry
 	blockedSince   time.Time
-	blockKey       string    // paths of blockedBy, to journal a deferral once per change
-	retryAt        time.Time // earliest next download or apply attempt
+	// appBlocked is what blocks each app of the pending update that waits
+	// (app -> entries); apps absent from it are free or in flight.
+	appBlocked map[string][]lock.Entry
+	// notices is the update-pending content written in each service dir
+	// (nil content: maybe left by an earlier run); noticeErr the last error
+	// of a dir, logged once.
+	notices   map[string][]byte
+	noticeErr map[string]string
+	blockKey  string    // paths of blockedBy, to journal a deferral once per change
+	retryAt   time.Time // earliest next download or apply attempt
 
 	downloadedBytes   int64
 	appliesOK         int
@@ -84,6 +93,7 @@ type planned struct {
 func (s *loopState) init() {
 	s.apps = map[string]store.App{}
 	s.holdLocks = map[string]*lock.Lock{}
+	s.noticeErr = map[string]string{}
 }
 
 // nextWake is how long the loop may sleep before a timer-driven action
@@ -127,6 +137,7 @@ func (a *Agent) setPending(u *store.Update, st *target.State) {
 	s.plan = nil
 	s.fileDone, s.fileTotal = nil, nil
 	s.blockedBy, s.blockedSince, s.blockKey = nil, time.Time{}, ""
+	s.appBlocked = nil
 	if u == nil {
 		return
 	}
@@ -201,6 +212,30 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// planApps lists the apps of a plan, in its order.
+func planApps(plan []planned) []string {
+	var out []string
+	for _, p := range plan {
+		if len(out) == 0 || out[len(out)-1] != p.Svc.App {
+			out = append(out, p.Svc.App)
+		}
+	}
+	return out
+}
+
+// appPart is the part of plan that changes app: the services that one
+// journalled apply of that app acts on. An update applies app by app, so that
+// a lock in one app never holds back another.
+func appPart(plan []planned, app string) []planned {
+	var out []planned
+	for _, p := range plan {
+		if p.Svc.App == app {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // services returns the lock services of a plan.
@@ -296,7 +331,11 @@ func (a *Agent) snapshot() Status {
 	var rel []string
 	for _, name := range sortedKeys(s.apps) {
 		ap := s.apps[name]
-		st.Apps = append(st.Apps, AppStatus{Name: name, Current: ap.Current, Target: ap.Target})
+		as := AppStatus{Name: name, Current: ap.Current, Target: ap.Target}
+		if b := s.appBlocked[name]; len(b) > 0 && s.pending != nil {
+			as.BlockedBy = slices.Clone(b)
+		}
+		st.Apps = append(st.Apps, as)
 		if ap.Current != "" {
 			rel = append(rel, name+"="+ap.Current)
 		}

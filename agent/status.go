@@ -58,6 +58,10 @@ type AppStatus struct {
 	Name    string `json:"name"`
 	Current string `json:"current"`
 	Target  string `json:"target"`
+	// BlockedBy is what keeps this app's part of the pending update waiting
+	// (absent when it is free, in flight or done): apps are updated one by
+	// one, and a lock in one app holds back that app alone.
+	BlockedBy []lock.Entry `json:"blocked_by,omitempty"`
 }
 
 // Line is the one-line summary that systemd's STATUS= shows.

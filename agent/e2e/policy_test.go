@@ -1,0 +1,300 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Three apps of one device for the update-policy tests (spec section 12).
+func policyApps(release string) []app {
+	return []app{
+		{name: "alpha", release: "a" + release, services: []svc{{name: "ui"}, {name: "db"}}},
+		{name: "bravo", release: "b" + release, services: []svc{{name: "svc"}}},
+		{name: "charlie", release: "c" + release, services: []svc{{name: "svc"}}},
+	}
+}
+
+// policyStart starts the agent on release 1 of the three apps and waits
+// until all three run it.
+func policyStart(t *testing.T, d *device) {
+	t.Helper()
+	d.setTarget(d.targetDoc(nil, policyApps("1")...))
+	d.start()
+	d.waitFor("release 1 of every app", func() bool {
+		return d.releaseOf("alpha") == "a1" && d.releaseOf("bravo") == "b1" && d.releaseOf("charlie") == "c1"
+	})
+}
+
+// appStatus is one entry of the status's "apps".
+type appStatus struct {
+	Name      string `json:"name"`
+	Current   string `json:"current"`
+	Target    string `json:"target"`
+	Deadline  string `json:"deadline"`
+	BlockedBy []struct {
+		Path    string `json:"path"`
+		App     string `json:"app"`
+		Service string `json:"service"`
+	} `json:"blocked_by"`
+}
+
+func (d *device) appStatuses() map[string]appStatus {
+	d.t.Helper()
+	var s struct {
+		Apps []appStatus `json:"apps"`
+	}
+	if code := d.api("GET", "/v1/device", nil, &s); code != 200 {
+		d.t.Fatalf("GET /v1/device: status %d", code)
+	}
+	out := map[string]appStatus{}
+	for _, a := range s.Apps {
+		out[a.Name] = a
+	}
+	return out
+}
+
+// A user's lock in one app holds back that app alone: the other two apps of
+// the same target are applied (their new content runs) while the locked one
+// keeps running its old release, and the status names what blocks which app.
+// Once the lock goes, the locked app is applied. A reboot needs every lock:
+// it is refused while the lock is held.
+func TestPolicyAppsIndependent(t *testing.T) {
+	d := newDevice(t)
+	d.args = append(d.args, "--reboot-command", "echo reboot >> "+filepath.Join(d.root, "reboots.log"))
+	policyStart(t, d)
+	lockPath := filepath.Join(d.serviceDir("alpha", "ui"), "updates.lock")
+	userLock(t, d, lockPath)
+	stops := d.count("stop alpha/")
+
+	d.setTarget(d.targetDoc(nil, policyApps("2")...))
+	d.waitFor("bravo and charlie on release 2", func() bool {
+		return d.releaseOf("bravo") == "b2" && d.releaseOf("charlie") == "c2"
+	})
+	for _, a := range []string{"bravo", "charlie"} {
+		if got, want := readFile(t, d.installed(a, "svc")), a+"/svc "+a[:1]+"2"; got != want {
+			t.Errorf("installed %s/svc = %q, want %q", a, got, want)
+		}
+		if n := d.count(fmt.Sprintf("start %s/svc %s/svc %s2", a, a, a[:1])); n != 1 {
+			t.Errorf("%s/svc release 2 started %d times, want once", a, n)
+		}
+	}
+	d.waitFor("alpha blocked by the user's lock", func() bool {
+		return len(d.appStatuses()["alpha"].BlockedBy) > 0
+	})
+	if got := d.releaseOf("alpha"); got != "a1" {
+		t.Fatalf("alpha runs %q while its lock is held, want a1", got)
+	}
+	for _, s := range []string{"ui", "db"} {
+		if got, want := readFile(t, d.installed("alpha", s)), "alpha/"+s+" a1"; got != want {
+			t.Errorf("installed alpha/%s = %q while locked, want %q", s, got, want)
+		}
+	}
+	if n := d.count("stop alpha/"); n != stops {
+		t.Errorf("alpha stopped %d times while alpha/ui's lock is held", n-stops)
+	}
+	apps := d.appStatuses()
+	if b := apps["alpha"].BlockedBy; len(b) == 0 || b[0].Path != lockPath || b[0].App != "alpha" {
+		t.Errorf("apps[alpha].blocked_by = %+v, want %s first", b, lockPath)
+	}
+	for _, a := range []string{"bravo", "charlie"} {
+		if b := apps[a].BlockedBy; len(b) != 0 {
+			t.Errorf("apps[%s].blocked_by = %+v, want none", a, b)
+		}
+	}
+	s := d.status()
+	if !s.UpdatePending || len(s.BlockedBy) == 0 || s.BlockedBy[0].Path != lockPath {
+		t.Errorf("status %+v: want the update pending, blocked by %s", s, lockPath)
+	}
+
+	// A reboot waits for every lock, the user's in alpha included.
+	var rb struct {
+		Data  string `json:"Data"`
+		Error string `json:"Error"`
+	}
+	if code := d.api("POST", "/v1/reboot", map[string]any{}, &rb); code != 423 || !strings.Contains(rb.Error, lockPath) {
+		t.Errorf("POST /v1/reboot with alpha/ui locked: %d %+v, want 423 naming %s", code, rb, lockPath)
+	}
+	if _, err := os.Stat(filepath.Join(d.root, "reboots.log")); err == nil {
+		t.Errorf("the reboot command ran while a lock was held")
+	}
+
+	// What runs is recorded app by app: a new target that changes bravo
+	// again, while alpha still waits, stops bravo with the command of the
+	// release it runs now (b2's), not b1's or b3's.
+	next := policyApps("2")
+	next[1].release = "b3"
+	d.setTarget(d.targetDoc(nil, next...))
+	d.waitFor("bravo on release 3", func() bool { return d.releaseOf("bravo") == "b3" })
+	if n := d.count("stop bravo/svc bravo/svc b2 [by b2]"); n != 1 {
+		t.Errorf("bravo/svc on b2 stopped %d times by b2's command, want once\n%s", n, strings.Join(d.commands(), "\n"))
+	}
+	if got := d.releaseOf("alpha"); got != "a1" {
+		t.Fatalf("alpha runs %q while its lock is held, want a1", got)
+	}
+
+	if err := os.Remove(lockPath); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("alpha on release 2 after the unlock", func() bool {
+		s := d.status()
+		return d.releaseOf("alpha") == "a2" && !s.UpdatePending
+	})
+	for _, s := range []string{"ui", "db"} {
+		if got, want := readFile(t, d.installed("alpha", s)), "alpha/"+s+" a2"; got != want {
+			t.Errorf("installed alpha/%s = %q, want %q", s, got, want)
+		}
+	}
+	if n := d.count("start charlie/svc charlie/svc c2"); n != 1 {
+		t.Errorf("charlie/svc release 2 started %d times in all, want once", n)
+	}
+	d.noViolations()
+	var evs []struct {
+		Kind    string `json:"kind"`
+		Message string `json:"message"`
+	}
+	d.api("GET", "/v2/journal?limit=100", nil, &evs)
+	applied := map[string]int{}
+	for _, e := range evs {
+		if e.Kind == "applied" {
+			for _, r := range []string{"alpha=a2", "bravo=b2", "bravo=b3", "charlie=c2"} {
+				if strings.Contains(e.Message, r) {
+					applied[r]++
+				}
+			}
+		}
+	}
+	for _, r := range []string{"alpha=a2", "bravo=b2", "bravo=b3", "charlie=c2"} {
+		if applied[r] != 1 {
+			b, _ := json.Marshal(evs)
+			t.Errorf("%s named by %d applied events, want 1: %s", r, applied[r], b)
+		}
+	}
+}
+
+// notice reads dir/update-pending; ok is false when it is missing.
+func readNotice(t *testing.T, dir string) (n struct {
+	App      string  `json:"app"`
+	From     string  `json:"from"`
+	To       string  `json:"to"`
+	Since    string  `json:"since"`
+	Deadline *string `json:"deadline"`
+}, ok bool) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "update-pending"))
+	if os.IsNotExist(err) {
+		return n, false
+	}
+	if err != nil {
+		t.Fatalf("read update-pending: %v", err)
+	}
+	if err := json.Unmarshal(b, &n); err != nil {
+		t.Fatalf("update-pending in %s: %q: %v", dir, b, err)
+	}
+	return n, true
+}
+
+// While an app's update waits, every service of that app (and no other)
+// finds update-pending in its lock directory, naming the app, both
+// releases and since when; it goes once the app is updated, or when the
+// update is cancelled. A symlink that a user planted at that name is
+// replaced, never written through; a directory planted there is left alone
+// and reported.
+func TestPolicyUpdatePendingNotice(t *testing.T) {
+	d := newDevice(t)
+	policyStart(t, d)
+	openRoot(t, d)
+	victim := filepath.Join(d.root, "etc", "somefile")
+	if err := os.MkdirAll(filepath.Dir(victim), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	planted := filepath.Join(d.serviceDir("alpha", "db"), "update-pending")
+	if out, err := asUser("ln", "-s", victim, planted).CombinedOutput(); err != nil {
+		t.Fatalf("plant a symlink as another user: %v %s", err, out)
+	}
+	plantedDir := filepath.Join(d.serviceDir("bravo", "svc"), "update-pending")
+	if out, err := asUser("mkdir", plantedDir).CombinedOutput(); err != nil {
+		t.Fatalf("plant a directory as another user: %v %s", err, out)
+	}
+	lockPath := filepath.Join(d.serviceDir("alpha", "ui"), "updates.lock")
+	userLock(t, d, lockPath)
+
+	d.setTarget(d.targetDoc(nil, policyApps("2")...))
+	d.waitFor("bravo and charlie on release 2", func() bool {
+		return d.releaseOf("bravo") == "b2" && d.releaseOf("charlie") == "c2"
+	})
+	for _, s := range []string{"ui", "db"} {
+		dir := d.serviceDir("alpha", s)
+		d.waitFor("update-pending in "+dir, func() bool { _, ok := readNotice(t, dir); return ok })
+		n, _ := readNotice(t, dir)
+		if n.App != "alpha" || n.From != "a1" || n.To != "a2" || n.Deadline != nil {
+			t.Errorf("update-pending in alpha/%s = %+v, want app alpha, from a1, to a2, deadline null", s, n)
+		}
+		if _, err := time.Parse(time.RFC3339, n.Since); err != nil {
+			t.Errorf("update-pending in alpha/%s: since %q: %v", s, n.Since, err)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(dir, "update-pending"), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Mode&0o7777 != 0o644 || (os.Geteuid() == 0 && st.Uid != 0) {
+			t.Errorf("update-pending in alpha/%s: mode %o uid %d, want a regular file, 0644, root's", s, st.Mode, st.Uid)
+		}
+	}
+	if got := readFile(t, victim); got != "precious" {
+		t.Errorf("the planted symlink's target now holds %q: the agent wrote through it", got)
+	}
+	if fi, err := os.Lstat(plantedDir); err != nil || !fi.IsDir() {
+		t.Errorf("the directory planted at %s: %v, want it left alone", plantedDir, err)
+	} else if ents, _ := os.ReadDir(plantedDir); len(ents) != 0 {
+		t.Errorf("the agent wrote into the planted directory %s: %v", plantedDir, ents)
+	}
+	if _, ok := readNotice(t, d.serviceDir("charlie", "svc")); ok {
+		t.Errorf("update-pending left in charlie/svc, whose update is done")
+	}
+	// The lock core does not count update-pending as a lock.
+	if out, err := exec.Command(latchBin, "locks", "--json", "--run-dir", d.runDir).CombinedOutput(); err != nil || strings.Contains(string(out), "update-pending") {
+		t.Errorf("latch locks: %v\n%s\nwant update-pending not listed as a lock", err, out)
+	}
+
+	if err := os.Remove(lockPath); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("alpha on release 2", func() bool { return d.releaseOf("alpha") == "a2" && !d.status().UpdatePending })
+	for _, s := range []string{"ui", "db"} {
+		d.waitFor("update-pending gone from alpha/"+s, func() bool {
+			_, ok := readNotice(t, d.serviceDir("alpha", s))
+			return !ok
+		})
+	}
+
+	// A cancelled update takes its notice away.
+	userLock(t, d, lockPath)
+	next := policyApps("2")
+	next[0].release = "a3"
+	d.setTarget(d.targetDoc(nil, next...))
+	d.waitFor("update-pending for a3", func() bool {
+		n, ok := readNotice(t, d.serviceDir("alpha", "ui"))
+		return ok && n.To == "a3"
+	})
+	if code := d.api("POST", "/v1/update", map[string]any{"cancel": true}, nil); code != 204 {
+		t.Fatalf("cancel: %d, want 204", code)
+	}
+	d.waitFor("update-pending gone after the cancel", func() bool {
+		_, ok := readNotice(t, d.serviceDir("alpha", "ui"))
+		return !ok
+	})
+	if got := readFile(t, victim); got != "precious" {
+		t.Errorf("the planted symlink's target now holds %q", got)
+	}
+	d.noViolations()
+}

