@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -85,6 +86,23 @@ type Journal struct {
 	mu   sync.RWMutex
 	db   *bolt.DB
 	file *os.File // the file bbolt opened; bbolt owns and closes it
+
+	// onEvents, when set, is called after every committed Update with the
+	// events that it logged, in order (see OnEvents).
+	onEvents atomic.Pointer[func([]Event)]
+}
+
+// OnEvents makes fn see every event logged from now on, once its
+// transaction is committed (and never an event of a transaction that was
+// not), in the order of their Seq. fn runs on the goroutine that called
+// Update, before Update returns: it must not block nor use the journal. A
+// nil fn stops the calls.
+func (j *Journal) OnEvents(fn func([]Event)) {
+	if fn == nil {
+		j.onEvents.Store(nil)
+		return
+	}
+	j.onEvents.Store(&fn)
 }
 
 // Open opens the journal at path, creating it (mode 0600, parent directory
@@ -356,7 +374,17 @@ func (j *Journal) View(fn func(*Tx) error) error {
 func (j *Journal) Update(fn func(*Tx) error) error {
 	j.mu.RLock()
 	defer j.mu.RUnlock()
-	return j.db.Update(func(btx *bolt.Tx) error {
-		return fn(&Tx{tx: btx, j: j})
+	var logged []Event
+	err := j.db.Update(func(btx *bolt.Tx) error {
+		tx := &Tx{tx: btx, j: j}
+		err := fn(tx)
+		logged = tx.logged
+		return err
 	})
+	if err == nil && len(logged) > 0 {
+		if hook := j.onEvents.Load(); hook != nil {
+			(*hook)(logged)
+		}
+	}
+	return err
 }

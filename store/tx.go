@@ -14,8 +14,9 @@ import (
 // Tx is one journal transaction, valid only inside the View or Update
 // function it was given to. Writes in a View fail.
 type Tx struct {
-	tx *bolt.Tx
-	j  *Journal
+	tx     *bolt.Tx
+	j      *Journal
+	logged []Event // events that Log appended in this transaction
 }
 
 // bucket returns a top-level bucket; Open guarantees they all exist.
@@ -461,6 +462,7 @@ func (tx *Tx) Log(e Event) (Event, error) {
 	if err := b.Put(seqKey(seq), data); err != nil {
 		return Event{}, fmt.Errorf("write event %d: %w", seq, err)
 	}
+	tx.logged = append(tx.logged, e)
 	// Events are only ever removed from the front, so the keys are the
 	// contiguous range first..seq: the count is seq-first+1.
 	c := b.Cursor()
@@ -481,6 +483,29 @@ func (tx *Tx) Events(limit int) ([]Event, error) {
 	var events []Event
 	c := b.Cursor()
 	for k, v := c.Last(); k != nil && (limit <= 0 || len(events) < limit); k, v = c.Prev() {
+		if v == nil {
+			return nil, corrupt(bucketEvents, keyName(k), errors.New("a bucket where an event belongs"))
+		}
+		e, err := decodeEvent(k, v)
+		if err != nil {
+			return nil, err
+		}
+		events = append(events, e)
+	}
+	return events, nil
+}
+
+// EventsAfter returns the events whose Seq is above seq, oldest first, at
+// most limit of them (limit <= 0: all). Events trimmed from the log are not
+// returned: the first one returned may be well after seq+1.
+func (tx *Tx) EventsAfter(seq uint64, limit int) ([]Event, error) {
+	b, err := tx.bucket(bucketEvents)
+	if err != nil {
+		return nil, err
+	}
+	var events []Event
+	c := b.Cursor()
+	for k, v := c.Seek(seqKey(seq + 1)); k != nil && (limit <= 0 || len(events) < limit); k, v = c.Next() {
 		if v == nil {
 			return nil, corrupt(bucketEvents, keyName(k), errors.New("a bucket where an event belongs"))
 		}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -279,4 +280,80 @@ func (c *Client) Metrics(ctx context.Context) (string, error) {
 	var s string
 	_, err := c.do(ctx, "GET", "/metrics", nil, nil, &s)
 	return s, err
+}
+
+// ErrStreamEnded: the agent ended the event stream (it stops, or the
+// client fell behind and was dropped); follow again, resuming after the
+// last Seq seen.
+var ErrStreamEnded = errors.New("the agent ended the event stream")
+
+// Events follows GET /v2/events, calling fn with each event in order until
+// ctx ends (nil), fn returns an error (that error), or the stream ends
+// (ErrStreamEnded). With resume it first gets the events after seq that
+// the journal still keeps (Last-Event-ID). ready, when not nil, is called
+// once the agent has answered: events logged from then on are delivered.
+func (c *Client) Events(ctx context.Context, seq uint64, resume bool, ready func(), fn func(store.Event) error) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/v2/events", nil)
+	if err != nil {
+		return fmt.Errorf("GET /v2/events: %w", err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if resume {
+		req.Header.Set("Last-Event-ID", strconv.FormatUint(seq, 10))
+	}
+	if c.key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.key)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if notRunning(err) {
+			return fmt.Errorf("%w (nothing answers at %s): start it with 'systemctl start latch' or 'latch agent'", ErrNotRunning, c.Where())
+		}
+		return fmt.Errorf("GET /v2/events: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return decodeError(resp.StatusCode, data)
+	}
+	if ready != nil {
+		ready()
+	}
+	rd := bufio.NewReaderSize(resp.Body, 64<<10)
+	var data []byte
+	for {
+		line, err := rd.ReadSlice('\n')
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return fmt.Errorf("GET /v2/events: a line over %d bytes", rd.Size())
+			}
+			return ErrStreamEnded
+		}
+		line = bytes.TrimRight(line, "\r\n")
+		switch {
+		case len(line) == 0:
+			if len(data) == 0 {
+				continue
+			}
+			var e store.Event
+			if err := json.Unmarshal(data, &e); err != nil {
+				return fmt.Errorf("GET /v2/events: decode %q: %w", data, err)
+			}
+			data = data[:0]
+			if err := fn(e); err != nil {
+				return err
+			}
+		case bytes.HasPrefix(line, []byte("data:")):
+			if len(data) > 0 {
+				data = append(data, '\n')
+			}
+			data = append(data, bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))...)
+		}
+	}
 }

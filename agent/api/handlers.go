@@ -44,7 +44,7 @@ type route struct {
 // API key). Served other than by Serve, it knows nothing of its peers: over
 // the unix rules it then refuses target states unless a verifies them.
 func (s *Server) Handler(a *agent.Agent, tcp bool) http.Handler {
-	h := &handlers{a: a, logf: s.cfg.Logf}
+	h := &handlers{a: a, logf: s.cfg.Logf, stopping: s.stopping}
 	routes := []route{
 		{"/ping", map[string]http.HandlerFunc{"GET": h.ping}},
 		{"/v1/healthy", map[string]http.HandlerFunc{"GET": h.healthy}},
@@ -58,6 +58,7 @@ func (s *Server) Handler(a *agent.Agent, tcp bool) http.Handler {
 		{"/v2/locks/{app}/{service}", map[string]http.HandlerFunc{"DELETE": h.release}},
 		{"/v2/device/override", map[string]http.HandlerFunc{"GET": h.override, "PUT": h.setOverride}},
 		{"/v2/journal", map[string]http.HandlerFunc{"GET": h.journal}},
+		{"/v2/events", map[string]http.HandlerFunc{"GET": h.events}},
 		{"/v2/local/target-state", map[string]http.HandlerFunc{"POST": h.target}},
 		{"/metrics", map[string]http.HandlerFunc{"GET": h.metrics}},
 	}
@@ -132,8 +133,9 @@ func keyOK(r *http.Request, want [32]byte) bool {
 }
 
 type handlers struct {
-	a    *agent.Agent
-	logf func(format string, args ...any)
+	a        *agent.Agent
+	logf     func(format string, args ...any)
+	stopping <-chan struct{} // closed when the server shuts down
 }
 
 func (h *handlers) ping(w http.ResponseWriter, r *http.Request) { writeText(w, http.StatusOK, "OK") }

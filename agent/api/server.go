@@ -93,6 +93,10 @@ type Server struct {
 	unixLim, tcpLim *limitListener
 
 	closeOnce sync.Once
+	// stopping is closed when Serve begins its shutdown: event streams,
+	// which would never end by themselves, end then.
+	stopping     chan struct{}
+	stoppingOnce sync.Once
 }
 
 // Listen creates the listeners: the unix socket (mode 0660) and, when
@@ -109,6 +113,7 @@ func Listen(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:               cfg,
+		stopping:          make(chan struct{}),
 		readHeaderTimeout: 5 * time.Second,
 		readTimeout:       30 * time.Second,
 		writeTimeout:      5 * time.Minute, // a restart-service waits for the driver
@@ -241,6 +246,9 @@ func (s *Server) Serve(ctx context.Context, a *agent.Agent) error {
 	case <-ctx.Done():
 	case err = <-errc:
 		err = fmt.Errorf("serve api: %w", err)
+	}
+	if s.stopping != nil {
+		s.stoppingOnce.Do(func() { close(s.stopping) })
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.shutdownTimeout)
 	defer cancel()
