@@ -22,6 +22,14 @@ import (
 // manifest.json, so an archive without it reaches the engine, which loads
 // nothing (close the pipe with the error too: io.PipeWriter.CloseWithError).
 func WriteDockerArchive(w io.Writer, img Image, dir string, repoTag string) error {
+	return WriteDockerArchiveOmitting(w, img, dir, repoTag, nil)
+}
+
+// WriteDockerArchiveOmitting is WriteDockerArchive leaving out layer i
+// when omit(i) says so: one the engine already has, by its chain id (see
+// ChainIDs), need not be fetched nor sent, as the engine reads a layer's
+// file only when it lacks that chain. manifest.json still lists it.
+func WriteDockerArchiveOmitting(w io.Writer, img Image, dir string, repoTag string, omit func(i int) bool) error {
 	op := "write docker archive"
 	if repoTag != "" {
 		r, err := ParseReference(repoTag)
@@ -32,7 +40,12 @@ func WriteDockerArchive(w io.Writer, img Image, dir string, repoTag string) erro
 			return fmt.Errorf("%s of %s: tag %q must be name:tag, with no digest", op, img.Ref, repoTag)
 		}
 	}
-	blobs := append([]Blob{img.Config}, img.Layers...)
+	blobs := []Blob{img.Config}
+	for i, l := range img.Layers {
+		if omit == nil || !omit(i) {
+			blobs = append(blobs, l)
+		}
+	}
 	for _, b := range blobs {
 		if !ValidDigest(b.Digest) {
 			return fmt.Errorf("%s of %s: blob digest %q is not sha256:<64 hex>", op, img.Ref, b.Digest)
@@ -70,7 +83,7 @@ func WriteDockerArchive(w io.Writer, img Image, dir string, repoTag string) erro
 		return fmt.Errorf("%s of %s: %w", op, img.Ref, err)
 	}
 	for i, l := range img.Layers {
-		if written[l.Digest] {
+		if written[l.Digest] || (omit != nil && omit(i)) {
 			continue // a layer used twice is stored once
 		}
 		written[l.Digest] = true
@@ -117,4 +130,20 @@ func writeBlob(tw *tar.Writer, dir string, b Blob, name string, mtime time.Time)
 		return fmt.Errorf("copy blob %s: %w: %s now has %s; remove it and fetch it again", b.Digest, ErrDigestMismatch, p, got)
 	}
 	return nil
+}
+
+// ChainIDs gives the chain id of each layer from the diff ids, bottom
+// first: the engine's name for a layer with all those below it (the first
+// diff id, then sha256 of "<chain id below> <diff id>").
+func ChainIDs(diffIDs []string) []string {
+	out := make([]string, len(diffIDs))
+	for i, d := range diffIDs {
+		if i == 0 {
+			out[i] = d
+			continue
+		}
+		sum := sha256.Sum256([]byte(out[i-1] + " " + d))
+		out[i] = "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return out
 }

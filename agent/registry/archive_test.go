@@ -259,3 +259,104 @@ func TestWriteDockerArchiveLoads(t *testing.T) {
 		t.Errorf("inspect of the rotten load: %d, want 404", code)
 	}
 }
+
+// TestOmitLayersTheEngineHas: a second image that shares its bottom
+// layers with one the engine has is fetched and loaded with only its new
+// layer; omitting a layer the engine lacks loads nothing.
+func TestOmitLayersTheEngineHas(t *testing.T) {
+	addr := startRegistry(t, "")
+	p := pusher{t: t, base: "http://" + addr}
+	l1 := map[string][]byte{"bin/base": []byte("base")}
+	l2 := map[string][]byte{"lib/big": randomBytes(100<<10, 21)}
+	a := p.pushImage("test/a", linuxAMD64, false, l1, l2)
+	b := p.pushImage("test/b", linuxAMD64, false, l1, l2, map[string][]byte{"app/new": []byte("new")})
+	d := startDockerd(t)
+	c := newClient(t, Options{Platform: linuxAMD64, Insecure: []string{addr}})
+
+	imgA, err := c.Image(ctxT(t), mustRef(t, addr+"/test/a@"+a.digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirA := t.TempDir()
+	if err := c.FetchImage(ctxT(t), imgA, dirA, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.load(t, func(w io.Writer) error { return WriteDockerArchive(w, imgA, dirA, "latch-test/a:v1") }); err != nil {
+		t.Fatal(err)
+	}
+	_, v := d.inspect(t, "latch-test/a:v1")
+	var engineLayers []string
+	for _, l := range v["RootFS"].(map[string]any)["Layers"].([]any) {
+		engineLayers = append(engineLayers, l.(string))
+	}
+	has := map[string]bool{}
+	for _, id := range ChainIDs(engineLayers) {
+		has[id] = true
+	}
+
+	imgB, err := c.Image(ctxT(t), mustRef(t, addr+"/test/b@"+b.digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirB := t.TempDir()
+	cfg, err := c.FetchConfig(ctxT(t), imgB, dirB, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chains := ChainIDs(cfg.DiffIDs)
+	omit := func(i int) bool { return has[chains[i]] }
+	var fetched int64
+	for i, l := range imgB.Layers {
+		if omit(i) {
+			continue
+		}
+		if _, err := c.FetchBlob(ctxT(t), imgB.Ref, l.Digest, l.Size, dirB, func(p Progress) { fetched = max(fetched, p.Fetched) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := imgB.Layers[2].Size; fetched != want || !omit(0) || !omit(1) || omit(2) {
+		t.Fatalf("fetched %d bytes, want only the new layer's %d", fetched, want)
+	}
+	var out bytes.Buffer
+	if err := WriteDockerArchive(&out, imgB, dirB, "latch-test/b:v1"); err == nil || !strings.Contains(err.Error(), "not downloaded") {
+		t.Errorf("archive of b with layers missing, nothing omitted: got %v", err)
+	}
+	if _, err := d.load(t, func(w io.Writer) error { return WriteDockerArchiveOmitting(w, imgB, dirB, "latch-test/b:v1", omit) }); err != nil {
+		t.Fatal(err)
+	}
+	if code, v := d.inspect(t, "latch-test/b:v1"); code != 200 || v["Id"] != imgB.Config.Digest {
+		t.Fatalf("inspect b: %d %v", code, v["Id"])
+	}
+
+	// An image whose top layer the engine lacks, with that layer omitted:
+	// the engine refuses the archive.
+	cImg := p.pushImage("test/c", linuxAMD64, false, l1, l2, map[string][]byte{"app/other": []byte("other")})
+	imgC, err := c.Image(ctxT(t), mustRef(t, addr+"/test/c@"+cImg.digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirC := t.TempDir()
+	if _, err := c.FetchConfig(ctxT(t), imgC, dirC, nil); err != nil {
+		t.Fatal(err)
+	}
+	tag := "latch-test/c:lacking"
+	_, err = d.load(t, func(w io.Writer) error {
+		return WriteDockerArchiveOmitting(w, imgC, dirC, tag, func(i int) bool { return true })
+	})
+	if err == nil {
+		t.Error("the engine loaded an archive that omits a layer it lacks")
+	}
+	if code, _ := d.inspect(t, tag); code != 404 {
+		t.Errorf("inspect %s: %d, want 404", tag, code)
+	}
+}
+
+func TestChainIDs(t *testing.T) {
+	// The chain ids of docker's own docs example are sha256 of "a b".
+	a, b := sha([]byte("a")), sha([]byte("b"))
+	got := ChainIDs([]string{a, b, a})
+	second := sha([]byte(a + " " + b))
+	if got[0] != a || got[1] != second || got[2] != sha([]byte(second+" "+a)) {
+		t.Errorf("ChainIDs: %v", got)
+	}
+}

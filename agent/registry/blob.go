@@ -325,14 +325,10 @@ func contentRangeStart(v string) (int64, error) {
 	return strconv.ParseInt(start, 10, 64)
 }
 
-// FetchImage fetches img's config and layers into dir (see FetchBlob) and
-// checks that the config is for the client's platform.
+// FetchImage fetches img's config (see FetchConfig) and all its layers
+// into dir (see FetchBlob).
 func (c *Client) FetchImage(ctx context.Context, img Image, dir string, progress ProgressFunc) error {
-	p, err := c.FetchBlob(ctx, img.Ref, img.Config.Digest, img.Config.Size, dir, progress)
-	if err != nil {
-		return err
-	}
-	if err := c.checkConfig(img, p); err != nil {
+	if _, err := c.FetchConfig(ctx, img, dir, progress); err != nil {
 		return err
 	}
 	for _, l := range img.Layers {
@@ -343,16 +339,45 @@ func (c *Client) FetchImage(ctx context.Context, img Image, dir string, progress
 	return nil
 }
 
+// ImageConfig is what latch reads from an image's config.
+type ImageConfig struct {
+	Platform Platform
+	// DiffIDs are the sha256 of each layer uncompressed, bottom first:
+	// what the engine names layers by (see ChainIDs).
+	DiffIDs []string
+}
+
 // maxConfig bounds the config latch parses.
 const maxConfig = 8 << 20
 
-func (c *Client) checkConfig(img Image, path string) error {
-	f, err := os.Open(path)
+// FetchConfig fetches img's config blob into dir (see FetchBlob), checks
+// that it is for the client's platform and lists as many layers as the
+// manifest, and returns it. The caller can then fetch only the layers the
+// engine lacks (see ChainIDs and WriteDockerArchiveOmitting).
+func (c *Client) FetchConfig(ctx context.Context, img Image, dir string, progress ProgressFunc) (ImageConfig, error) {
+	p, err := c.FetchBlob(ctx, img.Ref, img.Config.Digest, img.Config.Size, dir, progress)
 	if err != nil {
-		return fmt.Errorf("read image config of %s: %w", img.Ref, err)
+		return ImageConfig{}, err
+	}
+	cfg, err := ReadConfig(img, dir)
+	if err != nil {
+		return ImageConfig{}, err
+	}
+	if c.platform.matchRank(cfg.Platform) < 0 {
+		return ImageConfig{}, fmt.Errorf("read image %s: %w: its config %s says %s, this device is %s", img.Ref, ErrWrongPlatform, p, cfg.Platform, c.platform)
+	}
+	return cfg, nil
+}
+
+// ReadConfig reads img's config from dir, where FetchConfig put it.
+func ReadConfig(img Image, dir string) (ImageConfig, error) {
+	p := filepath.Join(dir, img.Config.Hex())
+	f, err := os.OpenFile(p, os.O_RDONLY|syscallNoFollow, 0)
+	if err != nil {
+		return ImageConfig{}, fmt.Errorf("read image config of %s: %w", img.Ref, err)
 	}
 	defer f.Close()
-	var cfg struct {
+	var doc struct {
 		OS           string `json:"os"`
 		Architecture string `json:"architecture"`
 		Variant      string `json:"variant"`
@@ -360,15 +385,16 @@ func (c *Client) checkConfig(img Image, path string) error {
 			DiffIDs []string `json:"diff_ids"`
 		} `json:"rootfs"`
 	}
-	if err := json.NewDecoder(io.LimitReader(f, maxConfig)).Decode(&cfg); err != nil {
-		return fmt.Errorf("read image config of %s: not JSON: %w", img.Ref, err)
+	if err := json.NewDecoder(io.LimitReader(f, maxConfig)).Decode(&doc); err != nil {
+		return ImageConfig{}, fmt.Errorf("read image config of %s from %s: not JSON: %w", img.Ref, p, err)
 	}
-	got := Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
-	if c.platform.matchRank(got) < 0 {
-		return fmt.Errorf("read image %s: %w: its config says %s, this device is %s", img.Ref, ErrWrongPlatform, got, c.platform)
+	if len(doc.RootFS.DiffIDs) != len(img.Layers) {
+		return ImageConfig{}, fmt.Errorf("read image config of %s: it lists %d layers, the manifest %d", img.Ref, len(doc.RootFS.DiffIDs), len(img.Layers))
 	}
-	if len(cfg.RootFS.DiffIDs) != len(img.Layers) {
-		return fmt.Errorf("read image %s: its config lists %d layers, its manifest %d", img.Ref, len(cfg.RootFS.DiffIDs), len(img.Layers))
+	for i, d := range doc.RootFS.DiffIDs {
+		if !ValidDigest(d) {
+			return ImageConfig{}, fmt.Errorf("read image config of %s: diff id %d is %q, not sha256:<64 hex>", img.Ref, i, d)
+		}
 	}
-	return nil
+	return ImageConfig{Platform: Platform{OS: doc.OS, Architecture: doc.Architecture, Variant: doc.Variant}, DiffIDs: doc.RootFS.DiffIDs}, nil
 }
