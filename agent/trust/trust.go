@@ -25,6 +25,10 @@
 // same journal transaction as the target it goes with) and hands it back.
 // Verify never mutates the State it is given.
 //
+// The parsers are fuzzed (FuzzParseRoot, FuzzParseBundle, FuzzVerify; the
+// corpus is in testdata/fuzz). Run them with a short -fuzzminimizetime
+// (say 2s): minimizing a signed root under the default minute stalls the run.
+//
 // # Caveats
 //
 // Expiry bounds a freeze attack only as well as the clock and the expiry
