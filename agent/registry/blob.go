@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // Progress of one blob, reported as it downloads.
@@ -44,6 +43,9 @@ const progressStep = 256 << 10
 func (c *Client) FetchBlob(ctx context.Context, ref Reference, digest string, size int64, dir string, progress ProgressFunc) (string, error) {
 	op := "fetch blob"
 	what := ref.Name() + "@" + digest
+	if ref.Domain == "" || ref.Repository == "" {
+		return "", fmt.Errorf("%s %s: the reference names no registry or repository", op, what)
+	}
 	if !ValidDigest(digest) {
 		return "", fmt.Errorf("%s %s: digest is not sha256:<64 hex>", op, what)
 	}
@@ -54,7 +56,10 @@ func (c *Client) FetchBlob(ctx context.Context, ref Reference, digest string, si
 	final := filepath.Join(dir, hexd)
 	partial := final + ".partial"
 
-	unlock := c.lockPath(final)
+	unlock, err := c.lockPath(ctx, final)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: waiting for another fetch of it: %w", op, what, err)
+	}
 	defer unlock()
 
 	if st, err := os.Lstat(final); err == nil {
@@ -107,17 +112,22 @@ func (c *Client) FetchBlob(ctx context.Context, ref Reference, digest string, si
 	return final, nil
 }
 
-// lockPath serializes fetches of one blob path within this client.
-func (c *Client) lockPath(p string) func() {
+// lockPath serializes fetches of one blob path within this client; a
+// fetch waiting for another gives up when ctx ends.
+func (c *Client) lockPath(ctx context.Context, p string) (func(), error) {
 	c.mu.Lock()
-	m := c.fetching[p]
-	if m == nil {
-		m = &sync.Mutex{}
-		c.fetching[p] = m
+	sem := c.fetching[p]
+	if sem == nil {
+		sem = make(chan struct{}, 1)
+		c.fetching[p] = sem
 	}
 	c.mu.Unlock()
-	m.Lock()
-	return m.Unlock
+	select {
+	case sem <- struct{}{}:
+		return func() { <-sem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func syncDir(dir string) error {

@@ -96,6 +96,9 @@ type manifestDoc struct {
 // by digest is checked against it before anything reads it.
 func (c *Client) fetchManifest(ctx context.Context, ref Reference, want string) ([]byte, string, string, error) {
 	op := "fetch manifest"
+	if ref.Domain == "" || ref.Repository == "" {
+		return nil, "", "", fmt.Errorf("%s %q: the reference names no registry or repository", op, ref.String())
+	}
 	mref := ref.manifestRef()
 	if want != "" {
 		mref = want

@@ -149,9 +149,9 @@ type Client struct {
 	// auth is the Authorization header that worked last, by host and
 	// repository; guarded by mu.
 	auth map[string]string
-	// fetching holds a lock per blob path so two fetches of one blob do
-	// not write one .partial; guarded by mu.
-	fetching map[string]*sync.Mutex
+	// fetching holds a one-slot semaphore per blob path so two fetches
+	// of one blob do not write one .partial; guarded by mu.
+	fetching map[string]chan struct{}
 }
 
 // New checks opts and makes a Client.
@@ -162,7 +162,7 @@ func New(opts Options) (*Client, error) {
 		insecure:  map[string]bool{},
 		userAgent: opts.UserAgent,
 		auth:      map[string]string{},
-		fetching:  map[string]*sync.Mutex{},
+		fetching:  map[string]chan struct{}{},
 	}
 	if c.platform == (Platform{}) {
 		c.platform = DevicePlatform()

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -246,5 +247,68 @@ func TestEndlessServer(t *testing.T) {
 	// socket buffers of four connections.
 	if s := sent.Load(); s > 6<<20+4*(8<<20) {
 		t.Errorf("the endless server got %d bytes out", s)
+	}
+}
+
+// TestFetchBlobBadInput: each bad argument is named and nothing is
+// written; a fetch waiting behind another of the same blob gives up when
+// its context ends.
+func TestFetchBlobBadInput(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-block
+		w.WriteHeader(500)
+	}))
+	defer srv.Close()
+	defer close(block)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	c := newClient(t, Options{Insecure: []string{host}})
+	ref := mustRef(t, host+"/test/app")
+	d := sha([]byte("x"))
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name   string
+		ref    Reference
+		digest string
+		size   int64
+		wrong  string
+	}{
+		{"no repository", Reference{}, d, 1, "no registry or repository"},
+		{"bad digest", ref, "sha256:xyz", 1, "not sha256:<64 hex>"},
+		{"tag for digest", ref, "latest", 1, "not sha256:<64 hex>"},
+		{"zero size", ref, d, 0, "size 0"},
+		{"negative size", ref, d, -1, "size -1"},
+	} {
+		if _, err := c.FetchBlob(ctxT(t), tc.ref, tc.digest, tc.size, dir, nil); err == nil || !strings.Contains(err.Error(), tc.wrong) {
+			t.Errorf("%s: got %v, want an error saying %q", tc.name, err, tc.wrong)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("bad input left %d files", len(ents))
+	}
+	if _, err := c.FetchBlob(ctxT(t), ref, d, 1, filepath.Join(dir, "missing"), nil); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("missing dir: got %v", err)
+	}
+
+	started := make(chan struct{})
+	go func() {
+		close(started)
+		c.FetchBlob(context.Background(), ref, d, 1, dir, nil) // blocks in the server
+	}()
+	<-started
+	// Wait until the first fetch holds the blob's slot.
+	for {
+		c.mu.Lock()
+		sem := c.fetching[filepath.Join(dir, strings.TrimPrefix(d, "sha256:"))]
+		c.mu.Unlock()
+		if sem != nil && len(sem) == 1 {
+			break
+		}
+		runtime.Gosched()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.FetchBlob(ctx, ref, d, 1, dir, nil); !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "another fetch") {
+		t.Errorf("fetch waiting behind another, cancelled: got %v", err)
 	}
 }
