@@ -37,6 +37,7 @@ func init() {
 	register("shutdown", "power off through the agent, honouring locks (--force)", func(ctx context.Context, args []string) error { return runPower(ctx, "shutdown", args) })
 	register("override", "on | off | status: the persistent lock override", runOverride)
 	register("journal", "history of updates and lock events, newest first", runJournal)
+	register("events", "follow what the agent does, as it happens", runEvents)
 }
 
 // clientFlags are the flags every client subcommand shares.
@@ -529,9 +530,15 @@ func helpOK(err error) error {
 	return err
 }
 
-// updatePoll is how often `latch update` asks for the status while it waits:
-// the API has no event stream, and twice a second is cheap for the agent.
-const updatePoll = 500 * time.Millisecond
+// updatePoll is how often `latch update` asks for the status while it waits
+// when the agent's event stream cannot be followed; with the stream it asks
+// on every event, and every updateTick in a terminal (whose "for 5s" ticks
+// on).
+const (
+	updatePoll = 500 * time.Millisecond
+	updateTick = time.Second
+	updateIdle = 5 * time.Second
+)
 
 func runUpdate(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("latch update", flag.ContinueOnError)
@@ -605,9 +612,10 @@ func runUpdate(ctx context.Context, args []string) error {
 	return nil
 }
 
-// waitApplied polls the status until the update id is no longer pending (or
-// has failed), showing what it waits for: a refreshed line in a terminal,
-// one line per change otherwise.
+// waitApplied follows the agent's events and reads the status on each,
+// until the update id is no longer pending (or has failed), showing what it
+// waits for: a refreshed line in a terminal, one line per change otherwise.
+// When the event stream cannot be followed it polls every updatePoll.
 func waitApplied(ctx context.Context, c *api.Client, id string, quiet bool) (agent.Status, error) {
 	tty := isTerminal(os.Stderr)
 	last := ""
@@ -616,8 +624,20 @@ func waitApplied(ctx context.Context, c *api.Client, id string, quiet bool) (age
 			fmt.Fprint(os.Stderr, "\r\033[K")
 		}
 	}()
-	tick := time.NewTicker(updatePoll)
-	defer tick.Stop()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	wake := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	streamErr := make(chan error, 1)
+	go func() {
+		streamErr <- c.Events(sctx, 0, false, poke, func(store.Event) error { poke(); return nil })
+	}()
+	interval := updatePoll // until the stream answers
 	for {
 		st, err := c.Device(ctx)
 		if err != nil {
@@ -626,8 +646,8 @@ func waitApplied(ctx context.Context, c *api.Client, id string, quiet bool) (age
 		if !st.UpdatePending || st.UpdateID != id || st.UpdateFailed {
 			return st, nil
 		}
-		// In a terminal the line is rewritten every poll (its "for 5s" ticks
-		// on); otherwise a line is printed only when it changes.
+		// In a terminal the line is rewritten on every wake (its "for 5s"
+		// ticks on); otherwise a line is printed only when it changes.
 		if line := termSafe(st.Line()); !quiet && (tty || line != last) {
 			if tty {
 				fmt.Fprintf(os.Stderr, "\r\033[K%s", line)
@@ -636,10 +656,81 @@ func waitApplied(ctx context.Context, c *api.Client, id string, quiet bool) (age
 			}
 			last = line
 		}
+		t := time.NewTimer(interval)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return st, &exitError{code: exitTempFail, msg: "stopped waiting; the update is still pending: 'latch status' shows it"}
-		case <-tick.C:
+		case <-wake:
+			if interval == updatePoll {
+				interval = updateIdle // the stream is up: it wakes us
+				if tty {
+					interval = updateTick
+				}
+			}
+		case <-streamErr:
+			streamErr = nil // the stream failed or ended: poll from now on
+			interval = updatePoll
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// runEvents follows the agent's events as they happen (GET /v2/events):
+// one line each, or one JSON object a line with --json. A stream that the
+// agent ends (it restarts, or this reader fell behind) is followed again,
+// resuming after the last event seen.
+func runEvents(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("latch events", flag.ContinueOnError)
+	var cf clientFlags
+	cf.add(fs, "print each event as one JSON object a line (seq, time, kind, app, service, release, by, message)")
+	fs.Usage = commandUsage(fs,
+		"  latch events [--json]",
+		"Follow what the agent does as it happens: updates accepted, deferred, locks taken, applied,\n"+
+			"failed, holds, overrides, reboots, one line each, until interrupted. 'latch journal' shows\n"+
+			"the history.",
+		"  latch events\n  latch events --json | jq -r 'select(.kind == \"applied\") | .message'")
+	pos, err := parseClient(fs, args)
+	if err != nil {
+		return helpOK(err)
+	}
+	if len(pos) > 0 {
+		return usageErr("events", "unexpected argument %q", pos[0])
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var seq uint64
+	resume := false
+	print := func(e store.Event) error {
+		seq, resume = e.Seq, true
+		if cf.asJSON {
+			b, err := json.Marshal(e)
+			if err != nil {
+				return err
+			}
+			_, err = os.Stdout.Write(append(jsonSafe(b), '\n'))
+			return err
+		}
+		printEvents(os.Stdout, []store.Event{e})
+		return nil
+	}
+	for {
+		err := c.Events(ctx, seq, resume, nil, print)
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Once followed, the stream is followed again when it ends or the
+		// agent restarts; the first connection's failure is reported.
+		if !errors.Is(err, api.ErrStreamEnded) && !(resume && errors.Is(err, api.ErrNotRunning)) {
+			return clientError(err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
 		}
 	}
 }

@@ -298,3 +298,107 @@ func TestPolicyUpdatePendingNotice(t *testing.T) {
 	}
 	d.noViolations()
 }
+
+// followEvents runs `latch events --json` and returns the events it prints.
+// It returns once the stream is known to be followed: an event logged after
+// the start (an override request) has come through.
+func followEvents(t *testing.T, d *device) <-chan map[string]any {
+	t.Helper()
+	cmd := exec.Command(latchBin, "events", "--json", "--run-dir", d.runDir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	evs := make(chan map[string]any, 1024)
+	go func() {
+		defer close(evs)
+		dec := json.NewDecoder(out)
+		for {
+			var e map[string]any
+			if err := dec.Decode(&e); err != nil {
+				return
+			}
+			evs <- e
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		d.api("PUT", "/v2/device/override", map[string]any{"enabled": false}, nil)
+		select {
+		case e, ok := <-evs:
+			if !ok {
+				t.Fatalf("latch events ended: %s", stderr.String())
+			}
+			if e["kind"] == "override" {
+				return evs
+			}
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	t.Fatalf("latch events printed no event within 20s: %s", stderr.String())
+	return nil
+}
+
+// `latch events --json` follows the agent as it acts: for the update of an
+// app held back by a user's lock it shows the update accepted, deferred,
+// the lock taken once the user unlocks, and the app applied, in that order
+// and with rising seqs.
+func TestPolicyEventsFollowLockedUpdate(t *testing.T) {
+	d := newDevice(t)
+	policyStart(t, d)
+	evs := followEvents(t, d)
+	lockPath := filepath.Join(d.serviceDir("alpha", "ui"), "updates.lock")
+	userLock(t, d, lockPath)
+	next := policyApps("1")
+	next[0].release = "a2"
+	d.setTarget(d.targetDoc(nil, next...))
+	want := []struct{ kind, has string }{
+		{"update", "alpha a1 -> a2"},
+		{"deferred", lockPath},
+		{"lock-taken", "alpha/ui"},
+		{"applied", "alpha=a2"},
+	}
+	var lastSeq float64
+	var seen []string
+	for i, w := range want {
+		for {
+			var e map[string]any
+			var ok bool
+			select {
+			case e, ok = <-evs:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no %s event naming %q within 30s; seen: %v", w.kind, w.has, seen)
+			}
+			if !ok {
+				t.Fatalf("latch events ended; seen: %v", seen)
+			}
+			msg, _ := e["message"].(string)
+			seq, _ := e["seq"].(float64)
+			seen = append(seen, fmt.Sprintf("%v %v: %s", seq, e["kind"], msg))
+			if seq <= lastSeq {
+				t.Errorf("event seq %v after %v: the stream went back", seq, lastSeq)
+			}
+			lastSeq = seq
+			if e["kind"] == w.kind && strings.Contains(msg, w.has) {
+				break
+			}
+			if e["kind"] == "applied" || (i < 2 && e["kind"] == "lock-taken") {
+				t.Fatalf("%v %s came before the %s event naming %q; seen: %v", e["kind"], msg, w.kind, w.has, seen)
+			}
+		}
+		if i == 1 {
+			if got := d.releaseOf("alpha"); got != "a1" {
+				t.Fatalf("alpha runs %q while its update is deferred", got)
+			}
+			if err := os.Remove(lockPath); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
