@@ -1,20 +1,3 @@
-// Package registry fetches images from a Docker Registry HTTP API v2 / OCI
-// distribution registry: manifests (Docker schema2 and manifest lists, OCI
-// manifests and indexes), resolved to the device's platform, and blobs,
-// resumed with Range across restarts and power cuts.
-//
-// Guarantees:
-//   - Every manifest is checked against the digest that named it (sha256
-//     of its exact bytes) before it is parsed; every blob against its
-//     digest and its size before it is renamed into place, so a blob file
-//     named <hex> in a download directory is always whole and right.
-//   - A server that sends more than the manifest's size is cut off at once.
-//   - Credentials go only to the registry's own host and to the token
-//     realm it names, never over plain HTTP unless that host is listed as
-//     insecure, and never along a redirect to another host.
-//
-// It does not run docker credential helpers (credsStore, credHelpers):
-// only the auths of a config.json are read.
 package registry
 
 import (
