@@ -301,7 +301,7 @@ func TestFetchBlobBadInput(t *testing.T) {
 		c.mu.Lock()
 		sem := c.fetching[filepath.Join(dir, strings.TrimPrefix(d, "sha256:"))]
 		c.mu.Unlock()
-		if sem != nil && len(sem) == 1 {
+		if len(sem) == 1 {
 			break
 		}
 		runtime.Gosched()
