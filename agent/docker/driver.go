@@ -407,17 +407,43 @@ func (d *Driver) stopOwned(ctx context.Context, c Container, name string) error 
 	if c.Config.StopTimeout != nil && *c.Config.StopTimeout >= 0 {
 		grace = time.Duration(*c.Config.StopTimeout) * time.Second
 	}
-	if sig != "SIGTERM" {
-		// The stop call sends the container's StopSignal itself; sending
-		// it first also serves engines whose stop always sends SIGTERM.
-		if err := d.Client.KillContainer(ctx, c.ID, sig); err != nil && !errors.Is(err, ErrConflict) && !isNotRunning(err) {
+	if sig == "SIGTERM" {
+		if err := d.Client.StopContainer(ctx, c.ID, grace); err != nil && !isNotFound(err) {
 			return err
 		}
+		d.logf("stopped container %s (SIGTERM, SIGKILL after %s)", name, grace)
+		return nil
 	}
-	if err := d.Client.StopContainer(ctx, c.ID, grace); err != nil && !isNotFound(err) {
+	// Another signal is sent by latch itself, once: engines whose stop
+	// always sends SIGTERM still deliver it, and the service never gets
+	// it twice (the engine's stop would send it again).
+	if err := d.Client.KillContainer(ctx, c.ID, sig); err != nil {
+		if isNotFound(err) || errors.Is(err, ErrConflict) || isNotRunning(err) {
+			return nil
+		}
 		return err
 	}
-	d.logf("stopped container %s (%s, then SIGKILL after %s)", name, sig, grace)
+	wctx, cancel := context.WithTimeout(ctx, grace)
+	_, err := d.Client.WaitContainer(wctx, c.ID, "not-running")
+	cancel()
+	if err == nil {
+		d.logf("stopped container %s (%s)", name, sig)
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("stop container %s: %w", name, ctx.Err())
+	}
+	if isNotFound(err) {
+		return nil
+	}
+	// The grace is over (or the wait failed): SIGKILL, and wait for it.
+	if err := d.Client.KillContainer(ctx, c.ID, "SIGKILL"); err != nil && !isNotFound(err) && !errors.Is(err, ErrConflict) && !isNotRunning(err) {
+		return err
+	}
+	if _, err := d.Client.WaitContainer(ctx, c.ID, "not-running"); err != nil && !isNotFound(err) {
+		return err
+	}
+	d.logf("stopped container %s (%s, SIGKILL after %s)", name, sig, grace)
 	return nil
 }
 

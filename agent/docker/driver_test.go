@@ -410,9 +410,13 @@ func TestStopSignalAndGrace(t *testing.T) {
 		wantFile                    string // written by the trap into the lock dir
 	}{
 		// SIGINT handled: the handler takes a while and exits 0 within
-		// the grace; a SIGTERM or a grace of 0 would end it otherwise.
-		{"int", "SIGINT", "20s", `trap 'sleep 1; echo int > /tmp/balena/got; exit 0' INT; trap 'echo term > /tmp/balena/got; exit 9' TERM
+		// the grace; a SIGTERM or a grace of 0 would end it otherwise, and
+		// a second SIGINT would show in the file.
+		{"int", "SIGINT", "20s", `trap 'echo int >> /tmp/balena/got; sleep 1; exit 0' INT; trap 'echo term >> /tmp/balena/got; exit 9' TERM
 touch /tmp/balena/ready; sleep 1000 & wait; sleep 1000 & wait`, 0, "int\n"},
+		// SIGINT handled but the service goes on: SIGKILL after the grace.
+		{"intkill", "SIGINT", "1s", `trap 'echo int >> /tmp/balena/got' INT
+touch /tmp/balena/ready; while :; do sleep 1000 & wait; done`, 137, "int\n"},
 		// SIGTERM ignored: the container is killed after the grace.
 		{"term", "", "1s", `trap 'echo term > /tmp/balena/got' TERM
 touch /tmp/balena/ready; while :; do sleep 1000 & wait; done`, 137, "term\n"},
