@@ -167,6 +167,10 @@ func TestTrustPublishAndVerify(t *testing.T) {
 	if err != nil || len(bd.Signatures) != 1 {
 		t.Fatalf("target.json.sig: got %+v, %v", bd, err)
 	}
+	// The header form, base64 of the bundle, is read too.
+	e.write("header.json", string(e.read("target.json")))
+	e.write("header.json.sig", base64.StdEncoding.EncodeToString(e.read("target.json.sig")))
+	e.ok("verify", "--root", "root.json", "header.json")
 	// Signing twice with one key is refused and changes nothing.
 	sigBefore := e.read("target.json.sig")
 	e.fails(1, "signed it already", "sign", "--key", "ci.key", "target.json")

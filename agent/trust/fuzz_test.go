@@ -134,3 +134,35 @@ func rotation2(t testing.TB) SignedRoot {
 	return makeRoot(t, rootSpec{version: 2, expires: t0.Add(time.Hour), rootKeys: []ed25519.PrivateKey{n1, n2, r1}, rootTh: 2,
 		targetKeys: []ed25519.PrivateKey{t3}, targetTh: 1, signedBy: []ed25519.PrivateKey{r1, r2, n1}})
 }
+
+func FuzzParseTarget(f *testing.F) {
+	f.Add(doc(1, "a"))
+	f.Add(targetDoc(9, t0, t0.Add(time.Hour), "kiosk-prod", "board-a", "b"))
+	f.Add([]byte(`{"version":1,"Version":2}`))
+	f.Add([]byte(`{"version":1,"vers\u0069on":2,"issued":"2026-12-01T00:00:00Z","expires":"2026-12-02T00:00:00Z","fleet":"f"}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, err := ParseTarget(body)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("ParseTarget error %v is not ErrMalformed", err)
+			}
+			if !reflect.DeepEqual(got, Target{}) {
+				t.Fatalf("ParseTarget refused (%v) but returned %+v", err, got)
+			}
+			return
+		}
+		if got.Version < 1 || !got.Expires.After(got.Issued) || got.Fleet == "" || got.SHA256 != Digest(body) {
+			t.Fatalf("ParseTarget accepted %q as %+v", body, got)
+		}
+		// What encoding/json reads of the same fields agrees: no duplicate
+		// or case-folded name can make two readers disagree.
+		var std struct {
+			Version uint64 `json:"version"`
+			Fleet   string `json:"fleet"`
+			Device  string `json:"device"`
+		}
+		if err := json.Unmarshal(body, &std); err != nil || std.Version != got.Version || std.Fleet != got.Fleet || std.Device != got.Device {
+			t.Fatalf("encoding/json reads %+v (%v) where ParseTarget reads %+v", std, err, got)
+		}
+	})
+}
