@@ -42,6 +42,11 @@ func checkJSON(b []byte, what string) error {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return malformed("%s: empty, want a JSON document", what)
 	}
+	if !utf8.Valid(b) {
+		// encoding/json would read invalid bytes as U+FFFD, so two names
+		// that differ here would be one name to a reader.
+		return malformed("%s: not UTF-8 text", what)
+	}
 	if !json.Valid(b) {
 		dec := json.NewDecoder(bytes.NewReader(b))
 		var v json.RawMessage

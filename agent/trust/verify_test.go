@@ -352,6 +352,7 @@ func TestTargetFieldsAreStrict(t *testing.T) {
 		{"version negative", `{"version":-2,"issued":` + iss + `,"expires":` + exp + `,"fleet":"kiosk-prod"}`, "whole number"},
 		{"version twice", `{"version":9,"version":1,"issued":` + iss + `,"expires":` + exp + `,"fleet":"kiosk-prod"}`, "appears twice"},
 		{"version twice, once escaped", `{"version":9,"vers\u0069on":1,"issued":` + iss + `,"expires":` + exp + `,"fleet":"kiosk-prod"}`, "appears twice"},
+		{"names equal once read as UTF-8", "{\"version\":9,\"issued\":" + iss + ",\"expires\":" + exp + ",\"fleet\":\"kiosk-prod\",\"apps\":{\"a\xff\":{},\"a\xfe\":{}}}", "not UTF-8"},
 		{"Version spelled otherwise", `{"version":9,"Version":1,"issued":` + iss + `,"expires":` + exp + `,"fleet":"kiosk-prod"}`, `spell it "version"`},
 		{"duplicate deep inside", `{"version":9,"issued":` + iss + `,"expires":` + exp + `,"fleet":"kiosk-prod","apps":{"a":{"release":"1","release":"2"}}}`, "appears twice"},
 		{"bad issued", `{"version":9,"issued":"yesterday","expires":` + exp + `,"fleet":"kiosk-prod"}`, "RFC 3339"},
