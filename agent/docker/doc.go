@@ -23,6 +23,30 @@
 //     /tmp/resin, with BALENA_APP_LOCK_PATH and RESIN_APP_LOCK_PATH set to
 //     /tmp/balena/updates.lock and LATCH_APP, LATCH_SERVICE, LATCH_RELEASE.
 //
+// # Steps of an apply
+//
+// For each service of a release, in Order of depends_on: Create the new
+// container (it touches nothing that runs, so it may come before the
+// locks), Stop the old one (kept), Start the new one, Health. On failure,
+// Rollback (remove the new, start the old). A dropped service is Remove'd.
+// After a crash, Find lists what latch made for an app; every step can be
+// run again from the journal.
+//
+// # Caveats
+//
+//   - Image: an image loaded from a tarball has no repository digest in
+//     the engine, so Service.Image names it by its ID (sha256 of its
+//     config), as LoadImage reports it; Spec.Image is used only when it is
+//     empty.
+//   - Container names are latch_<app>_<service>_<release>: app "a_b" with
+//     service "c" and app "a" with service "b_c" share a name; the labels
+//     tell them apart, and the second one is refused (ErrForeign), never
+//     confused with the first.
+//   - Stop returns when the container has exited, up to its grace period
+//     later: give it a context that outlives the grace.
+//   - A privileged container needs every capability in latch's bounding
+//     set (the engine fails to start it otherwise).
+//
 // The package imports nothing from the rest of latch; the agent adapts its
 // types.
 package docker

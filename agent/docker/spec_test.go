@@ -39,6 +39,18 @@ func TestParseSpecGood(t *testing.T) {
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("ParseSpec (-want +got):\n%s", d)
 	}
+	// A spec the agent journals as JSON reads back the same.
+	again, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseSpec(again)
+	if err != nil {
+		t.Fatalf("ParseSpec of its own output %s: %v", again, err)
+	}
+	if d := cmp.Diff(got, back); d != "" {
+		t.Errorf("round trip (-first +second):\n%s", d)
+	}
 }
 
 func TestParseSpecBad(t *testing.T) {
