@@ -1,9 +1,11 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # bench-lock.sh: whole-process cost of taking and releasing a lock around a
 # trivial command: N runs each of `flock P true` and
-# `latch lock --path P -- true`, from one invocation, interleaved in blocks so
-# that a change of machine load falls on both, printed as a table with the
-# total wall time of each and the ratio to flock(1).
+# `latch lock --path P -- true`, from one invocation, alternating run by run
+# so that a change of machine load falls on both, printed as a table with the
+# total wall time of each, the median run, and the ratios to flock(1). Each
+# run is timed with bash's $EPOCHREALTIME (no process is started to read the
+# clock).
 #
 # P is measured on a tmpfs (/dev/shm), where a board's /tmp lock paths live,
 # and on the file system of $TMPDIR: on a disk, latch also fsyncs the lock's
@@ -12,56 +14,55 @@
 #
 # Usage: scripts/bench-lock.sh [N]   (default 200)
 #   LATCH_BIN=path   time that latch binary instead of building this tree
-set -eu
+set -euo pipefail
 runs=${1:-200}
-case $runs in '' | *[!0-9]* | 0) echo "bench-lock: N must be a positive number of runs, got '$runs'" >&2; exit 2 ;; esac
-command -v flock >/dev/null || { echo "bench-lock: flock(1) not installed (util-linux)" >&2; exit 1; }
+if [[ ! $runs =~ ^[1-9][0-9]*$ ]]; then
+	echo "bench-lock: N must be a positive number of runs, got '$runs'" >&2
+	exit 2
+fi
+flock=$(command -v flock) || { echo "bench-lock: flock(1) not installed (util-linux)" >&2; exit 1; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 shm=
-trap 'rm -rf "$work" $shm' EXIT
-if [ -n "${LATCH_BIN:-}" ]; then
+trap 'rm -rf "$work" ${shm:+"$shm"}' EXIT
+if [[ -n ${LATCH_BIN:-} ]]; then
 	latch=$LATCH_BIN
 else
 	latch=$work/latch
 	(cd "$here" && CGO_ENABLED=0 go build -trimpath -o "$latch" .)
 fi
-flock=$(command -v flock)
 "$latch" lock --path "$work/check.lock" -- true || { echo "bench-lock: $latch lock does not run" >&2; exit 1; }
 
-now() { date +%s%N; }
-
-# bench DIR LABEL: N runs of each, in four interleaved blocks; prints a table row pair.
+# bench DIR LABEL: N runs of each, alternating; prints two table rows.
 bench() {
-	fpath=$1/flock.lock # one path each: flock(1) leaves its file behind
-	lpath=$1/latch.lock
-	tflock=0
-	tlatch=0
-	block=$(((runs + 3) / 4))
-	n_done=0
-	while [ "$n_done" -lt "$runs" ]; do
-		n=$block
-		[ $((n_done + n)) -gt "$runs" ] && n=$((runs - n_done))
-		s=$(now)
-		i=0
-		while [ $i -lt "$n" ]; do "$flock" "$fpath" true; i=$((i + 1)); done
-		e=$(now)
-		tflock=$((tflock + e - s))
-		s=$(now)
-		i=0
-		while [ $i -lt "$n" ]; do "$latch" lock --path "$lpath" -- true; i=$((i + 1)); done
-		e=$(now)
-		tlatch=$((tlatch + e - s))
-		n_done=$((n_done + n))
+	local fpath=$1/flock.lock lpath=$1/latch.lock # flock(1) leaves its file behind
+	local i s m e
+	local -a tf=() tl=()
+	for ((i = 0; i < runs; i++)); do
+		s=${EPOCHREALTIME/[.,]/}
+		"$flock" "$fpath" true
+		m=${EPOCHREALTIME/[.,]/}
+		"$latch" lock --path "$lpath" -- true
+		e=${EPOCHREALTIME/[.,]/}
+		tf+=($((10#$m - 10#$s)))
+		tl+=($((10#$e - 10#$m)))
 	done
-	awk -v d="$2" -v n="$runs" -v f="$tflock" -v l="$tlatch" 'BEGIN {
-		printf "%-12s %-28s %5d %10.1f ms %8.3f ms %8.2fx\n", d, "flock P true", n, f / 1e6, f / n / 1e6, 1
-		printf "%-12s %-28s %5d %10.1f ms %8.3f ms %8.2fx\n", d, "latch lock --path P -- true", n, l / 1e6, l / n / 1e6, l / f
-	}'
+	{
+		printf 'flock %s\n' "${tf[@]}"
+		printf 'latch %s\n' "${tl[@]}"
+	} | sort -k1,1 -k2,2n | awk -v d="$2" -v n="$runs" '
+		{ v[$1, ++c[$1]] = $2; sum[$1] += $2 }
+		END {
+			for (k in c) med[k] = (c[k] % 2) ? v[k, (c[k] + 1) / 2] : (v[k, c[k] / 2] + v[k, c[k] / 2 + 1]) / 2
+			printf "%-10s %-28s %5d %10.1f ms %9.3f ms %7.2fx %8.2fx\n", d, "flock P true", n, sum["flock"] / 1e3, med["flock"] / 1e3, 1, 1
+			printf "%-10s %-28s %5d %10.1f ms %9.3f ms %7.2fx %8.2fx\n", d, "latch lock --path P -- true", n, sum["latch"] / 1e3, med["latch"] / 1e3,
+				sum["latch"] / sum["flock"], med["latch"] / med["flock"]
+		}'
 }
 
-printf "%-12s %-28s %5s %13s %11s %9s\n" "P on" "command" "runs" "total" "per run" "vs flock"
-if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] && shm=$(mktemp -d -p /dev/shm 2>/dev/null); then
+printf "%-10s %-28s %5s %13s %12s %8s %9s\n" "P on" "command" "runs" "total" "median run" "total/" "median/"
+printf "%-10s %-28s %5s %13s %12s %8s %9s\n" "" "" "" "" "" "flock" "flock"
+if [[ $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]] && shm=$(mktemp -d -p /dev/shm 2>/dev/null); then
 	bench "$shm" tmpfs
 else
 	echo "(no tmpfs at /dev/shm: the tmpfs rows are left out)"
