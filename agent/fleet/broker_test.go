@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -31,7 +30,7 @@ type broker struct {
 	conf string
 	port int
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	done chan struct{} // closed when cmd has exited
 }
 
 func mosquittoPath(t *testing.T) string {
@@ -71,17 +70,27 @@ func startBroker(t *testing.T, extra string) *broker {
 		if err := b.start(); err == nil {
 			break
 		} else if try == 4 {
-			t.Fatalf("start mosquitto: %v\n%s", err, b.log)
+			t.Fatalf("start mosquitto: %v\n%s", err, b.log())
 		}
 	}
 	t.Cleanup(b.kill)
 	return b
 }
 
+// log is what mosquitto said.
+func (b *broker) log() string {
+	out, _ := os.ReadFile(filepath.Join(b.dir, "mosquitto.log"))
+	return string(out)
+}
+
 func (b *broker) start() error {
-	b.log = &bytes.Buffer{}
+	logf, err := os.OpenFile(filepath.Join(b.dir, "mosquitto.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
 	cmd := exec.Command(mosquittoPath(b.t), "-c", b.conf)
-	cmd.Stdout, cmd.Stderr = b.log, b.log
+	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -92,7 +101,7 @@ func (b *broker) start() error {
 		c, err := net.DialTimeout("tcp", b.addr(), time.Second)
 		if err == nil {
 			c.Close()
-			b.cmd = cmd
+			b.cmd, b.done = cmd, exited
 			return nil
 		}
 		select {
@@ -113,12 +122,7 @@ func (b *broker) kill() {
 		return
 	}
 	b.cmd.Process.Signal(syscall.SIGKILL)
-	for i := 0; i < 500 && b.cmd.ProcessState == nil; i++ {
-		if err := b.cmd.Process.Signal(syscall.Signal(0)); err != nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	<-b.done
 	b.cmd = nil
 }
 
@@ -133,7 +137,7 @@ func (b *broker) restart() {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	b.t.Fatalf("restart mosquitto: %v\n%s", err, b.log)
+	b.t.Fatalf("restart mosquitto: %v\n%s", err, b.log())
 }
 
 func (b *broker) addr() string { return "127.0.0.1:" + strconv.Itoa(b.port) }

@@ -52,8 +52,11 @@ type Device struct {
 	mu         sync.Mutex // guards the fields below
 	state      []byte     // newest state given to PublishState
 	stateDirty bool       // state not yet published on the current connection
-	status     ConnState
-	closed     bool
+	status     ConnState  // but Connected, which is up && ready == gen
+	gen        int        // connections come up so far
+	up         bool       // connection gen is up
+	ready      int        // the last connection that got subscribed and online
+	closed     bool       // Close was called: no new goroutine, no handler
 }
 
 // Start checks cfg, then connects to the broker in the background and keeps the connection
@@ -103,15 +106,16 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 		// Closing on purpose still tells the fleet the device is gone.
 		DisconnectPacketBuilder: func() *paho.Disconnect { return &paho.Disconnect{ReasonCode: 0x04} },
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
-			d.wg.Add(1)
-			go func() {
-				defer d.wg.Done()
-				d.connected(cm)
-			}()
+			d.mu.Lock()
+			d.gen++
+			d.up = true
+			gen := d.gen
+			d.mu.Unlock()
+			d.spawn(func() { d.connected(cm, gen) })
 		},
 		OnConnectionDown: func() bool {
 			d.mu.Lock()
-			d.status.Connected = false
+			d.up = false
 			d.mu.Unlock()
 			return true
 		},
@@ -129,17 +133,36 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 		return nil, fmt.Errorf("start fleet channel to %s: %w", t.broker.Redacted(), err)
 	}
 	d.cm = cm
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.stateLoop()
-	}()
+	d.spawn(d.stateLoop)
 	return d, nil
 }
 
+// spawn runs f on a goroutine that Close waits for, unless Close was called.
+func (d *Device) spawn(f func()) {
+	if !d.enter() {
+		return
+	}
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+}
+
+// enter counts one more goroutine or handler for Close to wait for; false after Close.
+func (d *Device) enter() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	d.wg.Add(1)
+	return true
+}
+
 // Close sends online "0" (the will, through a DISCONNECT that asks for it), ends the
-// connection and waits for the Device's goroutines, or for ctx. It keeps the broker session,
-// so commands sent while the device is away wait for it. Close is idempotent.
+// connection and waits for the Device's goroutines and a handler in progress, or for ctx; no
+// handler is called once it returns (so a handler must not call it). It keeps the broker
+// session, so commands sent while the device is away wait for it. Close is idempotent.
 func (d *Device) Close(ctx context.Context) error {
 	var err error
 	d.closeOne.Do(func() {
@@ -168,7 +191,9 @@ func (d *Device) Close(ctx context.Context) error {
 func (d *Device) Status() ConnState {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.status
+	s := d.status
+	s.Connected = d.up && d.ready == d.gen
+	return s
 }
 
 // PublishState makes state (a JSON object, the agent's /v1/device) the device's retained state.
@@ -232,10 +257,10 @@ func (d *Device) publish(ctx context.Context, p *paho.Publish) error {
 		}
 		resp, err := d.cm.Publish(ctx, p)
 		if err == nil {
-			if resp != nil && resp.ReasonCode >= 0x80 {
-				return fmt.Errorf("broker refused the message on %s: reason %#x %s", p.Topic, resp.ReasonCode, resp.Properties.ReasonString)
-			}
 			return nil
+		}
+		if resp != nil {
+			return fmt.Errorf("the broker refused the message on %s: %w: check its access list", p.Topic, err)
 		}
 		if ctx.Err() != nil {
 			if d.ctx.Err() != nil {
@@ -272,7 +297,7 @@ func (d *Device) report(err error) {
 }
 
 // connected runs after each connection: subscribe, announce online, republish the state.
-func (d *Device) connected(cm *autopaho.ConnectionManager) {
+func (d *Device) connected(cm *autopaho.ConnectionManager, gen int) {
 	ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
 	defer cancel()
 	id := d.cfg.DeviceID
@@ -295,15 +320,21 @@ func (d *Device) connected(cm *autopaho.ConnectionManager) {
 	}
 	var props paho.UserProperties
 	props.Add(fleetProperty, d.cfg.Fleet)
-	if _, err := cm.Publish(ctx, &paho.Publish{Topic: deviceTopic(id, "online"), QoS: 1, Retain: true, Payload: []byte("1"),
-		Properties: &paho.PublishProperties{User: props}}); err != nil {
+	resp, err := cm.Publish(ctx, &paho.Publish{Topic: deviceTopic(id, "online"), QoS: 1, Retain: true, Payload: []byte("1"),
+		Properties: &paho.PublishProperties{User: props}})
+	if err != nil && resp == nil { // the connection failed; the next one tries again
 		if d.ctx.Err() == nil {
 			d.report(fmt.Errorf("publish online of %s: %w", id, err))
 		}
 		return
 	}
+	if err != nil { // the broker refused it: say so, and carry on
+		d.report(fmt.Errorf("publish online of %s: %w: check the broker's access list", id, err))
+	}
 	d.mu.Lock()
-	d.status.Connected = true
+	if gen == d.gen {
+		d.ready = gen
+	}
 	d.status.Connects++
 	if d.state != nil {
 		d.stateDirty = true
@@ -345,10 +376,14 @@ func (d *Device) stateLoop() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
-		_, err := d.cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Retain: true, Payload: payload,
+		resp, err := d.cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Retain: true, Payload: payload,
 			Properties: &paho.PublishProperties{User: props}})
 		cancel()
 		last = time.Now()
+		if err != nil && resp != nil { // refused: the next state or connection tries again
+			d.report(fmt.Errorf("publish state of %s: the broker refused it: %w: check its access list", d.cfg.DeviceID, err))
+			continue
+		}
 		if err != nil {
 			if d.ctx.Err() != nil {
 				return
@@ -365,6 +400,10 @@ func (d *Device) stateLoop() {
 // received routes one message from the broker; the broker gets its acknowledgement when this
 // returns.
 func (d *Device) received(pr paho.PublishReceived) (bool, error) {
+	if !d.enter() {
+		return false, nil
+	}
+	defer d.wg.Done()
 	p := pr.Packet
 	id := d.cfg.DeviceID
 	var source string
@@ -396,15 +435,13 @@ func (d *Device) received(pr paho.PublishReceived) (bool, error) {
 		err = fmt.Errorf("command on %s: refused: %w", p.Topic, err)
 		d.report(err)
 		if cid := commandID(p.Payload); cid != "" {
-			d.wg.Add(1)
-			go func() {
-				defer d.wg.Done()
+			d.spawn(func() {
 				ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
 				defer cancel()
 				if perr := d.PublishResult(ctx, cid, StatusRefused, err.Error()); perr != nil && d.ctx.Err() == nil {
 					d.report(perr)
 				}
-			}()
+			})
 		}
 		return true, nil
 	}

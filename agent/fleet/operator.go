@@ -139,11 +139,11 @@ func (s *session) publish(ctx context.Context, topic string, payload []byte, ret
 		return fmt.Errorf("publish to %s: %d bytes, over the limit of %d: %w", topic, len(payload), s.max, ErrPayloadTooLarge)
 	}
 	resp, err := s.cli.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Retain: retain, Payload: payload})
+	if err != nil && resp != nil {
+		return fmt.Errorf("publish to %s: the broker refused it: %w: check its access list", topic, err)
+	}
 	if err != nil {
 		return fmt.Errorf("publish to %s: %w", topic, err)
-	}
-	if resp != nil && resp.ReasonCode >= 0x80 {
-		return fmt.Errorf("publish to %s: the broker refused it (reason %#x): check its access list", topic, resp.ReasonCode)
 	}
 	return nil
 }
