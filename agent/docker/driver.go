@@ -30,12 +30,15 @@ const (
 
 // Where each container finds its lock (balena's names).
 const (
-	LockMount    = "/tmp/balena"
-	LegacyMount  = "/tmp/resin"
-	LockPathEnv  = LockMount + "/updates.lock"
-	healthPoll   = 100 * time.Millisecond
-	logTailLines = 10
-	logTailBytes = 2048
+	LockMount   = "/tmp/balena"
+	LegacyMount = "/tmp/resin"
+	LockPathEnv = LockMount + "/updates.lock"
+	healthPoll  = 100 * time.Millisecond
+	// createRetries bounds the looks again after a create that found its
+	// name taken by a container being made.
+	createRetries = 8
+	logTailLines  = 10
+	logTailBytes  = 2048
 )
 
 // Service names one container service of one release.
@@ -322,8 +325,16 @@ func (d *Driver) Create(ctx context.Context, s Service) (string, error) {
 			return "", fmt.Errorf("create container %s: %w", name, err)
 		}
 		id, err := d.Client.CreateContainer(ctx, name, cfg)
-		if errors.Is(err, ErrConflict) && attempt == 0 {
-			continue // made meanwhile: look again, reuse it if it is ours
+		if errors.Is(err, ErrConflict) && attempt < createRetries {
+			// Made meanwhile: look again and reuse it if it is ours. The
+			// engine reserves the name before the container can be
+			// inspected, so the next look may come too early: wait a bit.
+			select {
+			case <-ctx.Done():
+				return "", fmt.Errorf("create container %s: %w", name, ctx.Err())
+			case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
+			}
+			continue
 		}
 		if err != nil {
 			return "", err

@@ -699,3 +699,37 @@ func TestEverySpecField(t *testing.T) {
 		t.Errorf("privileged: true did not reach the engine")
 	}
 }
+
+// TestConcurrentCreate: Creates of one service that race (an agent and its
+// retry after a crash) end with one container, the same for all.
+func TestConcurrentCreate(t *testing.T) {
+	d := needEngine(t, "racing creates of one container")
+	t.Parallel()
+	ctx := testCtx(t)
+	const app = "race"
+	cleanApp(t, app)
+	s := svc(t, app, "ui", "r1", baseImage, "/bin/sleep", "1000")
+	const n = 6
+	ids, errs := make([]string, n), make([]error, n)
+	start := make(chan struct{})
+	done := make(chan int)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			<-start
+			ids[i], errs[i] = d.Create(ctx, s)
+			done <- i
+		}(i)
+	}
+	close(start)
+	for i := 0; i < n; i++ {
+		<-done
+	}
+	for i := 0; i < n; i++ {
+		if errs[i] != nil || ids[i] != ids[0] {
+			t.Errorf("Create #%d: %.12s, %v; want %.12s", i, ids[i], errs[i], ids[0])
+		}
+	}
+	if found, err := d.Find(ctx, app); err != nil || len(found) != 1 {
+		t.Errorf("Find after racing creates: %+v, %v; want one container", found, err)
+	}
+}
