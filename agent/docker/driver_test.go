@@ -127,7 +127,8 @@ func TestHealth(t *testing.T) {
 			[]string{"exit code 3", "cannot open /dev/display", "latch_health_exits_r1"}},
 		{"restarts", baseImage, []string{"/bin/sh", "-c", "echo crashing; sleep 0.2; exit 4"}, []string{"latch_health_restarts_r1", "exit", "code 4", "crashing"}},
 		{"fails", checkImage, []string{"/bin/sleep", "1000"}, []string{"unhealthy", "check exit code 1"}},
-		{"passes", checkImage, []string{"/bin/sh", "-c", "touch /tmp/ok; exec sleep 1000"}, nil},
+		// Healthy only after a while: Health waits for it, past wait.
+		{"passes", checkImage, []string{"/bin/sh", "-c", "sleep 0.3; touch /tmp/ok; exec sleep 1000"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := needEngine(t, "health of containers")
@@ -143,7 +144,11 @@ func TestHealth(t *testing.T) {
 			if err := d.Start(ctx, s); err != nil {
 				t.Fatal(err)
 			}
-			err := d.Health(ctx, s, 500*time.Millisecond)
+			wait := 500 * time.Millisecond
+			if tc.want == nil {
+				wait = 0
+			}
+			err := d.Health(ctx, s, wait)
 			if tc.want == nil {
 				if err != nil {
 					t.Fatalf("Health: %v, want healthy", err)

@@ -146,7 +146,7 @@ func startEngine() (stop func(), err error) {
 	}{
 		{&baseImage, "latch-test/base:1", nil},
 		{&checkImage, "latch-test/check:1", &Healthcheck{Test: []string{"CMD-SHELL", "test -e /tmp/ok"},
-			Interval: 200 * time.Millisecond, Timeout: 5 * time.Second, Retries: 2}},
+			Interval: 200 * time.Millisecond, Timeout: 5 * time.Second, Retries: 5}},
 	} {
 		tarball, id, err := buildImage(im.tag, im.check)
 		if err != nil {
