@@ -79,11 +79,13 @@ func TestImportRules(t *testing.T) {
 	leaves := map[string]bool{
 		"latch/store": true, "latch/systemd": true, "latch/agent/lock": true,
 		"latch/agent/target": true, "latch/agent/fetch": true, "latch/agent/execdriver": true,
+		"latch/agent/trust": true, "latch/agent/registry": true, "latch/agent/docker": true, "latch/agent/fleet": true,
 	}
 	only := map[string]string{ // import prefix -> the one package allowed to use it
 		"go.etcd.io/bbolt":                  "latch/store",
 		"github.com/coreos/go-systemd/v22/": "latch/systemd",
 		"github.com/godbus/dbus":            "latch/systemd",
+		"github.com/eclipse/paho.golang":    "latch/agent/fleet",
 	}
 	for _, p := range goList(t, "latch/...") {
 		if !strings.HasPrefix(p.ImportPath, "latch") {
