@@ -738,3 +738,91 @@ func TestConcurrentCreate(t *testing.T) {
 		t.Errorf("Find after racing creates: %+v, %v; want one container", found, err)
 	}
 }
+
+// TestEngineRestart: after the engine restarts (a reboot), the new
+// release runs again and the old one, kept for rollback, stays stopped,
+// although both have the restart policy "always". It runs a dockerd of its
+// own, since it restarts it.
+func TestEngineRestart(t *testing.T) {
+	needEngine(t, "containers across an engine restart")
+	t.Parallel()
+	ctx := testCtx(t)
+	dir, err := os.MkdirTemp("", "latch-docker-restart-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dd, err := startDockerd(dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if dd != nil {
+			if list, err := dd.client.ListContainers(context.Background()); err == nil {
+				for _, c := range list {
+					_ = dd.client.RemoveContainer(context.Background(), c.ID, true)
+				}
+			}
+			dd.stop()
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			t.Logf("clean up %s: %v", dir, err)
+		}
+	})
+	tarball, _, err := buildImage(baseImage.Tag, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dd.client.LoadImage(ctx, bytes.NewReader(tarball)); err != nil {
+		t.Fatal(err)
+	}
+	d := &Driver{Client: dd.client, Logf: t.Logf}
+	old := svc(t, "boot", "ui", "r1", baseImage, "/bin/sleep", "1000")
+	nu := svc(t, "boot", "ui", "r2", baseImage, "/bin/sleep", "1000")
+	old.Spec.Restart, nu.Spec.Restart = "always", "always"
+	for _, step := range []func() error{
+		func() error { _, err := d.Create(ctx, old); return err },
+		func() error { return d.Start(ctx, old) },
+		func() error { return d.Stop(ctx, old) },
+		func() error { _, err := d.Create(ctx, nu); return err },
+		func() error { return d.Start(ctx, nu) },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dd.stop()
+	dd = nil
+	if dd, err = startDockerd(dir); err != nil {
+		t.Fatal(err)
+	}
+	d.Client = dd.client
+	for {
+		c, err := dd.client.InspectContainer(ctx, "latch_boot_ui_r2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.State.Running {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the new release did not come back after the engine restarted: %s", c.State.Status)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	c, err := dd.client.InspectContainer(ctx, "latch_boot_ui_r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.State.Running || c.State.Restarting {
+		t.Errorf("the old release, kept for rollback, runs again after the engine restarted")
+	}
+	// And the rollback still works on the restarted engine.
+	if err := d.Rollback(ctx, &old, nu); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := dd.client.InspectContainer(ctx, "latch_boot_ui_r1"); err != nil || !c.State.Running {
+		t.Errorf("old release after the rollback: %v", err)
+	}
+}

@@ -61,8 +61,7 @@ func startEngine() (stop func(), err error) {
 		skipWhy = "needs root to run dockerd"
 		return stop, nil
 	}
-	bin, err := exec.LookPath("dockerd")
-	if err != nil {
+	if _, err := exec.LookPath("dockerd"); err != nil {
 		skipWhy = "dockerd is not installed"
 		return stop, nil
 	}
@@ -74,70 +73,28 @@ func startEngine() (stop func(), err error) {
 	if err != nil {
 		return stop, err
 	}
-	sock := filepath.Join(dir, "docker.sock")
-	logf, err := os.Create(filepath.Join(dir, "dockerd.log"))
+	dd, err := startDockerd(dir)
 	if err != nil {
+		_ = os.RemoveAll(dir)
 		return stop, err
 	}
-	cmd := exec.Command(bin,
-		"-H", "unix://"+sock,
-		"--data-root", filepath.Join(dir, "data"),
-		"--exec-root", filepath.Join(dir, "exec"),
-		"--pidfile", filepath.Join(dir, "dockerd.pid"),
-		"--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		return stop, err
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
+	c := dd.client
 	stop = func() {
-		if engine != nil {
-			// Remove what the tests left, then stop the daemon.
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if list, err := engine.ListContainers(ctx); err == nil {
-				for _, c := range list {
-					_ = engine.RemoveContainer(ctx, c.ID, true)
-				}
+		// Remove what the tests left, then stop the daemon.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if list, err := c.ListContainers(ctx); err == nil {
+			for _, ct := range list {
+				_ = c.RemoveContainer(ctx, ct.ID, true)
 			}
-			cancel()
-			engine.Close()
 		}
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		logf.Close()
+		cancel()
+		dd.stop()
 		if err := os.RemoveAll(dir); err != nil {
 			fmt.Fprintln(os.Stderr, "agent/docker tests: clean up:", err)
 		}
 	}
-	c, err := NewClient("unix://" + sock)
-	if err != nil {
-		stop()
-		return func() {}, err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	for {
-		if err = c.Ping(ctx); err == nil {
-			break
-		}
-		select {
-		case <-exited:
-			log, _ := os.ReadFile(logf.Name())
-			stop()
-			return func() {}, fmt.Errorf("dockerd exited: %s", tailOf(string(log)))
-		case <-ctx.Done():
-			stop()
-			return func() {}, fmt.Errorf("dockerd did not answer: %w", err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 	engine = c
 	for _, im := range []struct {
 		dst   *testImage
@@ -166,6 +123,77 @@ func startEngine() (stop func(), err error) {
 		*im.dst = testImage{ID: id, Tag: im.tag, Digest: name + "@" + id}
 	}
 	return stop, nil
+}
+
+// dockerd is a daemon of the tests, with all its state under one folder.
+type dockerd struct {
+	client *Client
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    *os.File
+}
+
+// startDockerd starts dockerd with its socket, data and exec roots under
+// dir (which may already hold the data of an earlier run), without
+// iptables or a bridge, and waits until it answers.
+func startDockerd(dir string) (*dockerd, error) {
+	sock := filepath.Join(dir, "docker.sock")
+	logf, err := os.OpenFile(filepath.Join(dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("dockerd",
+		"-H", "unix://"+sock,
+		"--data-root", filepath.Join(dir, "data"),
+		"--exec-root", filepath.Join(dir, "exec"),
+		"--pidfile", filepath.Join(dir, "dockerd.pid"),
+		"--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, err
+	}
+	d := &dockerd{cmd: cmd, exited: make(chan struct{}), log: logf}
+	go func() { _ = cmd.Wait(); close(d.exited) }()
+	c, err := NewClient("unix://" + sock)
+	if err != nil {
+		d.stop()
+		return nil, err
+	}
+	d.client = c
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		if err = c.Ping(ctx); err == nil {
+			return d, nil
+		}
+		select {
+		case <-d.exited:
+			log, _ := os.ReadFile(logf.Name())
+			d.stop()
+			return nil, fmt.Errorf("dockerd exited: %s", tailOf(string(log)))
+		case <-ctx.Done():
+			d.stop()
+			return nil, fmt.Errorf("dockerd did not answer: %w", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// stop stops the daemon by its pid (SIGTERM, SIGKILL after 30s).
+func (d *dockerd) stop() {
+	if d.client != nil {
+		d.client.Close()
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+	}
+	d.log.Close()
 }
 
 func tailOf(s string) string {
