@@ -14,6 +14,10 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 )
 
+// flapWindow: a connection that the broker closes sooner than this after it opened counts as
+// a flap.
+const flapWindow = 30 * time.Second
+
 // Handlers are the agent's side of a Device. Each may be nil. They run one at a time, in the
 // order the broker delivered the messages, and must return promptly.
 type Handlers struct {
@@ -56,6 +60,8 @@ type Device struct {
 	gen        int        // connections come up so far
 	up         bool       // connection gen is up
 	ready      int        // the last connection that got subscribed and online
+	upAt       time.Time  // when connection gen came up
+	flaps      int        // connections in a row that the broker closed soon after they opened
 	closed     bool       // Close was called: no new goroutine, no handler
 }
 
@@ -77,6 +83,7 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 	cfg.StateInterval = orDefault(cfg.StateInterval, DefaultStateInterval)
 
 	d := &Device{cfg: cfg, h: h, kick: make(chan struct{}, 1)}
+	wait := backoff(cfg.MinBackoff, cfg.MaxBackoff)
 	d.ctx, d.cancel = context.WithCancel(ctx)
 
 	var fleetProps paho.UserProperties
@@ -88,10 +95,17 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 		KeepAlive:                     uint16(cfg.KeepAlive / time.Second),
 		CleanStartOnInitialConnection: false,
 		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
-		ReconnectBackoff:              backoff(cfg.MinBackoff, cfg.MaxBackoff),
-		ConnectTimeout:                30 * time.Second,
-		ConnectUsername:               t.user,
-		ConnectPassword:               t.password,
+		ReconnectBackoff: func(n int) time.Duration {
+			// A connection that keeps dropping right after it opens (two boards with one id
+			// taking the session from each other) backs off as a failed attempt would.
+			d.mu.Lock()
+			n += d.flaps
+			d.mu.Unlock()
+			return wait(n)
+		},
+		ConnectTimeout:  30 * time.Second,
+		ConnectUsername: t.user,
+		ConnectPassword: t.password,
 		WillMessage: &paho.WillMessage{
 			Topic: deviceTopic(cfg.DeviceID, "online"), Payload: []byte("0"), QoS: 1, Retain: true,
 		},
@@ -108,7 +122,7 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			d.mu.Lock()
 			d.gen++
-			d.up = true
+			d.up, d.upAt = true, time.Now()
 			gen := d.gen
 			d.mu.Unlock()
 			d.spawn(func() { d.connected(cm, gen) })
@@ -116,7 +130,17 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 		OnConnectionDown: func() bool {
 			d.mu.Lock()
 			d.up = false
+			if time.Since(d.upAt) < flapWindow {
+				d.flaps++
+			} else {
+				d.flaps = 0
+			}
+			flaps := d.flaps
 			d.mu.Unlock()
+			if flaps >= 3 && d.ctx.Err() == nil {
+				d.report(fmt.Errorf("the broker %s closed %d connections in a row soon after they opened: is another device using --device-id %s? (a broker drops the older of two clients with one id)",
+					t.broker.Redacted(), flaps, cfg.DeviceID))
+			}
 			return true
 		},
 		OnConnectError: func(err error) {
@@ -125,6 +149,18 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 		ClientConfig: paho.ClientConfig{
 			ClientID:          "latch-" + cfg.DeviceID,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){d.received},
+			OnClientError: func(err error) {
+				if d.ctx.Err() == nil {
+					d.report(fmt.Errorf("connection to %s lost: %w", t.broker.Redacted(), err))
+				}
+			},
+			OnServerDisconnect: func(dc *paho.Disconnect) {
+				why := ""
+				if dc.Properties != nil && dc.Properties.ReasonString != "" {
+					why = " " + dc.Properties.ReasonString
+				}
+				d.report(fmt.Errorf("the broker %s closed the connection (reason %#x%s)", t.broker.Redacted(), dc.ReasonCode, why))
+			},
 		},
 	}
 	cm, err := autopaho.NewConnection(d.ctx, ac)
@@ -431,6 +467,11 @@ func (d *Device) received(pr paho.PublishReceived) (bool, error) {
 		return true, nil
 	}
 	cmd, err := ParseCommand(p.Payload)
+	if err == nil && p.Retain {
+		// A retained command would run again at every connect of every device that ever
+		// subscribes: commands are sent without retain.
+		err = fmt.Errorf("%w: command %s is retained on the broker: send commands without retain, and clear this one with an empty retained message to %s", ErrBadCommand, cmd.ID, p.Topic)
+	}
 	if err != nil {
 		err = fmt.Errorf("command on %s: refused: %w", p.Topic, err)
 		d.report(err)

@@ -331,6 +331,64 @@ func TestCommandWhileAway(t *testing.T) {
 	}
 }
 
+// A command left retained on the broker (mosquitto_pub -r) is refused, not run at every connect.
+func TestRetainedCommandRefused(t *testing.T) {
+	b := startBroker(t, "allow_anonymous true\n")
+	op := opConfig(b)
+	ctx := ctxT(t)
+	s, err := dialOperator(ctx, op, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	if err := s.publish(ctx, "latch/devices/d2/cmd", []byte(`{"id":"r1","action":"reboot","force":true}`), true); err != nil {
+		t.Fatal(err)
+	}
+	w := watch(t, op, "latch/devices/d2/result")
+	r := newRecorder()
+	startDevice(t, b.deviceConfig("d2", "f1"), r.handlers())
+	m := w.waitFor(t, "the refusal", func(m message) bool { return strings.Contains(m.payload, `"r1"`) })
+	if !strings.Contains(m.payload, `"status":"refused"`) || !strings.Contains(m.payload, "retained") {
+		t.Errorf("result %s, want refused because retained", m.payload)
+	}
+	// a barrier: a live command after it runs, the retained one never did
+	res, err := SendCommand(ctx, op, "d2", Command{ID: "live", Action: ActionCancel}, time.Second)
+	if !errors.Is(err, ErrNoResult) || res.ID != "live" {
+		t.Fatalf("SendCommand: %+v, %v; want no result (the handler does not answer)", res, err)
+	}
+	r.wait(t, "the live command", func() bool { return len(r.cmds) >= 1 })
+	if len(r.cmds) != 1 || r.cmds[0].ID != "live" {
+		t.Errorf("handler got %+v, want only the live command", r.cmds)
+	}
+}
+
+// Two boards given the same id (a cloned image) take the session from each other: they back
+// off, and say what is wrong.
+func TestSameDeviceIDTwice(t *testing.T) {
+	b := startBroker(t, "allow_anonymous true\n")
+	first := newRecorder()
+	startDevice(t, b.deviceConfig("twin", "f1"), first.handlers())
+	first.wait(t, "a connection", func() bool { return first.connects >= 1 })
+	second := newRecorder()
+	startDevice(t, b.deviceConfig("twin", "f1"), second.handlers())
+	first.wait(t, "the takeover", func() bool {
+		for _, e := range first.errs {
+			if strings.Contains(e.Error(), "is another device using --device-id twin?") {
+				return true
+			}
+		}
+		return false
+	})
+	second.wait(t, "the takeover, seen by the second", func() bool {
+		for _, e := range second.errs {
+			if strings.Contains(e.Error(), "is another device using --device-id twin?") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func waitOnline(t *testing.T, b *broker, id string) {
 	t.Helper()
 	w := watch(t, opConfig(b), "latch/devices/"+id+"/online")
