@@ -84,6 +84,8 @@ func runAgent(ctx context.Context, args []string) error {
 		configHook  = fs.String("config-hook", "", "command run (sh -c) with config.env's path as $1 after the configuration changes")
 		rebootCmd   = fs.String("reboot-command", "", "exec driver: command that reboots the device")
 		shutdownCmd = fs.String("shutdown-command", "", "exec driver: command that powers the device off")
+		maxDefer    = fs.Duration("max-defer", 0, "bound how long an app's update waits for its locks, from the first time one blocked it (0: no bound; an app's \"max_defer\" in the target wins)")
+		onMaxDefer  = fs.String("on-max-defer", agent.MaxDeferWait, "past the --max-defer deadline: wait (the status says how late), force (the update is forced, journalled as such) or fail (the app's update is given up)")
 	)
 	fs.Var(&lockUIDFlag, "lock-uid", fmt.Sprintf("owner (uid and gid, 0 to %d) of the agent's lock entries; 0 makes them root's (when not run as root: the agent's own uid)", maxID))
 	if err := fs.Parse(args); err != nil {
@@ -106,6 +108,14 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	if *maxAttempts < 1 {
 		return &exitError{code: exitUsage, msg: "--max-attempts must be at least 1"}
+	}
+	if *maxDefer < 0 {
+		return &exitError{code: exitUsage, msg: fmt.Sprintf("--max-defer %s: want 0 (no bound) or a positive duration such as 6h", *maxDefer)}
+	}
+	switch *onMaxDefer {
+	case agent.MaxDeferWait, agent.MaxDeferForce, agent.MaxDeferFail:
+	default:
+		return &exitError{code: exitUsage, msg: fmt.Sprintf("--on-max-defer %q: want wait, force or fail", *onMaxDefer)}
 	}
 	lockUID, err := parseID("--lock-uid", lockUIDFlag.raw)
 	if err != nil {
@@ -181,6 +191,8 @@ func runAgent(ctx context.Context, args []string) error {
 		RetryDelay:  *retryDelay,
 		ConfigHook:  *configHook,
 		BreakStale:  *breakStale,
+		MaxDefer:    *maxDefer,
+		OnMaxDefer:  *onMaxDefer,
 		Logf:        logf,
 	}
 	if *trustKey != "" {

@@ -78,7 +78,13 @@ type Config struct {
 	MaxAttempts int           // apply attempts per update, default 3
 	RetryDelay  time.Duration // first delay before retrying a failed apply or download, default 10s
 	ConfigHook  string        // --config-hook
-	BreakStale  bool          // --break-stale
+	// MaxDefer bounds how long an app's update waits for its locks, from
+	// the first time one blocked it (--max-defer; 0: no bound); an app's
+	// max_defer wins. OnMaxDefer says what happens past it: MaxDeferWait
+	// (the default), MaxDeferForce or MaxDeferFail.
+	MaxDefer   time.Duration
+	OnMaxDefer string
+	BreakStale bool // --break-stale
 
 	Rescan time.Duration // fallback lock rescan, default 30s
 	Tick   time.Duration // heartbeat of the loop (watchdog), default 1s
@@ -109,6 +115,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logf == nil {
 		c.Logf = log.Printf
+	}
+	if c.OnMaxDefer == "" {
+		c.OnMaxDefer = MaxDeferWait
 	}
 }
 
@@ -152,6 +161,14 @@ func New(cfg Config, j *store.Journal) (*Agent, error) {
 	}
 	if cfg.Driver == nil {
 		return nil, fmt.Errorf("%w: no service driver", ErrInvalid)
+	}
+	switch cfg.OnMaxDefer {
+	case MaxDeferWait, MaxDeferForce, MaxDeferFail:
+	default:
+		return nil, fmt.Errorf("%w: --on-max-defer %q: want wait, force or fail", ErrInvalid, cfg.OnMaxDefer)
+	}
+	if cfg.MaxDefer < 0 {
+		return nil, fmt.Errorf("%w: --max-defer %s: want 0 (no bound) or more", ErrInvalid, cfg.MaxDefer)
 	}
 	cfg.Layout.LockUID = cfg.LockUID // entries claiming to be the agent's count only when owned by it
 	a := &Agent{

@@ -63,18 +63,76 @@ func (a *Agent) tryApply() {
 	if p.Forced {
 		why, by = "forced update", a.forcedBy()
 	}
+	now := time.Now()
 	apps := planApps(a.st.plan)
 	blocked := map[string][]lock.Entry{}
+	a.st.appReason = map[string]string{}
+	a.st.policyWake = time.Time{}
+	wakeAt := func(t time.Time) {
+		if t.After(now) && (a.st.policyWake.IsZero() || t.Before(a.st.policyWake)) {
+			a.st.policyWake = t
+		}
+	}
 	var all []lock.Entry
 	var takeErr error
+	dirty := false // p.Blocked or p.AppFailed changed: journalled below
+	defer func() {
+		if dirty {
+			a.journal(func(tx *store.Tx) error { return tx.PutPending(p) })
+		}
+	}()
 	for _, app := range apps {
 		part := appPart(a.st.plan, app)
 		svcs := services(part)
+		// Outside its maintenance window an app waits; a force does not.
+		if w := a.st.tgt.WindowOf(app); w != nil && !p.Forced && !w.Contains(now) {
+			opens := w.Next(now)
+			a.st.appReason[app] = fmt.Sprintf("waiting for its maintenance window (%s), which opens at %s", w, opens.Format(time.RFC3339))
+			wakeAt(opens)
+			continue
+		}
 		locks, blocking, err := a.take(svcs, force, why, by)
 		if err != nil {
 			takeErr = err
 			a.logf("take locks of %s for update %s: %v", app, short(p.ID), err)
 			continue
+		}
+		if len(blocking) > 0 {
+			if p.Blocked[app].IsZero() {
+				if p.Blocked == nil {
+					p.Blocked = map[string]time.Time{}
+				}
+				p.Blocked[app] = now
+				dirty = true
+			}
+			if deadline, ok := a.appDeadline(app); ok {
+				if now.Before(deadline) {
+					wakeAt(deadline)
+				} else {
+					switch a.cfg.OnMaxDefer {
+					case MaxDeferForce:
+						msg := fmt.Sprintf("update %s of %s forced by max-defer: blocked since %s, deadline %s", short(p.ID), app, p.Blocked[app].UTC().Format(time.RFC3339), deadline.UTC().Format(time.RFC3339))
+						a.event("forced", "max-defer", "%s", msg)
+						locks, blocking, err = a.take(svcs, true, "forced by max-defer", "max-defer")
+						if err != nil {
+							takeErr = err
+							continue
+						}
+					case MaxDeferFail:
+						if p.AppFailed == nil {
+							p.AppFailed = map[string]string{}
+						}
+						reason := fmt.Sprintf("%s: waited past its max-defer deadline %s for %s", app, deadline.UTC().Format(time.RFC3339), describe(blocking[0]))
+						p.AppFailed[app] = reason
+						dirty = true
+						a.event("failed", "max-defer", "update %s: %s; given up (--on-max-defer fail)", short(p.ID), reason)
+						a.st.plan = slices.DeleteFunc(a.st.plan, func(pl planned) bool { return pl.Svc.App == app })
+						continue
+					default:
+						a.st.appReason[app] = fmt.Sprintf("%s past its max-defer deadline (%s); waiting for %s", now.Sub(deadline).Round(time.Second), deadline.UTC().Format(time.RFC3339), describe(blocking[0]))
+					}
+				}
+			}
 		}
 		if len(blocking) > 0 {
 			blocked[app] = blocking
@@ -86,11 +144,24 @@ func (a *Agent) tryApply() {
 			continue
 		}
 		a.st.appBlocked = blocked
-		a.startPart(part, locks, len(apps) == 1)
+		if dirty {
+			if a.journal(func(tx *store.Tx) error { return tx.PutPending(p) }) == nil {
+				dirty = false
+			}
+		}
+		a.startPart(part, locks, len(planApps(a.st.plan)) == 1)
 		return
 	}
 	a.st.appBlocked = blocked
+	if len(a.st.plan) == 0 && len(p.AppFailed) > 0 {
+		dirty = false
+		a.failApps()
+		return
+	}
 	if len(all) > 0 {
+		if dirty && a.journal(func(tx *store.Tx) error { return tx.PutPending(p) }) == nil {
+			dirty = false
+		}
 		a.setBlocked(all)
 		return
 	}
@@ -98,6 +169,27 @@ func (a *Agent) tryApply() {
 		p.Reason = "cannot take the locks: " + takeErr.Error()
 		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
 	}
+}
+
+// failApps ends an update whose remaining apps were all given up (past
+// their max-defer deadline under --on-max-defer fail): it is failed, with
+// the reasons, and not retried unless asked for again.
+func (a *Agent) failApps() {
+	p := a.st.pending
+	var reasons []string
+	for _, app := range sortedKeys(p.AppFailed) {
+		reasons = append(reasons, p.AppFailed[app])
+	}
+	a.journal(func(tx *store.Tx) error {
+		p.State, p.Reason, p.Updated = store.Failed, strings.Join(reasons, "; "), time.Now()
+		if err := tx.PutPending(p); err != nil {
+			return err
+		}
+		_, err := tx.Log(store.Event{Kind: "failed", Message: fmt.Sprintf("update %s failed: %s", short(p.ID), p.Reason)})
+		return err
+	})
+	a.st.appBlocked = nil
+	a.st.blockedBy, a.st.blockedSince, a.st.blockKey = nil, time.Time{}, ""
 }
 
 // startPart journals the apply of one app's part (its locks are taken) and
@@ -466,8 +558,11 @@ func (a *Agent) onApplied(ev applyDone) {
 			}
 		}
 		done := len(rest) == 0
+		// Complete: every app of the target runs its release. An update
+		// whose other apps were given up (max-defer) ends failed instead.
+		complete := done && len(p.AppFailed) == 0
 		running := p.Target
-		if !done {
+		if !complete {
 			var err error
 			if running, err = mergeRunning(a.runningDoc(), p.Target, partApps(part)); err != nil {
 				a.logf("record what runs after update %s of %s: %v", short(p.ID), releases(part), err)
@@ -496,8 +591,17 @@ func (a *Agent) onApplied(ev applyDone) {
 			if err := tx.DeleteApply(); err != nil {
 				return err
 			}
-			if done {
+			if complete {
 				if err := tx.DeletePending(); err != nil {
+					return err
+				}
+			} else if done {
+				var reasons []string
+				for _, app := range sortedKeys(p.AppFailed) {
+					reasons = append(reasons, p.AppFailed[app])
+				}
+				p.State, p.Reason, p.Updated = store.Failed, strings.Join(reasons, "; "), time.Now()
+				if err := tx.PutPending(p); err != nil {
 					return err
 				}
 			} else {
@@ -543,9 +647,13 @@ func (a *Agent) onApplied(ev applyDone) {
 		a.logf("update %s applied: %s", short(p.ID), releases(part))
 		a.releaseActionLocks()
 		s.applyPlan = nil
-		if done {
+		if complete {
 			a.setPending(nil, nil)
 			a.cleanDownloads()
+		} else if done {
+			s.plan = nil
+			s.appBlocked = nil
+			a.event("failed", "", "update %s failed: %s", short(p.ID), p.Reason)
 		} else {
 			s.plan = rest
 			delete(s.appBlocked, part[0].Svc.App)

@@ -70,8 +70,36 @@ func mergeRunning(running, tgt []byte, apps []string) ([]byte, error) {
 	return json.Marshal(top)
 }
 
+// The policies past a max-defer deadline (--on-max-defer).
+const (
+	MaxDeferWait  = "wait"  // keep waiting; the status says how late
+	MaxDeferForce = "force" // force the app's update (journalled)
+	MaxDeferFail  = "fail"  // give the app's update up, with the reason
+)
+
+// maxDefer is how long app's update may wait for its locks: its own
+// max_defer, else --max-defer; 0 is no bound.
+func (a *Agent) maxDefer(app string) time.Duration {
+	if st := a.st.tgt; st != nil {
+		if ta, ok := st.Apps[app]; ok && ta.HasMaxDefer {
+			return ta.MaxDefer
+		}
+	}
+	return a.cfg.MaxDefer
+}
+
 // appDeadline is when the wait of app's update ends (--max-defer or the
-// app's max_defer), counted from the first time it was blocked.
+// app's max_defer), counted from the first time a lock blocked it (kept in
+// the journal, so that a restart does not restart it).
 func (a *Agent) appDeadline(app string) (time.Time, bool) {
-	return time.Time{}, false
+	p := a.st.pending
+	if p == nil {
+		return time.Time{}, false
+	}
+	since, ok := p.Blocked[app]
+	d := a.maxDefer(app)
+	if !ok || since.IsZero() || d <= 0 {
+		return time.Time{}, false
+	}
+	return since.Add(d), true
 }

@@ -46,10 +46,17 @@ func (a *Agent) Update(ctx context.Context, force, cancel bool, by string) (bool
 		}
 		triggered = true
 		a.st.retryAt = time.Time{}
+		retry := p.State == store.Failed
+		defer func() {
+			if retry && a.st.pending == p && a.st.tgt != nil {
+				a.setPending(p, a.st.tgt) // the apps given up are planned again
+			}
+		}()
 		return a.journal(func(tx *store.Tx) error {
 			msg := "update " + short(p.ID) + " requested"
 			if p.State == store.Failed {
 				p.State, p.Attempts = store.Downloaded, 0 // an operator's retry starts afresh
+				p.Blocked, p.AppFailed = nil, nil         // every app again, with new deadlines
 				if !downloaded(p) {
 					p.State = store.Downloading
 				}

@@ -61,6 +61,11 @@ type loopState struct {
 	// appBlocked is what blocks each app of the pending update that waits
 	// (app -> entries); apps absent from it are free or in flight.
 	appBlocked map[string][]lock.Entry
+	// appReason says why an app of the pending update waits beyond its
+	// locks (its window, its max-defer deadline); policyWake is when the
+	// next window opens or deadline passes.
+	appReason  map[string]string
+	policyWake time.Time
 	// notices is the update-pending content written in each service dir
 	// (nil content: maybe left by an earlier run); noticeErr the last error
 	// of a dir, logged once.
@@ -107,6 +112,7 @@ func (s *loopState) nextWake(now time.Time) (time.Duration, bool) {
 	}
 	if s.pending != nil && (s.pending.State == store.Downloading || s.pending.State == store.Downloaded || s.pending.State == store.Waiting) {
 		consider(s.retryAt)
+		consider(s.policyWake)
 	}
 	for _, h := range s.holds {
 		consider(h.Expires)
@@ -137,11 +143,13 @@ func (a *Agent) setPending(u *store.Update, st *target.State) {
 	s.plan = nil
 	s.fileDone, s.fileTotal = nil, nil
 	s.blockedBy, s.blockedSince, s.blockKey = nil, time.Time{}, ""
-	s.appBlocked = nil
+	s.appBlocked, s.appReason, s.policyWake = nil, nil, time.Time{}
 	if u == nil {
 		return
 	}
 	s.plan = makePlan(st, s.apps, s.running, u.Files)
+	// Apps given up (max-defer) are not applied.
+	s.plan = slices.DeleteFunc(s.plan, func(pl planned) bool { return u.AppFailed[pl.Svc.App] != "" })
 	for _, f := range u.Files {
 		s.fileDone = append(s.fileDone, f.Done)
 		s.fileTotal = append(s.fileTotal, f.Size)
@@ -332,8 +340,20 @@ func (a *Agent) snapshot() Status {
 	for _, name := range sortedKeys(s.apps) {
 		ap := s.apps[name]
 		as := AppStatus{Name: name, Current: ap.Current, Target: ap.Target}
-		if b := s.appBlocked[name]; len(b) > 0 && s.pending != nil {
-			as.BlockedBy = slices.Clone(b)
+		if p := s.pending; p != nil {
+			if b := s.appBlocked[name]; len(b) > 0 {
+				as.BlockedBy = slices.Clone(b)
+			}
+			as.Reason = s.appReason[name]
+			if r := p.AppFailed[name]; r != "" {
+				as.Reason = "failed: " + r
+			}
+			if d, ok := a.appDeadline(name); ok && p.AppFailed[name] == "" && p.State != store.Failed {
+				as.Deadline = d
+				if st.Deadline.IsZero() || d.Before(st.Deadline) {
+					st.Deadline = d
+				}
+			}
 		}
 		st.Apps = append(st.Apps, as)
 		if ap.Current != "" {

@@ -42,6 +42,7 @@ type Status struct {
 	OverrideLock  bool          `json:"override_lock"`
 	BlockedBy     []lock.Entry  `json:"blocked_by"`
 	BlockedSince  time.Time     `json:"blocked_since,omitzero"`
+	Deadline      time.Time     `json:"deadline,omitzero"` // the earliest of the apps' deadlines`
 	PendingReboot *store.Reboot `json:"pending_reboot,omitempty"`
 	Holds         []store.Hold  `json:"holds"`
 
@@ -62,6 +63,13 @@ type AppStatus struct {
 	// (absent when it is free, in flight or done): apps are updated one by
 	// one, and a lock in one app holds back that app alone.
 	BlockedBy []lock.Entry `json:"blocked_by,omitempty"`
+	// Reason says what else holds the app's update back: its maintenance
+	// window, how late it is past its max-defer deadline, or why it failed.
+	Reason string `json:"reason,omitempty"`
+	// Deadline is when the app's wait ends (--max-defer, max_defer),
+	// counted from the first time a lock blocked it; zero when unbounded or
+	// not blocked yet.
+	Deadline time.Time `json:"deadline,omitzero"`
 }
 
 // Line is the one-line summary that systemd's STATUS= shows.

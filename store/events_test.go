@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 // OnEvents sees the events of committed transactions only, in order, and
@@ -67,5 +68,35 @@ func TestOnEventsAndEventsAfter(t *testing.T) {
 	j.Update(func(tx *Tx) error { _, err := tx.Log(Event{Kind: "e", Message: "unseen"}); return err })
 	if len(seen) != 8 {
 		t.Errorf("OnEvents(nil) did not stop the calls: %d events seen", len(seen))
+	}
+}
+
+// The pending update keeps when each app was first blocked and which apps
+// were given up, across a reopen; a bad app name there is refused.
+func TestPendingBlockedAndAppFailed(t *testing.T) {
+	j := openTest(t, nil)
+	u := sampleUpdate()
+	at := time.Date(2026, 12, 1, 2, 3, 4, 0, time.UTC)
+	u.Blocked = map[string]time.Time{"kiosk": at}
+	u.AppFailed = map[string]string{"other": "waited past its max-defer deadline"}
+	if err := j.Update(func(tx *Tx) error { return tx.PutPending(u) }); err != nil {
+		t.Fatal(err)
+	}
+	j = reopen(t, j, nil)
+	var got *Update
+	if err := j.View(func(tx *Tx) error {
+		var err error
+		got, err = tx.Pending()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !got.Blocked["kiosk"].Equal(at) || got.AppFailed["other"] != u.AppFailed["other"] {
+		t.Errorf("got blocked %v, app_failed %v; want %v, %v", got.Blocked, got.AppFailed, u.Blocked, u.AppFailed)
+	}
+	bad := sampleUpdate()
+	bad.Blocked = map[string]time.Time{"../x": at}
+	if err := j.Update(func(tx *Tx) error { return tx.PutPending(bad) }); !errors.Is(err, ErrInvalid) {
+		t.Errorf("PutPending with blocked app ../x: %v, want ErrInvalid", err)
 	}
 }

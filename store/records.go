@@ -65,6 +65,13 @@ type Update struct {
 	Created  time.Time
 	Updated  time.Time
 	By       string
+	// Blocked is, for each app of the update, when a lock first kept its
+	// part from being applied: the max-defer deadline counts from there,
+	// across restarts.
+	Blocked map[string]time.Time
+	// AppFailed is, for each app whose part was given up (its max-defer
+	// deadline passed under --on-max-defer fail), why; the others go on.
+	AppFailed map[string]string
 }
 
 // updateRecord is the stored header of the pending update. The target
@@ -80,6 +87,9 @@ type updateRecord struct {
 	Created  time.Time   `json:"created"`
 	Updated  time.Time   `json:"updated"`
 	By       string      `json:"by,omitempty"`
+
+	Blocked   map[string]time.Time `json:"blocked,omitempty"`
+	AppFailed map[string]string    `json:"app_failed,omitempty"`
 }
 
 // Step is the journalled progress of one service during an apply.
@@ -241,6 +251,16 @@ func (r updateRecord) validate() error {
 	}
 	if r.Files < 0 || r.Attempts < 0 {
 		return fmt.Errorf("update %s: files %d, attempts %d: %w", r.ID, r.Files, r.Attempts, ErrInvalid)
+	}
+	for app := range r.Blocked {
+		if err := validName(app); err != nil {
+			return fmt.Errorf("update %s: blocked app: %w", r.ID, err)
+		}
+	}
+	for app := range r.AppFailed {
+		if err := validName(app); err != nil {
+			return fmt.Errorf("update %s: failed app: %w", r.ID, err)
+		}
 	}
 	return nil
 }

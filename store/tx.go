@@ -122,6 +122,7 @@ func (tx *Tx) Pending() (*Update, error) {
 	u := &Update{
 		ID: r.ID, State: r.State, Attempts: r.Attempts, Reason: r.Reason, Forced: r.Forced,
 		Created: r.Created, Updated: r.Updated, By: r.By,
+		Blocked: r.Blocked, AppFailed: r.AppFailed,
 	}
 	if t := b.Get([]byte(keyTarget)); t != nil {
 		u.Target = append([]byte(nil), t...)
@@ -163,6 +164,7 @@ func (tx *Tx) PutPending(u *Update) error {
 	r := updateRecord{
 		ID: u.ID, State: u.State, Files: len(u.Files), Attempts: u.Attempts, Reason: u.Reason,
 		Forced: u.Forced, Created: u.Created, Updated: u.Updated, By: u.By,
+		Blocked: u.Blocked, AppFailed: u.AppFailed,
 	}
 	if err := r.validate(); err != nil {
 		return err

@@ -42,6 +42,12 @@ func writeMetrics(w io.Writer, st agent.Status, es []lock.Entry, alive bool, now
 		blocked = max(now.Sub(st.BlockedSince).Seconds(), 0)
 	}
 	m.one("latch_update_blocked_seconds", "gauge", "Seconds the pending update (or reboot) has been blocked by a lock; 0 when not blocked.", blocked)
+	m.family("latch_update_deadline_seconds", "gauge", "Seconds left until the max-defer deadline of each app whose update waits for its locks; negative once past it.")
+	for _, a := range st.Apps {
+		if !a.Deadline.IsZero() {
+			m.sample("latch_update_deadline_seconds", []string{"app", a.Name}, a.Deadline.Sub(now).Seconds())
+		}
+	}
 	m.one("latch_download_progress_ratio", "gauge", "Download progress of the pending update, from 0 to 1.", float64(st.DownloadProgress)/100)
 	m.one("latch_download_bytes_total", "counter", "Bytes downloaded since the agent started.", float64(st.DownloadedBytes))
 	m.family("latch_applies_total", "counter", "Update applies since the agent started, by result.")

@@ -257,6 +257,31 @@ func TestMetricsEscaping(t *testing.T) {
 	}
 }
 
+// The max-defer gauge: seconds left per app, negative once past; apps
+// without a deadline have no series.
+func TestMetricsDeadline(t *testing.T) {
+	now := time.Now()
+	st := agent.Status{State: agent.StateWaiting, UpdatePending: true, Apps: []agent.AppStatus{
+		{Name: "alpha", Deadline: now.Add(-30 * time.Second)},
+		{Name: "bravo", Deadline: now.Add(2 * time.Minute)},
+		{Name: "charlie"},
+	}}
+	var b bytes.Buffer
+	if err := writeMetrics(&b, st, nil, true, now); err != nil {
+		t.Fatal(err)
+	}
+	fams := parseMetrics(t, b.String())
+	if got := value(t, fams, "latch_update_deadline_seconds", map[string]string{"app": "alpha"}); got != -30 {
+		t.Errorf("alpha: got %v, want -30 (past)", got)
+	}
+	if got := value(t, fams, "latch_update_deadline_seconds", map[string]string{"app": "bravo"}); got != 120 {
+		t.Errorf("bravo: got %v, want 120", got)
+	}
+	if n := len(fams["latch_update_deadline_seconds"].GetMetric()); n != 2 {
+		t.Errorf("%d series, want 2 (charlie has no deadline)", n)
+	}
+}
+
 // BenchmarkMetrics measures one rendering of the metrics with 20 locks.
 func BenchmarkMetrics(b *testing.B) {
 	var es []lock.Entry

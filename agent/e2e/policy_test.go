@@ -402,3 +402,188 @@ func TestPolicyEventsFollowLockedUpdate(t *testing.T) {
 		}
 	}
 }
+
+// withField sets key to value in the object at path (keys from the top)
+// of a target document.
+func withField(t *testing.T, doc []byte, value any, path ...string) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(doc, &m); err != nil {
+		t.Fatal(err)
+	}
+	cur := m
+	for _, k := range path[:len(path)-1] {
+		cur = cur[k].(map[string]any)
+	}
+	cur[path[len(path)-1]] = value
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// appStatusOf is one app's entry of the status, with its reason.
+func (d *device) appReason(name string) (string, string) {
+	d.t.Helper()
+	var s struct {
+		Apps []struct {
+			Name     string `json:"name"`
+			Reason   string `json:"reason"`
+			Deadline string `json:"deadline"`
+		} `json:"apps"`
+	}
+	d.api("GET", "/v1/device", nil, &s)
+	for _, a := range s.Apps {
+		if a.Name == name {
+			return a.Reason, a.Deadline
+		}
+	}
+	return "", ""
+}
+
+func (d *device) metrics() string {
+	d.t.Helper()
+	resp, err := d.client().Get("http://latch/metrics")
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return b.String()
+}
+
+// --max-defer with the default policy (wait): past the deadline the app's
+// update keeps waiting for its lock, and the status, update-pending and
+// /metrics say when the deadline was and how late it is; the other apps are
+// not held back.
+func TestPolicyMaxDeferWait(t *testing.T) {
+	d := newDevice(t)
+	d.args = append(d.args, "--max-defer", "1s")
+	policyStart(t, d)
+	lockPath := filepath.Join(d.serviceDir("alpha", "ui"), "updates.lock")
+	userLock(t, d, lockPath)
+	d.setTarget(d.targetDoc(nil, policyApps("2")...))
+	d.waitFor("alpha past its deadline", func() bool {
+		r, _ := d.appReason("alpha")
+		return strings.Contains(r, "past its max-defer deadline")
+	})
+	_, deadline := d.appReason("alpha")
+	dl, err := time.Parse(time.RFC3339Nano, deadline)
+	if err != nil {
+		t.Fatalf("apps[alpha].deadline %q: %v", deadline, err)
+	}
+	if got := d.releaseOf("alpha"); got != "a1" {
+		t.Errorf("alpha runs %q past its deadline under --on-max-defer wait, want a1", got)
+	}
+	if d.releaseOf("bravo") != "b2" || d.releaseOf("charlie") != "c2" {
+		t.Errorf("bravo, charlie run %q, %q: want b2, c2", d.releaseOf("bravo"), d.releaseOf("charlie"))
+	}
+	n, ok := readNotice(t, d.serviceDir("alpha", "ui"))
+	if !ok || n.Deadline == nil {
+		t.Fatalf("update-pending of alpha/ui: %+v (present %v), want a deadline", n, ok)
+	}
+	if nd, err := time.Parse(time.RFC3339Nano, *n.Deadline); err != nil || !nd.Equal(dl) {
+		t.Errorf("update-pending deadline %q, status deadline %s: want the same", *n.Deadline, deadline)
+	}
+	m := d.metrics()
+	found := false
+	for _, l := range strings.Split(m, "\n") {
+		if strings.HasPrefix(l, `latch_update_deadline_seconds{app="alpha"} -`) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("/metrics has no negative latch_update_deadline_seconds for alpha:\n%s", m)
+	}
+	if err := os.Remove(lockPath); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("alpha on a2 after the unlock", func() bool { return d.releaseOf("alpha") == "a2" && !d.status().UpdatePending })
+	d.noViolations()
+}
+
+// "max_defer" on an app with --on-max-defer fail: past the deadline that
+// app's update is given up with a reason that names it, while the others
+// are applied; the locked app keeps running its release.
+func TestPolicyMaxDeferFail(t *testing.T) {
+	d := newDevice(t)
+	d.args = append(d.args, "--on-max-defer", "fail")
+	policyStart(t, d)
+	lockPath := filepath.Join(d.serviceDir("alpha", "ui"), "updates.lock")
+	userLock(t, d, lockPath)
+	d.setTarget(withField(t, d.targetDoc(nil, policyApps("2")...), "1s", "apps", "alpha", "max_defer"))
+	d.waitFor("the update failed", func() bool { return d.status().UpdateFailed })
+	s := d.status()
+	if !strings.Contains(s.Reason, "alpha") || !strings.Contains(s.Reason, "max-defer") || !strings.Contains(s.Reason, lockPath) {
+		t.Errorf("reason %q: want it to name alpha, the max-defer deadline and the lock", s.Reason)
+	}
+	if d.releaseOf("alpha") != "a1" || d.releaseOf("bravo") != "b2" || d.releaseOf("charlie") != "c2" {
+		t.Errorf("releases %q: want alpha a1 (given up), bravo b2, charlie c2", s.Release)
+	}
+	if r, _ := d.appReason("alpha"); !strings.Contains(r, "failed") {
+		t.Errorf("apps[alpha].reason %q, want it failed", r)
+	}
+	d.waitFor("update-pending gone from alpha/ui", func() bool {
+		_, ok := readNotice(t, d.serviceDir("alpha", "ui"))
+		return !ok
+	})
+	if _, err := os.Lstat(lockPath); err != nil {
+		t.Errorf("the user's lock is gone (%v): fail must not force", err)
+	}
+	d.noViolations()
+}
+
+// --on-max-defer force: past the deadline the app's update is forced
+// (journalled as forced by max-defer). The deadline is journalled: an agent
+// killed and restarted while the app waits keeps it, and forces on time.
+func TestPolicyMaxDeferForceAcrossRestart(t *testing.T) {
+	d := newDevice(t)
+	d.args = append(d.args, "--max-defer", "4s", "--on-max-defer", "force")
+	policyStart(t, d)
+	lockPath := filepath.Join(d.serviceDir("alpha", "ui"), "updates.lock")
+	userLock(t, d, lockPath)
+	d.setTarget(d.targetDoc(nil, policyApps("2")...))
+	var before string
+	d.waitFor("alpha's deadline", func() bool { _, before = d.appReason("alpha"); return before != "" })
+	d.kill()
+	d.start()
+	d.waitFor("alpha's deadline after the restart", func() bool {
+		_, after := d.appReason("alpha")
+		return after != "" || d.releaseOf("alpha") == "a2"
+	})
+	if _, after := d.appReason("alpha"); after != "" && after != before {
+		t.Errorf("deadline %s before the restart, %s after: want it kept", before, after)
+	}
+	d.waitFor("alpha forced onto a2", func() bool { return d.releaseOf("alpha") == "a2" })
+	dl, _ := time.Parse(time.RFC3339Nano, before)
+	var evs []struct {
+		Kind, By, Message string
+		Time              time.Time
+	}
+	d.api("GET", "/v2/journal?limit=200", nil, &evs)
+	forced := false
+	for _, e := range evs {
+		if e.Kind == "forced" && strings.Contains(e.Message, "forced by max-defer") && strings.Contains(e.Message, "alpha") {
+			forced = true
+			if e.Time.Before(dl) {
+				t.Errorf("forced at %s, before the deadline %s", e.Time, dl)
+			}
+		}
+	}
+	if !forced {
+		t.Errorf("no forced-by-max-defer event for alpha in the journal: %+v", evs)
+	}
+	if _, err := os.Lstat(lockPath); !os.IsNotExist(err) {
+		t.Errorf("the user's lock is still there after the forced update (%v)", err)
+	}
+	d.noViolations()
+}

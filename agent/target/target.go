@@ -26,6 +26,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // MaxSize is the largest target document accepted, in bytes.
@@ -50,12 +51,22 @@ var (
 type State struct {
 	Apps   map[string]App         `json:"apps"`
 	Config map[string]ConfigValue `json:"config,omitempty"`
+	// Window is the maintenance window of every app that has none of its
+	// own, and of the reboots that configuration changes need; nil: any time.
+	Window *Window `json:"-"`
 }
 
 // App is the release an app should run and its services.
 type App struct {
 	Release  string             `json:"release"`
 	Services map[string]Service `json:"services"`
+	// MaxDefer bounds how long the app's update waits for its locks, from
+	// the first time it was blocked, when HasMaxDefer (it then wins over
+	// the agent's --max-defer; 0 sets no bound).
+	MaxDefer    time.Duration `json:"-"`
+	HasMaxDefer bool          `json:"-"`
+	// Window is the app's own maintenance window; nil: the target's.
+	Window *Window `json:"-"`
 }
 
 // Service is one service of an app: a systemd unit (systemd driver) or shell
@@ -160,7 +171,7 @@ func Parse(data []byte) (*State, error) {
 	if err := checkSyntax(data); err != nil {
 		return nil, err
 	}
-	top, err := object("", data, "apps", "config")
+	top, err := object("", data, "apps", "config", "window")
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +196,11 @@ func Parse(data []byte) (*State, error) {
 		}
 		st.Apps[name] = app
 	}
+	if raw, ok := top["window"]; ok && !isNull(raw) {
+		if st.Window, err = parseWindow("window", raw); err != nil {
+			return nil, err
+		}
+	}
 	if raw, ok := top["config"]; ok && !isNull(raw) {
 		cfg, err := object("config", raw)
 		if err != nil {
@@ -207,11 +223,22 @@ func Parse(data []byte) (*State, error) {
 }
 
 func parseApp(path string, raw json.RawMessage, paths map[string]string) (App, error) {
-	m, err := object(path, raw, "release", "services")
+	m, err := object(path, raw, "release", "services", "max_defer", "window")
 	if err != nil {
 		return App{}, err
 	}
 	var app App
+	if raw, ok := m["max_defer"]; ok && !isNull(raw) {
+		if app.MaxDefer, err = parseMaxDefer(path+".max_defer", raw); err != nil {
+			return App{}, err
+		}
+		app.HasMaxDefer = true
+	}
+	if raw, ok := m["window"]; ok && !isNull(raw) {
+		if app.Window, err = parseWindow(path+".window", raw); err != nil {
+			return App{}, err
+		}
+	}
 	if app.Release, err = requiredString(path+".release", m["release"]); err != nil {
 		return App{}, err
 	}
