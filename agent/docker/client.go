@@ -430,6 +430,7 @@ func (c *Client) WaitContainer(ctx context.Context, id, condition string) (int, 
 type ContainerState struct {
 	Status     string `json:"Status"` // created, running, paused, restarting, removing, exited, dead
 	Running    bool   `json:"Running"`
+	Paused     bool   `json:"Paused"`
 	Restarting bool   `json:"Restarting"`
 	OOMKilled  bool   `json:"OOMKilled"`
 	Pid        int    `json:"Pid"`

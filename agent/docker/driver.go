@@ -33,7 +33,10 @@ const (
 	LockMount   = "/tmp/balena"
 	LegacyMount = "/tmp/resin"
 	LockPathEnv = LockMount + "/updates.lock"
-	healthPoll  = 100 * time.Millisecond
+)
+
+const (
+	healthPoll = 100 * time.Millisecond
 	// createRetries bounds the looks again after a create that found its
 	// name taken by a container being made.
 	createRetries = 8
@@ -279,10 +282,12 @@ func (d *Driver) lookup(ctx context.Context, s Service) (c Container, name strin
 	return c, name, true, nil
 }
 
-// Create makes the container of s and returns its ID, without starting it.
+// Create makes the container of s and returns its ID, without starting it;
+// it never stops anything, so it may run before the locks are taken.
 // When latch's container of that name and release exists already with the
 // same configuration (a step repeated after a crash) it is reused; with
-// another configuration it is stopped, removed and made again. A container
+// another configuration it is removed and made again when it is stopped,
+// and ErrConflict when it runs. A container
 // of that name without latch's labels is ErrForeign, and is not touched.
 // The lock directory must exist and be a directory (not a symlink); the
 // image must be in the engine.
@@ -313,6 +318,9 @@ func (d *Driver) Create(ctx context.Context, s Service) (string, error) {
 		if found {
 			if c.Config.Labels[LabelConfig] == cfg.Labels[LabelConfig] {
 				return c.ID, nil
+			}
+			if c.State.Running || c.State.Restarting || c.State.Paused {
+				return "", fmt.Errorf("create container %s: %w: it runs with another configuration of release %s; Stop it (under the service's lock) first", name, ErrConflict, s.Release)
 			}
 			d.logf("container %s has another configuration of release %s: replacing it", name, s.Release)
 			if err := d.removeOwned(ctx, c, name); err != nil {

@@ -370,6 +370,16 @@ func TestRepeatedSteps(t *testing.T) {
 	if id, err := d.Create(ctx, s); err != nil || id != id1 || inspect(t, s).State.StartedAt != started {
 		t.Errorf("Create of the running container: %s, %v; want it reused, not restarted", id, err)
 	}
+	// Create never stops a running container, even of another
+	// configuration: that needs the lock, and Stop.
+	changed := s
+	changed.Spec.Environment = map[string]string{"CHANGED": "1"}
+	if id, err := d.Create(ctx, changed); !errors.Is(err, ErrConflict) {
+		t.Errorf("Create of another configuration over the running container: %.12s, %v; want ErrConflict", id, err)
+	}
+	if c := inspect(t, s); !c.State.Running || c.ID != id1 || c.State.StartedAt != started {
+		t.Errorf("a refused Create touched the running container")
+	}
 	for i := 0; i < 2; i++ {
 		if err := d.Stop(ctx, s); err != nil {
 			t.Fatalf("Stop #%d: %v", i+1, err)
