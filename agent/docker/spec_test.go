@@ -204,3 +204,32 @@ func FuzzParseSpec(f *testing.F) {
 		}
 	})
 }
+
+// TestParseSpecExample: the example of spec section 9, as written there
+// (with a real digest), is a valid service.
+func TestParseSpecExample(t *testing.T) {
+	raw := `{
+  "image": "registry.example/kiosk/ui@sha256:` + strings.Repeat("ab", 32) + `",
+  "command": ["/bin/ui", "--kiosk"], "entrypoint": null, "working_dir": "", "user": "",
+  "environment": {"KIOSK_URL": "http://localhost:8080"},
+  "volumes": ["kiosk-data:/data", "/var/lib/kiosk:/host:ro"],
+  "ports": ["8080:80/tcp"], "network_mode": "bridge", "privileged": false,
+  "devices": ["/dev/ttyUSB0:/dev/ttyUSB0"], "cap_add": [], "labels": {},
+  "restart": "unless-stopped", "depends_on": ["backend"], "stop_signal": "SIGTERM",
+  "stop_grace_period": "10s"
+}`
+	s, err := ParseSpec([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.StopGracePeriod != 10*time.Second || s.StopSignal != "SIGTERM" || s.Entrypoint != nil || len(s.DependsOn) != 1 {
+		t.Errorf("parsed %+v", s)
+	}
+	cfg, err := Service{App: "kiosk", Service: "ui", Release: "2026.11.2", Spec: s, LockDir: "/tmp/latch/services/kiosk/ui"}.createConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HostConfig.PortBindings["80/tcp"][0].HostPort != "8080" || cfg.Labels[LabelRestart] != "unless-stopped" || *cfg.StopTimeout != 10 {
+		t.Errorf("create request %+v", cfg)
+	}
+}
