@@ -58,7 +58,11 @@ func (r *recorder) wait(t *testing.T, what string, cond func() bool) {
 		case <-deadline:
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			t.Fatalf("timed out waiting for %s; targets %v, commands %v, errors %v, connects %d", what, r.targets, r.cmds, r.errs, r.connects)
+			errs := r.errs
+			if len(errs) > 10 {
+				errs = errs[len(errs)-10:]
+			}
+			t.Fatalf("timed out waiting for %s; targets %v, commands %v, last errors %v (of %d), connects %d", what, r.targets, r.cmds, errs, len(r.errs), r.connects)
 		}
 	}
 }
