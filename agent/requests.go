@@ -193,7 +193,17 @@ func (a *Agent) onRebootDone(ev rebootDone) {
 
 // tryPendingReboot reboots for a configuration change once no lock is held.
 func (a *Agent) tryPendingReboot() {
-	if time.Now().Before(a.st.rebootRetryAt) {
+	now := time.Now()
+	if now.Before(a.st.rebootRetryAt) {
+		return
+	}
+	// A reboot that waits (a configuration's) runs only inside the
+	// target's maintenance window, and is woken when it opens.
+	a.st.rebootWindow = ""
+	if st := a.st.latest; st != nil && st.Window != nil && !st.Window.Contains(now) {
+		opens := st.Window.Next(now)
+		a.st.rebootWindow = fmt.Sprintf("waiting for the maintenance window (%s), which opens at %s", st.Window, opens.Format(time.RFC3339))
+		a.st.rebootRetryAt = opens
 		return
 	}
 	err := a.power(a.st.reboot.Kind, a.st.reboot.Reason, false, a.st.reboot.By)

@@ -55,7 +55,8 @@ type loopState struct {
 	rebooting      bool
 	rebootFailures int       // reboot or shutdown commands that failed in a row
 	rebootError    string    // the last failure, shown in the status
-	rebootRetryAt  time.Time // earliest next try of a failed reboot or shutdown
+	rebootRetryAt  time.Time // earliest next try of a failed reboot or shutdown (or: when its window opens)
+	rebootWindow   string    // why a pending reboot waits for its maintenance window, "" when it does not
 	blockedBy      []lock.Entry
 	blockedSince   time.Time
 	// appBlocked is what blocks each app of the pending update that waits
@@ -394,6 +395,14 @@ func (a *Agent) snapshot() Status {
 			st.BlockedBy = slices.Clone(s.blockedBy)
 			st.BlockedSince = s.blockedSince
 		}
+		if st.State == StateWaiting && st.Reason == "" {
+			for _, app := range sortedKeys(s.appReason) {
+				if r := s.appReason[app]; r != "" {
+					st.Reason = app + ": " + r
+					break
+				}
+			}
+		}
 	}
 	if s.resume != nil && !s.applying && len(s.blockedBy) > 0 {
 		// An interrupted apply (or restart) waits for its locks.
@@ -412,6 +421,8 @@ func (a *Agent) snapshot() Status {
 	if s.reboot != nil && !s.rebooting && st.State == StateIdle {
 		if s.rebootError != "" {
 			st.Reason = s.rebootError
+		} else if s.rebootWindow != "" {
+			st.Reason = s.rebootWindow
 		} else if len(s.blockedBy) > 0 {
 			st.BlockedBy, st.BlockedSince = slices.Clone(s.blockedBy), s.blockedSince
 			st.Reason = "waiting for the lock: " + describe(s.blockedBy[0])

@@ -587,3 +587,118 @@ func TestPolicyMaxDeferForceAcrossRestart(t *testing.T) {
 	}
 	d.noViolations()
 }
+
+// windowFromNow is a maintenance window that opens in `in` and lasts an
+// hour, on the day it opens, in UTC; and the time it opens.
+func windowFromNow(in time.Duration) (map[string]any, time.Time) {
+	opens := time.Now().UTC().Add(in).Truncate(time.Second)
+	closes := opens.Add(time.Hour)
+	return map[string]any{
+		"days":  []string{strings.ToLower(opens.Weekday().String()[:3])},
+		"start": opens.Format("15:04:05"),
+		"end":   closes.Format("15:04:05"),
+		"tz":    "UTC",
+	}, opens
+}
+
+// A maintenance window on one app: the update downloads at once, the other
+// apps are applied at once, and that app is applied only once its window
+// opens (the journal's applied event is not earlier).
+func TestPolicyWindowOnOneApp(t *testing.T) {
+	d := newDevice(t)
+	policyStart(t, d)
+	win, opens := windowFromNow(3 * time.Second)
+	d.setTarget(withField(t, d.targetDoc(nil, policyApps("2")...), win, "apps", "alpha", "window"))
+	d.waitFor("bravo and charlie on release 2", func() bool { return d.releaseOf("bravo") == "b2" && d.releaseOf("charlie") == "c2" })
+	if time.Now().Before(opens) {
+		s := d.status()
+		if got := d.releaseOf("alpha"); got != "a1" {
+			t.Errorf("alpha runs %q before its window opens", got)
+		}
+		if !s.UpdateDownloaded {
+			t.Errorf("status %+v: want the update downloaded before the window opens", s)
+		}
+		if r, _ := d.appReason("alpha"); !strings.Contains(r, "maintenance window") {
+			t.Errorf("apps[alpha].reason %q: want it waiting for its window", r)
+		}
+		if _, ok := readNotice(t, d.serviceDir("alpha", "ui")); !ok {
+			t.Errorf("no update-pending for alpha while it waits for its window")
+		}
+	} else {
+		t.Logf("the window opened before the first check: the before-window checks did not run")
+	}
+	d.waitFor("alpha on a2 in its window", func() bool { return d.releaseOf("alpha") == "a2" })
+	var evs []struct {
+		Kind, Message string
+		Time          time.Time
+	}
+	d.api("GET", "/v2/journal?limit=100", nil, &evs)
+	for _, e := range evs {
+		if e.Kind == "applied" && strings.Contains(e.Message, "alpha=a2") && e.Time.Before(opens) {
+			t.Errorf("alpha applied at %s, before its window opened at %s", e.Time, opens)
+		}
+		if e.Kind == "applied" && strings.Contains(e.Message, "bravo=b2") && !e.Time.Before(opens) {
+			t.Logf("bravo applied at %s, not before alpha's window opened: the machine is slow", e.Time)
+		}
+	}
+	d.noViolations()
+}
+
+// A window at the top of the target holds back every app until it opens,
+// and a force ignores it.
+func TestPolicyWindowTopAndForce(t *testing.T) {
+	d := newDevice(t)
+	policyStart(t, d)
+	win, _ := windowFromNow(2 * time.Hour)
+	d.setTarget(withField(t, d.targetDoc(nil, policyApps("2")...), win, "window"))
+	d.waitFor("the update waiting for its window", func() bool {
+		s := d.status()
+		return s.UpdateDownloaded && strings.Contains(s.Reason, "maintenance window")
+	})
+	for _, a := range []string{"alpha", "bravo", "charlie"} {
+		if got := d.releaseOf(a); got != a[:1]+"1" {
+			t.Errorf("%s runs %q outside the window", a, got)
+		}
+	}
+	if code := d.api("POST", "/v1/update", map[string]any{"force": true}, nil); code != 204 {
+		t.Fatalf("forced update: %d, want 204", code)
+	}
+	d.waitFor("every app on release 2 after the force", func() bool {
+		return d.releaseOf("alpha") == "a2" && d.releaseOf("bravo") == "b2" && d.releaseOf("charlie") == "c2"
+	})
+	d.noViolations()
+}
+
+// A bad window or max_defer is refused with an error naming the field, and
+// changes nothing: no update, the releases that run stay.
+func TestPolicyBadInputRejected(t *testing.T) {
+	d := newDevice(t)
+	policyStart(t, d)
+	before := d.status()
+	good := d.targetDoc(nil, policyApps("2")...)
+	for _, c := range []struct {
+		value any
+		path  []string
+		field string
+	}{
+		{map[string]any{"days": []string{"mon", "someday"}, "start": "02:00", "end": "04:00"}, []string{"apps", "alpha", "window"}, "apps.alpha.window.days[1]"},
+		{map[string]any{"start": "25:00", "end": "04:00"}, []string{"window"}, "window.start"},
+		{map[string]any{"start": "02:00", "end": "02:00"}, []string{"window"}, "window.end"},
+		{map[string]any{"start": "02:00", "end": "04:00", "tz": "Nowhere/Town"}, []string{"apps", "bravo", "window"}, "apps.bravo.window.tz"},
+		{"-5m", []string{"apps", "alpha", "max_defer"}, "apps.alpha.max_defer"},
+		{"whenever", []string{"apps", "charlie", "max_defer"}, "apps.charlie.max_defer"},
+	} {
+		doc := withField(t, good, c.value, c.path...)
+		code, body := d.pushBody(doc)
+		if code != 400 || !strings.Contains(body, c.field) {
+			t.Errorf("push with %s = %v: %d %s, want 400 naming %s", strings.Join(c.path, "."), c.value, code, body, c.field)
+		}
+	}
+	// Through the target file too: refused, nothing applied.
+	d.setTarget(withField(t, good, "-5m", "apps", "alpha", "max_defer"))
+	d.waitFor("the bad target file refused", func() bool { return strings.Contains(d.output(), "apps.alpha.max_defer") })
+	s := d.status()
+	if s.UpdatePending || s.Release != before.Release {
+		t.Errorf("after bad targets: status %+v, want nothing pending and %q running", s, before.Release)
+	}
+}

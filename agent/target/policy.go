@@ -13,8 +13,8 @@ import (
 // next. Downloads happen at any time; applies only inside the window.
 type Window struct {
 	Days  [7]bool // indexed by time.Weekday; all true when "days" is absent
-	Start int     // minutes after midnight, 0..1439
-	End   int     // minutes after midnight, 0..1439, != Start
+	Start int     // seconds after midnight, 0..86399
+	End   int     // seconds after midnight, 0..86399, != Start
 	TZ    string  // as written ("" = the device's local zone)
 	Loc   *time.Location
 }
@@ -68,11 +68,11 @@ func parseWindow(path string, raw json.RawMessage) (*Window, error) {
 		if err != nil {
 			return nil, err
 		}
-		min, ok := clockMinutes(s)
+		sec, ok := clockSeconds(s)
 		if !ok {
-			return nil, fieldErr(p, "want a time of day HH:MM (00:00 to 23:59), got %q", clip(s))
+			return nil, fieldErr(p, "want a time of day HH:MM (00:00 to 23:59) or HH:MM:SS, got %q", clip(s))
 		}
-		*f.dst = min
+		*f.dst = sec
 	}
 	if w.Start == w.End {
 		return nil, fieldErr(path+".end", "equals start (%s): a window must have a length; an end before the start spans midnight", fmtClock(w.Start))
@@ -94,20 +94,32 @@ func parseWindow(path string, raw json.RawMessage) (*Window, error) {
 	return w, nil
 }
 
-func clockMinutes(s string) (int, bool) {
-	if len(s) != 5 || s[2] != ':' {
+// clockSeconds parses HH:MM or HH:MM:SS (two digits each) into seconds
+// after midnight.
+func clockSeconds(s string) (int, bool) {
+	if len(s) != 5 && len(s) != 8 {
 		return 0, false
 	}
-	h, err1 := strconv.Atoi(s[:2])
-	m, err2 := strconv.Atoi(s[3:])
-	if err1 != nil || err2 != nil || h < 0 || h > 23 || m < 0 || m > 59 || s[0] == '+' || s[3] == '+' || s[0] == '-' || s[3] == '-' {
+	var parts [3]int
+	for i := 0; i*3 < len(s); i++ {
+		c := s[i*3 : i*3+2]
+		if c[0] < '0' || c[0] > '9' || c[1] < '0' || c[1] > '9' || (i*3+2 < len(s) && s[i*3+2] != ':') {
+			return 0, false
+		}
+		parts[i] = int(c[0]-'0')*10 + int(c[1]-'0')
+	}
+	if parts[0] > 23 || parts[1] > 59 || parts[2] > 59 {
 		return 0, false
 	}
-	return h*60 + m, true
+	return parts[0]*3600 + parts[1]*60 + parts[2], true
 }
 
-func fmtClock(min int) string {
-	return time.Date(0, 1, 1, min/60, min%60, 0, 0, time.UTC).Format("15:04")
+func fmtClock(sec int) string {
+	layout := "15:04"
+	if sec%60 != 0 {
+		layout = "15:04:05"
+	}
+	return time.Date(0, 1, 1, sec/3600, sec/60%60, sec%60, 0, time.UTC).Format(layout)
 }
 
 // String is the window as a person reads it: "mon,tue 02:00-04:00 Europe/Berlin".
@@ -135,7 +147,7 @@ func (w *Window) String() string {
 // Contains reports whether t is inside the window.
 func (w *Window) Contains(t time.Time) bool {
 	tl := t.In(w.Loc)
-	m := tl.Hour()*60 + tl.Minute()
+	m := tl.Hour()*3600 + tl.Minute()*60 + tl.Second()
 	day := tl.Weekday()
 	if w.Start < w.End {
 		return w.Days[day] && m >= w.Start && m < w.End
@@ -152,7 +164,7 @@ func (w *Window) Next(t time.Time) time.Time {
 	}
 	tl := t.In(w.Loc)
 	for i := 0; i <= 8; i++ {
-		d := time.Date(tl.Year(), tl.Month(), tl.Day()+i, w.Start/60, w.Start%60, 0, 0, w.Loc)
+		d := time.Date(tl.Year(), tl.Month(), tl.Day()+i, w.Start/3600, w.Start/60%60, w.Start%60, 0, w.Loc)
 		if d.After(t) && w.Days[d.Weekday()] {
 			return d
 		}

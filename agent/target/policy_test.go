@@ -23,7 +23,7 @@ func TestParsePolicy(t *testing.T) {
 		t.Errorf("max_defer = %v (set %v), want 90m", a.MaxDefer, a.HasMaxDefer)
 	}
 	w := a.Window
-	if w == nil || !w.Days[time.Monday] || !w.Days[time.Saturday] || w.Days[time.Sunday] || w.Start != 22*60 || w.End != 150 || w.Loc != time.UTC {
+	if w == nil || !w.Days[time.Monday] || !w.Days[time.Saturday] || w.Days[time.Sunday] || w.Start != 22*3600 || w.End != 150*60 || w.Loc != time.UTC {
 		t.Fatalf("app window = %+v", w)
 	}
 	if st.Window == nil || st.Window.Loc != time.Local || st.WindowOf("kiosk") != w || st.WindowOf("other") != st.Window {
@@ -31,6 +31,9 @@ func TestParsePolicy(t *testing.T) {
 	}
 	if got := w.String(); got != "mon,sat 22:00-02:30 UTC" {
 		t.Errorf("String() = %q", got)
+	}
+	if st, err := Parse([]byte(policyDoc(`,"window":{"start":"02:00:30","end":"02:00:45"}`, ``))); err != nil || st.Apps["kiosk"].Window.Start != 7230 || st.Apps["kiosk"].Window.String() != "02:00:30-02:00:45 local time" {
+		t.Errorf("a window to the second: %v", err)
 	}
 	if _, err := Parse([]byte(policyDoc(`,"max_defer":"0s"`, ``))); err != nil {
 		t.Errorf("max_defer 0s: %v, want accepted (no bound)", err)
@@ -44,6 +47,10 @@ func TestParsePolicy(t *testing.T) {
 		{`,"window":{"start":"2:00","end":"04:00"}`, ``, "apps.kiosk.window.start"},
 		{`,"window":{"start":"02:00","end":"24:00"}`, ``, "apps.kiosk.window.end"},
 		{`,"window":{"start":"02:60","end":"04:00"}`, ``, "apps.kiosk.window.start"},
+		{`,"window":{"start":"02:00:60","end":"04:00"}`, ``, "apps.kiosk.window.start"},
+		{`,"window":{"start":"02:00:5","end":"04:00"}`, ``, "apps.kiosk.window.start"},
+		{`,"window":{"start":"+2:00","end":"04:00"}`, ``, "apps.kiosk.window.start"},
+		{`,"window":{"start":"02-00","end":"04:00"}`, ``, "apps.kiosk.window.start"},
 		{`,"window":{"start":"02:00"}`, ``, "apps.kiosk.window.end"},
 		{`,"window":{"start":"02:00","end":"02:00"}`, ``, "apps.kiosk.window.end"},
 		{`,"window":{"start":"02:00","end":"04:00","tz":"Mars/Olympus"}`, ``, "apps.kiosk.window.tz"},
@@ -66,7 +73,7 @@ func TestWindowTimes(t *testing.T) {
 	if err != nil {
 		t.Skip("the system has no zone database (tzdata): window time zones were not tested")
 	}
-	w := &Window{Start: 2 * 60, End: 4 * 60, TZ: "Europe/Berlin", Loc: berlin}
+	w := &Window{Start: 2 * 3600, End: 4 * 3600, TZ: "Europe/Berlin", Loc: berlin}
 	w.Days[time.Monday] = true
 	mon := time.Date(2026, 11, 30, 3, 0, 0, 0, berlin) // a Monday
 	if !w.Contains(mon) || w.Contains(mon.Add(time.Hour)) || w.Contains(mon.Add(24*time.Hour)) {
@@ -78,7 +85,7 @@ func TestWindowTimes(t *testing.T) {
 	if got := w.Next(mon); !got.Equal(mon) {
 		t.Errorf("Next inside the window = %v, want now", got)
 	}
-	night := &Window{Start: 23 * 60, End: 60, Loc: time.UTC}
+	night := &Window{Start: 23 * 3600, End: 3600, Loc: time.UTC}
 	night.Days[time.Friday] = true
 	fri := time.Date(2026, 12, 4, 23, 30, 0, 0, time.UTC) // a Friday
 	if !night.Contains(fri) || !night.Contains(fri.Add(time.Hour)) || night.Contains(fri.Add(2*time.Hour)) {
