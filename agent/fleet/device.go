@@ -46,7 +46,8 @@ type ConnState struct {
 type Device struct {
 	cfg      Config // with defaults filled in
 	h        Handlers
-	cm       *autopaho.ConnectionManager
+	cm       *autopaho.ConnectionManager // set once, before started is closed
+	started  chan struct{}
 	ctx      context.Context
 	cancel   context.CancelFunc
 	kick     chan struct{} // a state to publish (capacity 1)
@@ -82,7 +83,7 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 	}
 	cfg.StateInterval = orDefault(cfg.StateInterval, DefaultStateInterval)
 
-	d := &Device{cfg: cfg, h: h, kick: make(chan struct{}, 1)}
+	d := &Device{cfg: cfg, h: h, kick: make(chan struct{}, 1), started: make(chan struct{})}
 	wait := backoff(cfg.MinBackoff, cfg.MaxBackoff)
 	d.ctx, d.cancel = context.WithCancel(ctx)
 
@@ -169,8 +170,15 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 		return nil, fmt.Errorf("start fleet channel to %s: %w", t.broker.Redacted(), err)
 	}
 	d.cm = cm
+	close(d.started)
 	d.spawn(d.stateLoop)
 	return d, nil
+}
+
+// conn is the connection manager, once Start has it (a message can arrive before).
+func (d *Device) conn() *autopaho.ConnectionManager {
+	<-d.started
+	return d.cm
 }
 
 // spawn runs f on a goroutine that Close waits for, unless Close was called.
@@ -285,13 +293,13 @@ func (d *Device) publish(ctx context.Context, p *paho.Publish) error {
 	stop := context.AfterFunc(d.ctx, cancel)
 	defer stop()
 	for {
-		if err := d.cm.AwaitConnection(ctx); err != nil {
+		if err := d.conn().AwaitConnection(ctx); err != nil {
 			if d.ctx.Err() != nil {
 				return ErrClosed
 			}
 			return err
 		}
-		resp, err := d.cm.Publish(ctx, p)
+		resp, err := d.conn().Publish(ctx, p)
 		if err == nil {
 			return nil
 		}
