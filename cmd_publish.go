@@ -19,6 +19,9 @@ import (
 	"strings"
 	"time"
 
+	"latch/agent/compose"
+	"latch/agent/docker"
+	"latch/agent/registry"
 	"latch/agent/trust"
 )
 
@@ -26,9 +29,13 @@ import (
 // target state, whose files name local paths, into a folder that any static
 // host serves as it is: the files stored by digest, the target with version,
 // issued, expires, fleet and every file's size and sha256, and its .sig.
+// With --compose, an app's container services come from a balena-style
+// docker-compose.yml, their images pinned to the digests the registry holds.
 
 const releaseBuildSynopsis = "  latch release build --out DIR --base-url URL [--key KEY]... [--root FILE]...\n" +
-	"                      [--fleet NAME] [--device ID] [--expires DURATION] [--version N] DRAFT.json"
+	"                      [--fleet NAME] [--device ID] [--expires DURATION] [--version N] DRAFT.json\n" +
+	"  latch release build --out DIR --base-url URL ... --compose FILE --app NAME [--release R]\n" +
+	"                      [--registry-auth FILE] [--insecure-registry HOST:PORT]... [DRAFT.json]"
 
 func runReleaseBuild(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("latch release build", flag.ContinueOnError)
@@ -41,6 +48,12 @@ func runReleaseBuild(ctx context.Context, args []string) error {
 	device := fs.String("device", "", "make the release for this device alone")
 	expires := fs.String("expires", "30d", "how long devices accept the release (90d, 2y, 36h)")
 	version := fs.Uint64("version", 0, "the version to give (default: one above DIR/target.json's, else 1)")
+	composeFile := fs.String("compose", "", "a docker-compose.yml whose services make the app --app")
+	appName := fs.String("app", "", "with --compose: the app its services make")
+	release := fs.String("release", "", "with --compose: the app's release (default: a short digest of its pinned services)")
+	regAuth := fs.String("registry-auth", "", "with --compose: a docker config.json with the registries' credentials")
+	var insecure hostListFlag
+	fs.Var(&insecure, "insecure-registry", "with --compose: a HOST:PORT registry spoken to over plain HTTP; repeat for more")
 	ops, err := trustFlags(fs, args, releaseBuildSynopsis,
 		"Build a release folder from DRAFT.json, a target state whose files give \"source\" as a local path\n"+
 			"(relative to the draft) instead of a URL. Each such file is copied to DIR/files/sha256/<hex> and\n"+
@@ -48,14 +61,49 @@ func runReleaseBuild(ctx context.Context, args []string) error {
 			"both already. The target gets a version above the one DIR holds, issued (now), expires and\n"+
 			"fleet, and is written to DIR/target.json; with --key it is signed into DIR/target.json.sig.\n"+
 			"Copy DIR to the host as it is, files first (a device that sees the new target fetches them).\n"+
-			"A device then polls BASE-URL/target.json (--target-url) and reads BASE-URL/target.json.sig.",
+			"A device then polls BASE-URL/target.json (--target-url) and reads BASE-URL/target.json.sig.\n\n"+
+			"With --compose FILE --app NAME, the app NAME is made of the services of a balena-style\n"+
+			"docker-compose.yml (version 2.x or 3.x; image, command, entrypoint, working_dir, user, environment,\n"+
+			"volumes, ports, network_mode, privileged, devices, cap_add, labels, restart, depends_on, stop_signal,\n"+
+			"stop_grace_period; any other field is an error). latch does not build: push the images first. Each\n"+
+			"image's tag is resolved at its registry to the digest devices will pull (name@sha256:...), and an\n"+
+			"image given by digest is checked to be there. DRAFT.json is then optional; given, the app is added\n"+
+			"to its apps. --registry-auth reads the auths of a docker config.json (~/.docker/config.json after\n"+
+			"'docker login'); a registry without TLS must be named with --insecure-registry.",
 		"  latch release build --out site --base-url https://updates.example/kiosk \\\n"+
-			"      --root root.json --key targets.key draft.json")
+			"      --root root.json --key targets.key draft.json\n\n"+
+			"  # docker-compose.yml:\n"+
+			"  #   version: \"2.1\"\n"+
+			"  #   services:\n"+
+			"  #     ui:\n"+
+			"  #       image: registry.example/kiosk/ui:2.3\n"+
+			"  #       ports: [\"8080:80\"]\n"+
+			"  #       volumes: [\"kiosk-data:/data\"]\n"+
+			"  #       depends_on: [backend]\n"+
+			"  #     backend:\n"+
+			"  #       image: registry.example/kiosk/backend:2.3\n"+
+			"  #   volumes:\n"+
+			"  #     kiosk-data:\n"+
+			"  latch release build --out site --base-url https://updates.example/kiosk \\\n"+
+			"      --root root.json --key targets.key --compose docker-compose.yml --app kiosk \\\n"+
+			"      --registry-auth ~/.docker/config.json")
 	if err != nil {
 		return helpIsOK(err)
 	}
-	if len(ops) != 1 {
-		return trustUsageErr("release build", "give one DRAFT.json")
+	switch {
+	case len(ops) > 1:
+		return trustUsageErr("release build", "give one DRAFT.json, not %d", len(ops))
+	case len(ops) == 0 && *composeFile == "":
+		return trustUsageErr("release build", "give DRAFT.json, or --compose FILE --app NAME")
+	}
+	if *composeFile == "" {
+		for _, f := range []string{"app", "release", "registry-auth", "insecure-registry"} {
+			if setFlags(fs)[f] {
+				return trustUsageErr("release build", "--%s goes with --compose FILE", f)
+			}
+		}
+	} else if err := checkAppFlags(*appName, *release); err != nil {
+		return trustUsageErr("release build", "%v", err)
 	}
 	if *out == "" {
 		return trustUsageErr("release build", "give --out DIR, the folder to publish")
@@ -68,10 +116,14 @@ func runReleaseBuild(ctx context.Context, args []string) error {
 	if err != nil {
 		return trustUsageErr("release build", "%v", err)
 	}
-	draftPath := ops[0]
-	draft, err := readSmall(draftPath, maxTargetFile)
-	if err != nil {
-		return err
+	draftPath, draft := "", []byte(`{"apps":{}}`)
+	if len(ops) == 1 {
+		draftPath = ops[0]
+		if draft, err = readSmall(draftPath, maxTargetFile); err != nil {
+			return err
+		}
+	} else {
+		draftPath = *composeFile // what errors about the release name
 	}
 	var privs []ed25519.PrivateKey
 	for _, k := range keys {
@@ -117,6 +169,25 @@ func runReleaseBuild(ctx context.Context, args []string) error {
 	doc, err := decodeDraft(draft)
 	if err != nil {
 		return fmt.Errorf("%s: %w", draftPath, err)
+	}
+	var composed string
+	if *composeFile != "" {
+		if _, ok := doc["apps"].(map[string]any)[*appName]; ok {
+			return fmt.Errorf("--app %s: %s has an app of that name already: give the compose app another name, or remove it from the draft", *appName, draftPath)
+		}
+		opts := registry.Options{Insecure: insecure}
+		if *regAuth != "" {
+			if opts.Credentials, err = registry.LoadDockerConfig(*regAuth); err != nil {
+				return fmt.Errorf("--registry-auth: %w", err)
+			}
+		}
+		app, err := composeApp(ctx, *composeFile, *release, opts)
+		if err != nil {
+			return err
+		}
+		doc["apps"].(map[string]any)[*appName] = app
+		composed = fmt.Sprintf("app %s release %s: %d service(s) from %s, images pinned by digest\n",
+			*appName, app["release"], len(app["services"].(map[string]any)), *composeFile)
 	}
 	prev, err := publishedVersion(filepath.Join(*out, "target.json"))
 	if err != nil {
@@ -229,6 +300,7 @@ func runReleaseBuild(ctx context.Context, args []string) error {
 	if err := replaceFile(filepath.Join(*out, "target.json"), body, 0o644); err != nil {
 		return err
 	}
+	fmt.Print(composed)
 	signed := "unsigned: sign it with 'latch sign'"
 	if len(privs) > 0 {
 		signed = fmt.Sprintf("signed by %d key(s)", len(privs))
@@ -378,4 +450,128 @@ func storeByDigest(src, dir string) (sum string, size int64, fresh bool, err err
 		return "", 0, false, fmt.Errorf("store %s: %w", src, err)
 	}
 	return sum, size, true, syncDir(dst)
+}
+
+// hostListFlag is a repeatable HOST:PORT flag.
+type hostListFlag []string
+
+func (l *hostListFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *hostListFlag) Set(v string) error {
+	host, port, ok := strings.Cut(v, ":")
+	if !ok || host == "" || strings.ContainsAny(v, "/ ") {
+		return fmt.Errorf("%q: give HOST:PORT", v)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", v, port)
+	}
+	*l = append(*l, v)
+	return nil
+}
+
+// checkAppFlags checks --app and --release: both become names a device
+// uses for lock directories and containers.
+func checkAppFlags(app, release string) error {
+	if app == "" {
+		return errors.New("give --app NAME, the app the compose file's services make")
+	}
+	if len(app) > 128 || !appNameRE(app) {
+		return fmt.Errorf("--app %q: a name is 1 to 128 of A-Z a-z 0-9 _ . - and starts with a letter or digit", app)
+	}
+	if release != "" && (len(release) > 128 || !appNameRE(release)) {
+		return fmt.Errorf("--release %q: a release is 1 to 128 of A-Z a-z 0-9 _ . - and starts with a letter or digit", release)
+	}
+	return nil
+}
+
+func appNameRE(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || i > 0 && (c == '_' || c == '.' || c == '-')) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// resolveTimeout bounds the registry lookups of one build.
+const resolveTimeout = 2 * time.Minute
+
+// composeApp reads a compose file and returns the app it makes, as a draft
+// holds it: {"release": R, "services": {NAME: container service}}, every
+// image pinned to the digest its registry serves now and every service
+// checked as a device's container driver checks it.
+func composeApp(ctx context.Context, path, release string, opts registry.Options) (map[string]any, error) {
+	data, err := readSmall(path, compose.MaxSize)
+	if err != nil {
+		return nil, fmt.Errorf("--compose: %w", err)
+	}
+	proj, err := compose.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	client, err := registry.New(opts)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	defer cancel()
+	specs := map[string]docker.Spec{}
+	pinned := map[string]compose.Service{}
+	for _, name := range proj.Names() {
+		svc := proj.Services[name]
+		ref, err := registry.ParseReference(svc.Image)
+		if err != nil {
+			return nil, fmt.Errorf("%s: service %s: image %s: %w", path, name, svc.Image, err)
+		}
+		digest, err := client.Resolve(ctx, ref)
+		if err != nil {
+			return nil, fmt.Errorf("%s: service %s: pin the image to a digest: %w%s", path, name, err, resolveHint(err, ref))
+		}
+		if ref.Digest != "" && digest != ref.Digest {
+			return nil, fmt.Errorf("%s: service %s: image %s: the registry serves digest %s", path, name, svc.Image, digest)
+		}
+		svc.Image = ref.Name() + "@" + digest
+		raw, err := json.Marshal(svc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: service %s: %w", path, name, err)
+		}
+		spec, err := docker.ParseSpec(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: service %s: %w", path, name, err)
+		}
+		specs[name], pinned[name] = spec, svc
+	}
+	if _, err := docker.Order(specs); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	all, err := json.Marshal(pinned) // map keys sorted: the same services give the same bytes
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if release == "" {
+		sum := sha256.Sum256(all)
+		release = hex.EncodeToString(sum[:])[:12]
+	}
+	dec := json.NewDecoder(bytes.NewReader(all))
+	dec.UseNumber()
+	var services map[string]any
+	if err := dec.Decode(&services); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return map[string]any{"release": release, "services": services}, nil
+}
+
+// resolveHint says what to do about a failed lookup.
+func resolveHint(err error, ref registry.Reference) string {
+	var se *registry.StatusError
+	switch {
+	case errors.As(err, &se) && se.StatusCode == 404:
+		return " (push the image first, or fix its name or tag)"
+	case errors.As(err, &se) && (se.StatusCode == 401 || se.StatusCode == 403):
+		return " (give --registry-auth with a config.json that holds credentials for " + ref.Domain + ")"
+	case errors.As(err, &se):
+		return ""
+	}
+	return " (is the registry up and reachable? a registry without TLS needs --insecure-registry " + ref.Domain + ")"
 }
