@@ -1,9 +1,12 @@
 package fleet
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestParseCommand(t *testing.T) {
@@ -94,8 +97,8 @@ func TestTargetMessageRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ParseTarget(%s): %v", msg, err)
 		}
-		if string(got.Doc) != strings.TrimSpace(string(doc)) {
-			t.Errorf("document %q, want the original bytes (trimmed)", got.Doc)
+		if !bytes.Equal(got.Doc, doc) {
+			t.Errorf("document %q, want the original bytes %q", got.Doc, doc)
 		}
 		if string(got.Sig) != strings.TrimSpace(string(sig)) {
 			t.Errorf("sig %q, want %q", got.Sig, sig)
@@ -111,10 +114,25 @@ func TestTargetMessageRoundTrip(t *testing.T) {
 	}
 }
 
+// Doc is what sits between the ':' and the ',' or '}', whoever wrote the message.
+func TestParseTargetDocBytes(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"target":{"a":1},"sig":"x"}`:          `{"a":1}`,
+		`{"sig":"x","target": {"a":1} }`:        ` {"a":1} `,
+		"{\"target\":\n{\"a\":\"}:,\"}\n\n}":    "\n{\"a\":\"}:,\"}\n\n",
+		`{"sig" : {"target":{}}, "target" :{}}`: `{}`,
+	} {
+		got, err := ParseTarget([]byte(in))
+		if err != nil || string(got.Doc) != want {
+			t.Errorf("ParseTarget(%q).Doc = %q, %v; want %q", in, got.Doc, err, want)
+		}
+	}
+}
+
 func TestParseTargetRefuses(t *testing.T) {
 	for _, in := range []string{
 		`{}`, `{"target":[]}`, `{"target":"x"}`, `{"target":{},"sig":1}`, `{"target":{},"more":1}`,
-		`{"target":{}}{}`, `{"target":{}} x`, `[{"target":{}}]`, `{"target":{},"sig":"\x"}`,
+		`{"target":{}}{}`, `{"target":{}} x`, `{"target":{"a":1},"target":{"a":2}}`, `{"target":{},"sig":"a","sig":"b"}`, `[{"target":{}}]`, `{"target":{},"sig":"\x"}`,
 	} {
 		if _, err := ParseTarget([]byte(in)); !errors.Is(err, ErrBadTarget) {
 			t.Errorf("ParseTarget(%s) = %v, want ErrBadTarget", in, err)
@@ -154,8 +172,30 @@ func FuzzParseTarget(f *testing.F) {
 			}
 			return
 		}
-		if len(b) > 0 && (len(tg.Doc) == 0 || tg.Doc[0] != '{') {
+		if d := bytes.TrimSpace(tg.Doc); len(b) > 0 && (len(d) == 0 || d[0] != '{' || !json.Valid(d)) {
 			t.Fatalf("accepted a target whose document is %q", tg.Doc)
+		}
+	})
+}
+
+// Whatever document PublishTarget accepts arrives byte for byte.
+func FuzzTargetRoundTrip(f *testing.F) {
+	f.Add([]byte("{\"apps\":{}}\n"), []byte("QUJD"))
+	f.Add([]byte(" \t{\"a\":\"},\"}\r\n"), []byte(`{"signatures":[]}`))
+	f.Fuzz(func(t *testing.T, doc, sig []byte) {
+		msg, err := targetMessage(doc, sig)
+		if err != nil {
+			return
+		}
+		tg, err := ParseTarget(msg)
+		if err != nil {
+			if bytes.IndexFunc(sig, func(r rune) bool { return r == '"' || r == '\\' || r < 0x20 }) >= 0 || !utf8.Valid(sig) {
+				return // a signature that is not base64 text may not survive as a string
+			}
+			t.Fatalf("ParseTarget(targetMessage(%q, %q)): %v", doc, sig, err)
+		}
+		if !bytes.Equal(tg.Doc, doc) {
+			t.Fatalf("document %q arrived as %q", doc, tg.Doc)
 		}
 	})
 }

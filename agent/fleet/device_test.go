@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -178,12 +180,12 @@ func TestTargets(t *testing.T) {
 	r := newRecorder()
 	startDevice(t, b.deviceConfig("d1", "f1"), r.handlers())
 	r.wait(t, "the fleet target", func() bool { return len(r.targets) >= 1 })
-	want := targetMsg{SourceFleet, `{"target":{"apps":{}, "version": 1},"sig":{"signatures":[]}}`}
+	want := targetMsg{SourceFleet, "{\"target\":{\"apps\":{}, \"version\": 1}\n,\"sig\":{\"signatures\":[]}}"}
 	if r.targets[0] != want {
 		t.Fatalf("target %+v, want %+v", r.targets[0], want)
 	}
 	tg, err := ParseTarget([]byte(r.targets[0].payload))
-	if err != nil || string(tg.Doc) != `{"apps":{}, "version": 1}` || string(tg.Sig) != `{"signatures":[]}` {
+	if err != nil || string(tg.Doc) != `{"apps":{}, "version": 1}`+"\n" || string(tg.Sig) != `{"signatures":[]}` {
 		t.Fatalf("ParseTarget = %q, %q, %v", tg.Doc, tg.Sig, err)
 	}
 
@@ -435,5 +437,35 @@ func TestStatusOfTwentyDevices(t *testing.T) {
 	}
 	if len(all) != 21 {
 		t.Errorf("Status of every fleet: %d devices, want 21", len(all))
+	}
+}
+
+// A signed target file (with its final newline, as editors write it) arrives with the very
+// bytes that were signed, so the agent's check passes.
+func TestSignedTargetArrivesIntact(t *testing.T) {
+	b := startBroker(t, "allow_anonymous true\n")
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := []byte("{\n  \"apps\": {\"kiosk\": {\"release\": \"2026.11.2\"}},\n  \"version\": 7\n}\n")
+	sig := base64.StdEncoding.EncodeToString(ed25519.Sign(priv, doc)) + "\n"
+	r := newRecorder()
+	startDevice(t, b.deviceConfig("d1", "f1"), r.handlers())
+	r.wait(t, "a connection", func() bool { return r.connects >= 1 })
+	if err := PublishTarget(ctxT(t), opConfig(b), "f1", doc, []byte(sig)); err != nil {
+		t.Fatal(err)
+	}
+	r.wait(t, "the target", func() bool { return len(r.targets) >= 1 })
+	tg, err := ParseTarget([]byte(r.targets[0].payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := base64.StdEncoding.DecodeString(string(tg.Sig))
+	if err != nil {
+		t.Fatalf("sig %q: %v", tg.Sig, err)
+	}
+	if !ed25519.Verify(pub, tg.Doc, raw) {
+		t.Fatalf("the signature does not verify over the document as it arrived: %q", tg.Doc)
 	}
 }

@@ -35,7 +35,11 @@ func deviceOf(topic string) (id, leaf string, ok bool) {
 
 // Target is a target message: the document exactly as embedded, and its signature bundle.
 type Target struct {
-	Doc json.RawMessage // the target document (JSON object)
+	// Doc is the target document byte for byte as the message carries it: everything between
+	// the ':' after "target" and the ',' or '}' that ends it, whitespace included. PublishTarget
+	// puts the document's file there unchanged (a final newline too), so Doc is the very bytes
+	// that were signed.
+	Doc []byte
 	// Sig is the .sig bundle (a JSON object) as embedded, or, when the message carried a JSON
 	// string, that string (a bare base64 signature); nil when the message has no signature.
 	Sig []byte
@@ -62,7 +66,11 @@ func ParseTarget(payload []byte) (Target, error) {
 	if len(m.Target) == 0 || m.Target[0] != '{' {
 		return Target{}, fmt.Errorf("%w: \"target\" is missing or not a JSON object", ErrBadTarget)
 	}
-	t := Target{Doc: m.Target}
+	doc, err := memberBytes(payload, "target")
+	if err != nil {
+		return Target{}, fmt.Errorf("%w: %v", ErrBadTarget, err)
+	}
+	t := Target{Doc: doc}
 	switch {
 	case len(m.Sig) == 0 || string(m.Sig) == "null":
 	case m.Sig[0] == '{':
@@ -79,16 +87,64 @@ func ParseTarget(payload []byte) (Target, error) {
 	return t, nil
 }
 
-// targetMessage builds {"target": doc, "sig": sig}: doc is embedded as raw JSON, sig as raw
-// JSON when it is a bundle object, else (a bare base64 signature) as a string.
+// memberBytes returns the bytes of member name of the JSON object obj (already checked to be
+// valid) between its ':' and the ',' or '}' after it. A member named twice is refused: readers
+// differ on which one counts.
+func memberBytes(obj []byte, name string) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(obj))
+	if _, err := dec.Token(); err != nil { // '{'
+		return nil, err
+	}
+	var found []byte
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		key, _ := tok.(string)
+		if seen[key] {
+			return nil, fmt.Errorf("member %q is given twice", key)
+		}
+		seen[key] = true
+		afterKey := int(dec.InputOffset())
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		if key != name {
+			continue
+		}
+		start := bytes.IndexByte(obj[afterKey:], ':')
+		if start < 0 {
+			return nil, fmt.Errorf("no ':' after %q", name)
+		}
+		start += afterKey + 1
+		end := int(dec.InputOffset())
+		for end < len(obj) && isJSONSpace(obj[end]) {
+			end++
+		}
+		found = bytes.Clone(obj[start:end])
+	}
+	if found == nil {
+		return nil, fmt.Errorf("no member %q", name)
+	}
+	return found, nil
+}
+
+func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+// targetMessage builds {"target": doc, "sig": sig}: doc is embedded byte for byte (whitespace
+// around it is JSON whitespace, so the signed bytes travel unchanged), sig as raw JSON when it
+// is a bundle object, else (a bare base64 signature) as a string.
 func targetMessage(doc, sig []byte) ([]byte, error) {
-	d := bytes.TrimSpace(doc)
+	d := bytes.Trim(doc, " \t\r\n") // JSON's whitespace, which alone may surround it
 	if len(d) == 0 || d[0] != '{' || !json.Valid(d) {
 		return nil, fmt.Errorf("%w: the target document is not a JSON object", ErrBadTarget)
 	}
 	var buf bytes.Buffer
 	buf.WriteString(`{"target":`)
-	buf.Write(d)
+	buf.Write(doc)
 	s := bytes.TrimSpace(sig)
 	switch {
 	case len(s) == 0:
