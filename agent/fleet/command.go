@@ -44,6 +44,8 @@ type Command struct {
 	// Sig is the command's signature, kept as sent for the agent to check: a command that
 	// forces or overrides is refused unless signed when a trust root is set (section 11).
 	Sig json.RawMessage `json:"sig,omitempty"`
+	// Raw is the message exactly as received (set by ParseCommand), for checking Sig.
+	Raw []byte `json:"-"`
 }
 
 // Result is one message of latch/devices/<id>/result.
@@ -71,6 +73,7 @@ func ParseCommand(payload []byte) (Command, error) {
 	if err := c.Validate(); err != nil {
 		return Command{}, err
 	}
+	c.Raw = bytes.Clone(payload)
 	return c, nil
 }
 

@@ -131,6 +131,14 @@ func TestStartWithoutBroker(t *testing.T) {
 	if err := d.PublishState([]byte(`{"status":"Idle"}`)); err != nil {
 		t.Fatalf("PublishState with no broker: %v", err)
 	}
+	if err := d.PublishState([]byte(`{"pad":"` + strings.Repeat("x", DefaultMaxPayload) + `"}`)); !errors.Is(err, ErrPayloadTooLarge) {
+		t.Errorf("PublishState of 4 MiB: %v, want ErrPayloadTooLarge", err)
+	}
+	for _, bad := range []string{``, `[]`, `{"a":`, `"x"`} {
+		if err := d.PublishState([]byte(bad)); !errors.Is(err, ErrBadState) {
+			t.Errorf("PublishState(%q): %v, want ErrBadState", bad, err)
+		}
+	}
 	r.wait(t, "three failed attempts", func() bool { return len(r.errs) >= 3 })
 	s := d.Status()
 	if s.Connected || s.LastError == nil || !strings.Contains(s.LastError.Error(), "connection refused") {
@@ -140,6 +148,26 @@ func TestStartWithoutBroker(t *testing.T) {
 	defer cancel()
 	if err := d.PublishResult(ctx, "c1", StatusOK, ""); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("PublishResult with no broker: %v, want the deadline", err)
+	}
+	if err := d.PublishResult(ctx, "bad id", StatusOK, ""); !errors.Is(err, ErrBadCommand) {
+		t.Errorf("PublishResult with a bad id: %v, want ErrBadCommand", err)
+	}
+
+	// The operator side refuses what it cannot send before it dials.
+	ctx = ctxT(t)
+	op := OperatorConfig{Broker: cfg.Broker}
+	big := []byte(`{"pad":"` + strings.Repeat("x", DefaultMaxPayload) + `"}`)
+	if err := PublishTarget(ctx, op, "f1", big, nil); !errors.Is(err, ErrPayloadTooLarge) {
+		t.Errorf("PublishTarget of 4 MiB: %v, want ErrPayloadTooLarge", err)
+	}
+	if err := PublishTarget(ctx, op, "f/1", []byte(`{}`), nil); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("PublishTarget to fleet f/1: %v, want a refused name", err)
+	}
+	if _, err := SendCommand(ctx, op, "d1", Command{Action: "explode"}, time.Second); !errors.Is(err, ErrBadCommand) {
+		t.Errorf("SendCommand of a bad action: %v, want ErrBadCommand", err)
+	}
+	if _, err := Status(ctx, op, "", time.Second); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("Status with no broker: %v, want the refusal", err)
 	}
 }
 
@@ -290,7 +318,7 @@ func TestCommands(t *testing.T) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.cmds) != 1 || r.cmds[0].ID != res.ID || !r.cmds[0].Force {
+	if len(r.cmds) != 1 || r.cmds[0].ID != res.ID || !r.cmds[0].Force || !strings.Contains(string(r.cmds[0].Raw), `"action":"reboot"`) {
 		t.Errorf("handler got %+v, want only the good command", r.cmds)
 	}
 	var notJSON, big bool

@@ -262,6 +262,9 @@ func publishTarget(ctx context.Context, cfg OperatorConfig, topic string, doc, s
 	if err != nil {
 		return fmt.Errorf("publish target to %s: %w", topic, err)
 	}
+	if max := orDefault(cfg.MaxPayload, DefaultMaxPayload); len(payload) > max {
+		return fmt.Errorf("publish target to %s: %d bytes, over the limit of %d: %w", topic, len(payload), max, ErrPayloadTooLarge)
+	}
 	return withSession(ctx, cfg, nil, func(s *session) error { return s.publish(ctx, topic, payload, true) })
 }
 
