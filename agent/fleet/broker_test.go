@@ -91,6 +91,8 @@ func (b *broker) start() error {
 	defer logf.Close()
 	cmd := exec.Command(mosquittoPath(b.t), "-c", b.conf)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// a test binary that dies (a timeout's panic skips the cleanups) takes its broker along
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
