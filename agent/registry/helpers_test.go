@@ -278,7 +278,10 @@ type proxy struct {
 
 	mu sync.Mutex // guards the fields below
 	// cutAfter > 0 cuts the next blob answer after that many body bytes.
-	cutAfter   int64
+	cutAfter int64
+	// stallAfter > 0 stops the next blob answer after that many body
+	// bytes, keeping the connection open until the client goes.
+	stallAfter int64
 	stripRange bool
 	// corruptAt >= 0 flips the byte at that offset of each blob answer's body.
 	corruptAt int64
@@ -313,9 +316,10 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.requests = append(p.requests, seen{r.Method, r.URL.Path, r.Header.Get("Range"), r.Header.Get("Authorization")})
 	gate, strip, corruptAt := p.gate, p.stripRange, p.corruptAt
 	isBlob := strings.Contains(r.URL.Path, "/blobs/sha256:")
-	cut := int64(0)
+	cut, stall := int64(0), int64(0)
 	if isBlob {
 		cut, p.cutAfter = p.cutAfter, 0
+		stall, p.stallAfter = p.stallAfter, 0
 	}
 	p.mu.Unlock()
 	if gate != nil && gate(w, r) {
@@ -350,6 +354,14 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request) {
 			chunk := buf[:n]
 			if isBlob && corruptAt >= sent && corruptAt < sent+int64(n) {
 				chunk[corruptAt-sent] ^= 0xff
+			}
+			if stall > 0 && sent+int64(n) >= stall {
+				chunk = chunk[:stall-sent]
+				w.Write(chunk)
+				p.count(isBlob, int64(len(chunk)))
+				w.(http.Flusher).Flush()
+				<-r.Context().Done()
+				return
 			}
 			if cut > 0 && sent+int64(n) >= cut {
 				chunk = chunk[:cut-sent]
