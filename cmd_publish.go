@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -562,16 +563,18 @@ func composeApp(ctx context.Context, path, release string, opts registry.Options
 	return map[string]any{"release": release, "services": services}, nil
 }
 
-// resolveHint says what to do about a failed lookup.
+// resolveHint says what to do about a failed lookup (the registry's
+// errors about credentials say it already).
 func resolveHint(err error, ref registry.Reference) string {
 	var se *registry.StatusError
+	var ne net.Error
 	switch {
 	case errors.As(err, &se) && se.StatusCode == 404:
 		return " (push the image first, or fix its name or tag)"
-	case errors.As(err, &se) && (se.StatusCode == 401 || se.StatusCode == 403):
-		return " (give --registry-auth with a config.json that holds credentials for " + ref.Domain + ")"
-	case errors.As(err, &se):
-		return ""
+	case strings.Contains(err.Error(), "HTTP response to HTTPS client"):
+		return " (the registry speaks plain HTTP: name it with --insecure-registry " + ref.Domain + ")"
+	case errors.As(err, &ne):
+		return " (is the registry up and reachable? a registry without TLS needs --insecure-registry " + ref.Domain + ")"
 	}
-	return " (is the registry up and reachable? a registry without TLS needs --insecure-registry " + ref.Domain + ")"
+	return ""
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -163,7 +164,7 @@ func publishFreeAddr(t *testing.T) string {
 // publishRegistry runs the real docker-registry (distribution) under the
 // test's temp dir on a free port and returns its host:port; it is stopped
 // by its pid.
-func publishRegistry(t *testing.T) string {
+func publishRegistry(t *testing.T, extra string) string {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
@@ -172,7 +173,7 @@ func publishRegistry(t *testing.T) string {
 	dir := t.TempDir()
 	for try := 0; try < 5; try++ {
 		addr := publishFreeAddr(t)
-		cfg := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}, maintenance: {uploadpurging: {enabled: false}}}\nhttp: {addr: %s}\n", filepath.Join(dir, "data"), addr)
+		cfg := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}, maintenance: {uploadpurging: {enabled: false}}}\nhttp: {addr: %s}\n%s", filepath.Join(dir, "data"), addr, extra)
 		cfgPath := filepath.Join(dir, "config.yml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
@@ -216,8 +217,9 @@ func publishRegistry(t *testing.T) string {
 }
 
 // publishPush pushes a one-layer image with the registry API and returns
-// its manifest digest.
-func publishPush(t *testing.T, addr, repo, tag, content string) string {
+// its manifest digest. auth is the Authorization header, if the registry
+// needs one.
+func publishPush(t *testing.T, addr, auth, repo, tag, content string) string {
 	t.Helper()
 	base := "http://" + addr
 	do := func(method, u, ctype string, body []byte) (*http.Response, []byte) {
@@ -227,6 +229,9 @@ func publishPush(t *testing.T, addr, repo, tag, content string) string {
 		}
 		if ctype != "" {
 			req.Header.Set("Content-Type", ctype)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -287,9 +292,9 @@ func composeTarget(e *trustEnv) map[string]struct {
 }
 
 func TestReleaseBuildCompose(t *testing.T) {
-	reg := publishRegistry(t)
-	uiDigest := publishPush(t, reg, "kiosk/ui", "2.3", "ui one")
-	backDigest := publishPush(t, reg, "kiosk/backend", "1", "backend")
+	reg := publishRegistry(t, "")
+	uiDigest := publishPush(t, reg, "", "kiosk/ui", "2.3", "ui one")
+	backDigest := publishPush(t, reg, "", "kiosk/backend", "1", "backend")
 	e := fleetSetup(t)
 	e.write("docker-compose.yml", `version: "2.1"
 services:
@@ -347,7 +352,7 @@ volumes:
 	if again := composeTarget(e)["kiosk"]; again.Release != kiosk.Release {
 		t.Fatalf("rebuilt with the same images: release %s, was %s", again.Release, kiosk.Release)
 	}
-	uiDigest2 := publishPush(t, reg, "kiosk/ui", "2.3", "ui two")
+	uiDigest2 := publishPush(t, reg, "", "kiosk/ui", "2.3", "ui two")
 	e.ok(build...)
 	moved := composeTarget(e)["kiosk"]
 	if moved.Release == kiosk.Release || !strings.Contains(string(moved.Services["ui"]), uiDigest2) {
@@ -366,8 +371,8 @@ volumes:
 }
 
 func TestReleaseBuildComposeRefuses(t *testing.T) {
-	reg := publishRegistry(t)
-	publishPush(t, reg, "kiosk/ui", "2.3", "ui")
+	reg := publishRegistry(t, "")
+	publishPush(t, reg, "", "kiosk/ui", "2.3", "ui")
 	e := fleetSetup(t)
 	e.write("kiosk.json", `{"apps":{"kiosk":{"release":"1","services":{}}}}`)
 	dead := publishFreeAddr(t) // nothing listens there
@@ -386,7 +391,8 @@ func TestReleaseBuildComposeRefuses(t *testing.T) {
 		{"missing repository", compose(reg+"/kiosk/nope:1", ""), "push the image first", nil},
 		{"missing digest", compose(reg+"/kiosk/ui@sha256:"+missing, ""), "kiosk/ui@sha256:" + missing, nil},
 		{"unreachable registry", compose(dead+"/kiosk/ui:2.3", ""), "fetch manifest " + dead + "/kiosk/ui:2.3", []string{"--insecure-registry", dead}},
-		{"plain HTTP not named insecure", compose(reg+"/kiosk/ui:2.3", ""), "--insecure-registry " + reg, []string{"--insecure-registry", "other.example:5000"}},
+		{"unreachable registry hint", compose(dead+"/kiosk/ui:2.3", ""), "is the registry up and reachable?", []string{"--insecure-registry", dead}},
+		{"plain HTTP not named insecure", compose(reg+"/kiosk/ui:2.3", ""), "the registry speaks plain HTTP: name it with --insecure-registry " + reg, []string{"--insecure-registry", "other.example:5000"}},
 		{"no --app", compose(reg+"/kiosk/ui:2.3", ""), "give --app NAME", []string{"--app", ""}},
 		{"bad --app", compose(reg+"/kiosk/ui:2.3", ""), `--app "../x"`, []string{"--app", "../x"}},
 		{"bad --release", compose(reg+"/kiosk/ui:2.3", ""), `--release "a b"`, []string{"--release", "a b"}},
@@ -429,5 +435,39 @@ func TestReleaseBuildHelpCompose(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("release build -h lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// testHtpasswd is user "ci" with password "s3cret-pass" (bcrypt, cost 4).
+const testHtpasswd = "ci:$2b$04$dyIk/fhiJvVHRe4Rl1wzsODgdHi3X1IAbzWVYG5CWd67Rs.M4d1tq\n"
+
+// A registry that needs credentials: --registry-auth gives them from a
+// docker config.json; without it the error says to give one.
+func TestReleaseBuildComposeAuth(t *testing.T) {
+	dir := t.TempDir()
+	htpasswd := filepath.Join(dir, "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(testHtpasswd), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg := publishRegistry(t, fmt.Sprintf("auth: {htpasswd: {realm: latch-test, path: %s}}\n", htpasswd))
+	basic := base64.StdEncoding.EncodeToString([]byte("ci:s3cret-pass"))
+	digest := publishPush(t, reg, "Basic "+basic, "kiosk/ui", "2.3", "ui")
+	e := fleetSetup(t)
+	e.write("docker-compose.yml", "services:\n  ui:\n    image: "+reg+"/kiosk/ui:2.3\n")
+	build := []string{"release", "build", "--out", "site", "--base-url", "https://u.example", "--root", "root.json", "--key", "ci.key",
+		"--compose", "docker-compose.yml", "--app", "kiosk", "--insecure-registry", reg}
+	out, errs, code := e.run(build...)
+	if code != 1 || !strings.Contains(errs, "--registry-auth") || strings.Contains(errs, "reachable") {
+		t.Fatalf("without credentials: exit %d, stderr %q, stdout %q; want a failure that asks for --registry-auth", code, errs, out)
+	}
+	if _, err := os.Stat(e.path("site/target.json")); err == nil {
+		t.Fatal("a refused build wrote site/target.json")
+	}
+	e.write("wrong.json", `{"auths":{"`+reg+`":{"auth":"`+base64.StdEncoding.EncodeToString([]byte("ci:wrong"))+`"}}}`)
+	e.fails(1, "401", append(build, "--registry-auth", "wrong.json")...)
+	e.write("config.json", `{"auths":{"`+reg+`":{"auth":"`+basic+`"}}}`)
+	e.ok(append(build, "--registry-auth", "config.json")...)
+	if got := string(composeTarget(e)["kiosk"].Services["ui"]); !strings.Contains(got, reg+"/kiosk/ui@"+digest) {
+		t.Fatalf("ui %s, want it pinned to %s", got, digest)
 	}
 }
