@@ -80,7 +80,7 @@ type Service struct {
 
 var (
 	serviceName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-	imageRef    = regexp.MustCompile(`^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$`)
+	imageRef    = regexp.MustCompile(`^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?(@sha256:[0-9a-f]{64})?$`)
 	composeVer  = regexp.MustCompile(`^[23](\.[0-9]+){0,2}$`)
 )
 
@@ -202,7 +202,7 @@ func parseService(name string, n *yaml.Node, declared map[string]bool) (Service,
 			seenImage = true
 			s.Image, err = scalar(v, where)
 			if err == nil && !imageRef.MatchString(s.Image) {
-				err = fieldErr(name, f, "%q is not an image reference (lowercase [registry/]name[:tag][@sha256:<hex>])", s.Image)
+				err = fieldErr(name, f, "%q is not an image reference ([registry/]name[:tag][@sha256:<hex>], the name in lowercase)", s.Image)
 			}
 		case "build":
 			err = fieldErr(name, f, "latch does not build images: build and push the image to a registry first, then name it with image:")

@@ -154,6 +154,7 @@ func TestParseForms(t *testing.T) {
 		{"privileged false", "services:\n  a:\n    image: x\n    privileged: false\n", Service{Image: "x"}},
 		{"restart on-failure:3", "services:\n  a:\n    image: x\n    restart: on-failure:3\n", Service{Image: "x", Restart: "on-failure:3"}},
 		{"network container", "services:\n  a:\n    image: x\n    network_mode: container:other\n", Service{Image: "x", NetworkMode: "container:other"}},
+		{"tag with capitals", "services:\n  a:\n    image: reg.example:5000/kiosk/ui:V1.0_rc-2\n", Service{Image: "reg.example:5000/kiosk/ui:V1.0_rc-2"}},
 		{"host network", "services:\n  a:\n    image: x\n    network_mode: host\n", Service{Image: "x", NetworkMode: "host"}},
 	}
 	for _, c := range cases {
@@ -194,6 +195,8 @@ func TestParseRefuses(t *testing.T) {
 		{"no image", "services:\n  app:\n    command: x\n", "service app: image: missing"},
 		{"null image", "services:\n  app:\n    image:\n", "service app: image: want a single value"},
 		{"uppercase image", "services:\n  app:\n    image: Busybox\n", "not an image reference"},
+		{"uppercase repository", "services:\n  app:\n    image: reg.example/Kiosk/ui:1\n", "not an image reference"},
+		{"image with a space", "services:\n  app:\n    image: 'busybox latest'\n", "not an image reference"},
 		{"bad service name", "services:\n  -app:\n    image: x\n", `service "-app"`},
 		{"service not a mapping", "services:\n  app: busybox\n", "service app: want a mapping"},
 		{"healthcheck", svc("    healthcheck:\n      test: [CMD, true]\n"), "service app: healthcheck: field is not supported"},
