@@ -394,6 +394,7 @@ func TestReleaseBuildComposeRefuses(t *testing.T) {
 		{"unreachable registry hint", compose(dead+"/kiosk/ui:2.3", ""), "is the registry up and reachable?", []string{"--insecure-registry", dead}},
 		{"plain HTTP not named insecure", compose(reg+"/kiosk/ui:2.3", ""), "the registry speaks plain HTTP: name it with --insecure-registry " + reg, []string{"--insecure-registry", "other.example:5000"}},
 		{"depends_on cycle", "services:\n  a:\n    image: " + reg + "/kiosk/ui:2.3\n    depends_on: [b]\n  b:\n    image: " + reg + "/kiosk/ui:2.3\n    depends_on: [a]\n", "depends_on cycle a -> b -> a", nil},
+		{"compose file too big", compose(reg+"/kiosk/ui:2.3", "#"+strings.Repeat("x", 1<<20)+"\n"), "larger than 1048576 bytes", nil},
 		{"no --app", compose(reg+"/kiosk/ui:2.3", ""), "give --app NAME", []string{"--app", ""}},
 		{"bad --app", compose(reg+"/kiosk/ui:2.3", ""), `--app "../x"`, []string{"--app", "../x"}},
 		{"bad --release", compose(reg+"/kiosk/ui:2.3", ""), `--release "a b"`, []string{"--release", "a b"}},
