@@ -210,6 +210,11 @@ func parseService(name string, n *yaml.Node, declared map[string]bool) (Service,
 			s.Command, err = commandList(v, name, f)
 		case "entrypoint":
 			s.Entrypoint, err = commandList(v, name, f)
+			if err == nil && len(s.Entrypoint) == 0 {
+				// docker compose clears the image's entrypoint; a target's
+				// empty entrypoint keeps it, so the two would differ.
+				err = fieldErr(name, f, "an empty entrypoint cannot be carried (a target keeps the image's): give the program to run as the entrypoint or the command")
+			}
 		case "working_dir":
 			s.WorkingDir, err = scalar(v, where)
 		case "user":

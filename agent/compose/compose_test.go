@@ -222,6 +222,8 @@ func TestParseRefuses(t *testing.T) {
 		{"command unclosed quote", svc("    command: echo 'x\n"), "unclosed single quote"},
 		{"command unclosed double", svc("    command: echo \"x\n"), "unclosed double quote"},
 		{"command a mapping", svc("    command: {a: b}\n"), "command: want a single value"},
+		{"entrypoint empty list", svc("    entrypoint: []\n"), "an empty entrypoint cannot be carried"},
+		{"entrypoint empty string", svc("    entrypoint: ''\n"), "an empty entrypoint cannot be carried"},
 		{"entrypoint list of lists", svc("    entrypoint: [[a]]\n"), "entrypoint[0]: want a single value"},
 		{"working_dir relative", svc("    working_dir: srv\n"), "working_dir: \"srv\" must be an absolute path"},
 		{"user with space", svc("    user: a b\n"), "user: \"a b\""},
