@@ -395,8 +395,13 @@ func (p *proxy) sentBlobBytes() int64 {
 	return p.blobBytes
 }
 
+// newClient makes a client for linux/amd64 (the test images' platform)
+// unless opts names another, so the tests pass on any GOARCH.
 func newClient(t *testing.T, opts Options) *Client {
 	t.Helper()
+	if opts.Platform == (Platform{}) {
+		opts.Platform = linuxAMD64
+	}
 	c, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
