@@ -273,3 +273,21 @@ func TestPlatform(t *testing.T) {
 		}
 	}
 }
+
+// TestAcceptHeader: a manifest request accepts all four manifest kinds,
+// or a registry would convert or refuse them.
+func TestAcceptHeader(t *testing.T) {
+	var accept string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		accept = r.Header.Get("Accept")
+		w.WriteHeader(404)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	newClient(t, Options{Insecure: []string{host}}).Resolve(ctxT(t), mustRef(t, host+"/a/b:v1"))
+	for _, mt := range []string{MediaTypeDockerManifest, MediaTypeDockerManifestList, MediaTypeOCIManifest, MediaTypeOCIIndex} {
+		if !strings.Contains(accept, mt) {
+			t.Errorf("Accept %q lacks %s", accept, mt)
+		}
+	}
+}

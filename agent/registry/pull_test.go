@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -223,5 +224,43 @@ func TestConcurrentFetchOfOneBlob(t *testing.T) {
 	got, _ := os.ReadFile(filepath.Join(dir, strings.TrimPrefix(d, "sha256:")))
 	if !bytes.Equal(got, data) {
 		t.Errorf("got %d bytes, want the %d pushed", len(got), len(data))
+	}
+}
+
+// TestListAttacks: a list that lies about an entry's size, nests a list,
+// or names no platform this device runs is refused by name.
+func TestListAttacks(t *testing.T) {
+	addr := startRegistry(t, "")
+	p := pusher{t: t, base: "http://" + addr}
+	im := p.pushImage("test/app", linuxAMD64, false, map[string][]byte{"a": []byte("a")})
+	c := newClient(t, Options{Insecure: []string{addr}})
+	sizes := map[string]int{}
+	list := func(entries ...map[string]any) string {
+		if entries == nil {
+			entries = []map[string]any{}
+		}
+		body, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": MediaTypeOCIIndex, "manifests": entries})
+		d := p.manifest("test/app", sha(body), MediaTypeOCIIndex, body)
+		sizes[d] = len(body)
+		return d
+	}
+	amd64 := map[string]any{"os": "linux", "architecture": "amd64"}
+	inner := list(map[string]any{"mediaType": im.mtype, "digest": im.digest, "size": len(im.manifest), "platform": amd64})
+	for name, tc := range map[string]struct {
+		digest string
+		want   error
+		says   string
+	}{
+		"size too small": {list(map[string]any{"mediaType": im.mtype, "digest": im.digest, "size": len(im.manifest) - 1, "platform": amd64}), ErrSizeMismatch, "bytes"},
+		"size too large": {list(map[string]any{"mediaType": im.mtype, "digest": im.digest, "size": 1 << 30, "platform": amd64}), nil, "size 1073741824"},
+		"nested list":    {list(map[string]any{"mediaType": MediaTypeOCIIndex, "digest": inner, "size": sizes[inner], "platform": amd64}), ErrUnsupportedMediaType, "itself a list"},
+		"no platform": {list(map[string]any{"mediaType": im.mtype, "digest": im.digest, "size": len(im.manifest)},
+			map[string]any{"mediaType": im.mtype, "digest": im.digest, "size": len(im.manifest), "platform": map[string]any{"os": "windows", "architecture": "amd64"}}), ErrNoPlatform, "(no platform), windows/amd64"},
+		"empty list": {list(), ErrNoPlatform, "empty"},
+	} {
+		_, err := c.Image(ctxT(t), mustRef(t, addr+"/test/app@"+tc.digest))
+		if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%s: got %v, want %v saying %q", name, err, tc.want, tc.says)
+		}
 	}
 }
