@@ -76,6 +76,20 @@ type Image struct {
 	Layers   []Blob
 }
 
+// Size is the bytes of the config and the layers (a layer used twice
+// counted once): the total a progress display shows for the image.
+func (img Image) Size() int64 {
+	seen := map[string]bool{img.Config.Digest: true}
+	n := img.Config.Size
+	for _, l := range img.Layers {
+		if !seen[l.Digest] {
+			seen[l.Digest] = true
+			n += l.Size
+		}
+	}
+	return n
+}
+
 type descriptor struct {
 	MediaType string    `json:"mediaType"`
 	Digest    string    `json:"digest"`

@@ -48,6 +48,9 @@ func TestPullByDigest(t *testing.T) {
 			if len(img.Layers) != 3 {
 				t.Fatalf("got %d layers, want 3", len(img.Layers))
 			}
+			if want := int64(len(im.config) + len(im.layers[0]) + len(im.layers[1]) + len(im.layers[2])); img.Size() != want {
+				t.Errorf("image size %d, want %d", img.Size(), want)
+			}
 			dir := t.TempDir()
 			var fetched int64
 			if err := c.FetchImage(ctxT(t), img, dir, func(pr Progress) { fetched = max(fetched, pr.Fetched) }); err != nil {
