@@ -41,7 +41,11 @@ func pulled(t *testing.T, layerFiles ...map[string][]byte) (Image, testImage, st
 // the config and each layer byte for byte, a repeated layer stored once.
 func TestWriteDockerArchiveLayout(t *testing.T) {
 	img, im, dir := pulled(t, map[string][]byte{"a": []byte("a")}, map[string][]byte{"b": randomBytes(64<<10, 5)})
+	size := img.Size()
 	img.Layers = append(img.Layers, img.Layers[0]) // a layer used twice
+	if img.Size() != size {
+		t.Errorf("a layer used twice changes the image size from %d to %d", size, img.Size())
+	}
 	var buf bytes.Buffer
 	if err := WriteDockerArchive(&buf, img, dir, "latch/test:v1"); err != nil {
 		t.Fatal(err)

@@ -60,3 +60,29 @@ func TestGOARMBuildTags(t *testing.T) {
 		}
 	}
 }
+
+// TestDependencies: the package is a leaf of the standard library only (no
+// other latch package, no module from outside).
+func TestDependencies(t *testing.T) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = "/usr/local/go/bin/go"
+		if _, err := os.Stat(gobin); err != nil {
+			t.Skip("no go command: the dependencies were not checked")
+		}
+	}
+	for _, goarch := range []string{runtime.GOARCH, "arm"} {
+		cmd := exec.Command(gobin, "list", "-f", `{{join .Deps "\n"}}`, ".")
+		cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH="+goarch, "CGO_ENABLED=0")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list: %v: %s", err, out)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			first, _, _ := strings.Cut(dep, "/")
+			if strings.Contains(first, ".") || first == "latch" || dep == "C" {
+				t.Errorf("GOARCH=%s: agent/registry depends on %s", goarch, dep)
+			}
+		}
+	}
+}
