@@ -40,6 +40,8 @@ const progressStep = 256 << 10
 // what that holds (Range: bytes=N-); it is fsynced, checked against the
 // digest and the size, renamed into place and the directory fsynced. A
 // server that sends past size is cut off at once. progress may be nil.
+// FetchBlob does not retry: on an error the partial file stays (unless its
+// bytes were found wrong) and the next call resumes from it.
 func (c *Client) FetchBlob(ctx context.Context, ref Reference, digest string, size int64, dir string, progress ProgressFunc) (string, error) {
 	op := "fetch blob"
 	what := ref.Name() + "@" + digest

@@ -111,7 +111,8 @@ type Options struct {
 	// Credentials by registry domain, as LoadDockerConfig gives them.
 	Credentials map[string]Credentials
 	// Insecure lists HOST:PORT registries spoken to over plain HTTP
-	// (--insecure-registry). Every other host is HTTPS only.
+	// (--insecure-registry). Every other host is HTTPS only, token realms
+	// and redirect targets included.
 	Insecure []string
 	// Transport, when set, replaces http.DefaultTransport (tests give
 	// one that trusts their certificate).
