@@ -80,6 +80,7 @@ func TestImportRules(t *testing.T) {
 		"latch/store": true, "latch/systemd": true, "latch/agent/lock": true,
 		"latch/agent/target": true, "latch/agent/fetch": true, "latch/agent/execdriver": true,
 		"latch/agent/trust": true, "latch/agent/registry": true, "latch/agent/docker": true, "latch/agent/fleet": true,
+		"latch/agent/compose": true,
 	}
 	only := map[string]string{ // import prefix -> the one package allowed to use it
 		"go.etcd.io/bbolt":                  "latch/store",
