@@ -34,8 +34,11 @@ done
 
 (cd "$dist" && sha256sum "${names[@]}" >SHA256SUMS)
 
+# budget is the largest a stripped binary may be on any target (10 MiB).
+budget=10485760
 bad=0
-printf '%-20s %10s %8s  %s\n' binary bytes MiB linkage
+over=()
+printf '%-20s %10s %8s %10s  %s\n' binary bytes MiB headroom linkage
 for out in "${names[@]}"; do
 	desc=$(file -b "$dist/$out")
 	link=static
@@ -44,7 +47,14 @@ for out in "${names[@]}"; do
 		bad=1
 	fi
 	size=$(stat -c %s "$dist/$out")
-	printf '%-20s %10d %8s  %s\n' "$out" "$size" "$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1048576 }')" "$link"
+	printf '%-20s %10d %8s %10d  %s\n' "$out" "$size" "$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1048576 }')" "$((budget - size))" "$link"
+	if ((size > budget)); then
+		over+=("$out is $size bytes, $((size - budget)) over the budget of $budget bytes")
+		bad=1
+	fi
 done
 echo "version $version; checksums in dist/SHA256SUMS"
+for o in "${over[@]}"; do
+	echo "build.sh: size budget exceeded: $o: make the binary smaller (drop a dependency) before releasing" >&2
+done
 exit "$bad"
