@@ -2,7 +2,6 @@ package registry
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 )
 
@@ -26,13 +25,6 @@ const (
 	maxNameLength     = 255
 )
 
-var (
-	pathComponentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
-	tagRE           = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
-	digestRE        = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
-	domainRE        = regexp.MustCompile(`^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$`)
-)
-
 // ParseReference parses "[domain/]path[:tag][@sha256:<hex>]" with docker's
 // rules: a first component with no dot or colon that is not "localhost"
 // is a path on Docker Hub, and a one-component Docker Hub name gets the
@@ -47,7 +39,7 @@ func ParseReference(s string) (Reference, error) {
 	var ref Reference
 	rest := s
 	if name, digest, ok := strings.Cut(rest, "@"); ok {
-		if !digestRE.MatchString(digest) {
+		if !ValidDigest(digest) {
 			if strings.HasPrefix(digest, "sha256:") {
 				return Reference{}, fmt.Errorf("parse image reference %q: digest %q is not sha256:<64 lower-case hex>", s, digest)
 			}
@@ -61,7 +53,7 @@ func ParseReference(s string) (Reference, error) {
 	if i := strings.LastIndexByte(rest, ':'); i > strings.LastIndexByte(rest, '/') {
 		ref.Tag = rest[i+1:]
 		rest = rest[:i]
-		if !tagRE.MatchString(ref.Tag) {
+		if !validTag(ref.Tag) {
 			return Reference{}, fmt.Errorf("parse image reference %q: tag %q is not valid (letters, digits, _ . -, at most 128, not starting with . or -)", s, ref.Tag)
 		}
 	}
@@ -69,14 +61,14 @@ func ParseReference(s string) (Reference, error) {
 		return Reference{}, fmt.Errorf("parse image reference %q: no repository name", s)
 	}
 	domain, path := splitDomain(rest)
-	if !domainRE.MatchString(domain) {
+	if !validDomain(domain) {
 		return Reference{}, fmt.Errorf("parse image reference %q: registry %q is not a host name with an optional port", s, domain)
 	}
 	if len(path) > maxNameLength {
 		return Reference{}, fmt.Errorf("parse image reference %q: repository name is %d characters, at most %d are allowed", s, len(path), maxNameLength)
 	}
 	for _, c := range strings.Split(path, "/") {
-		if !pathComponentRE.MatchString(c) {
+		if !validPathComponent(c) {
 			return Reference{}, fmt.Errorf("parse image reference %q: repository component %q is not valid (lower-case letters and digits, separated by . _ __ or -)", s, c)
 		}
 	}
@@ -150,6 +142,3 @@ func (r Reference) manifestRef() string {
 	}
 	return "latest"
 }
-
-// ValidDigest reports whether d is "sha256:<64 lower-case hex>".
-func ValidDigest(d string) bool { return digestRE.MatchString(d) }
