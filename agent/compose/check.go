@@ -2,7 +2,6 @@ package compose
 
 import (
 	"path"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -12,13 +11,6 @@ import (
 // service (agent/docker's ParseSpec), applied here so that a compose file
 // is refused when it is published, not when a device reads it. The fuzz
 // test checks that both agree.
-
-var (
-	volumeName  = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-	envName     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	capName     = regexp.MustCompile(`^(CAP_)?[A-Z_]+$|^ALL$`)
-	networkName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-)
 
 // labelPrefix starts the labels latch sets on its containers.
 const labelPrefix = "io.latch."
@@ -54,7 +46,7 @@ func (s *Service) check(name string, declared map[string]bool) error {
 	}
 	for k, v := range s.Environment {
 		switch {
-		case !envName.MatchString(k):
+		case !isEnvName(k):
 			return bad("environment", "%q is not a variable name (letters, digits, _; not starting with a digit)", k)
 		case strings.IndexByte(v, 0) >= 0:
 			return bad("environment", "value of %s holds a NUL byte", k)
@@ -74,8 +66,8 @@ func (s *Service) check(name string, declared map[string]bool) error {
 	}
 	switch m := s.NetworkMode; {
 	case m == "", m == "bridge", m == "host", m == "none", m == "default":
-	case strings.HasPrefix(m, "container:") && networkName.MatchString(strings.TrimPrefix(m, "container:")):
-	case networkName.MatchString(m):
+	case strings.HasPrefix(m, "container:") && isName(strings.TrimPrefix(m, "container:")):
+	case isName(m):
 	default:
 		return bad("network_mode", "%q: give bridge, host, none, container:NAME or a network name", m)
 	}
@@ -85,7 +77,7 @@ func (s *Service) check(name string, declared map[string]bool) error {
 		}
 	}
 	for _, c := range s.CapAdd {
-		if !capName.MatchString(c) {
+		if !isCapName(c) {
 			return bad("cap_add", "%q is not a capability name (NET_ADMIN, SYS_TIME, ...)", c)
 		}
 	}
@@ -101,7 +93,7 @@ func (s *Service) check(name string, declared map[string]bool) error {
 		return bad("restart", "%q: give no, always, unless-stopped, on-failure or on-failure:N", s.Restart)
 	}
 	for _, d := range s.DependsOn {
-		if !serviceName.MatchString(d) {
+		if !isName(d) {
 			return bad("depends_on", "%q is not a service name", d)
 		}
 		if d == name {
@@ -138,7 +130,7 @@ func checkVolume(v string, declared map[string]bool, bad badFunc) error {
 	}
 	switch {
 	case path.IsAbs(source):
-	case volumeName.MatchString(source):
+	case isName(source):
 		if !declared[source] {
 			return bad("volumes", "%q: named volume %s is not declared: add it under the top-level volumes:", v, source)
 		}

@@ -24,7 +24,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,12 +77,6 @@ type Service struct {
 	StopGracePeriod string            `json:"stop_grace_period,omitempty"`
 }
 
-var (
-	serviceName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-	imageRef    = regexp.MustCompile(`^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?(@sha256:[0-9a-f]{64})?$`)
-	composeVer  = regexp.MustCompile(`^[23](\.[0-9]+){0,2}$`)
-)
-
 // Parse reads a compose file. Every error wraps ErrInvalid and names the
 // service and field it is about, with what to write instead.
 func Parse(data []byte) (*Project, error) {
@@ -120,7 +113,7 @@ func Parse(data []byte) (*Project, error) {
 			if err != nil {
 				return nil, err
 			}
-			if !composeVer.MatchString(v) {
+			if !isComposeVersion(v) {
 				return nil, fmt.Errorf("%w: version %q: latch reads compose files of version 2.x and 3.x (or none)", ErrInvalid, v)
 			}
 		case "services":
@@ -131,7 +124,7 @@ func Parse(data []byte) (*Project, error) {
 				return nil, err
 			}
 			for _, v := range vols {
-				if !volumeName.MatchString(v.key) {
+				if !isName(v.key) {
 					return nil, fmt.Errorf("%w: volumes.%s: not a volume name (letters, digits, _ . -)", ErrInvalid, v.key)
 				}
 				if !isNull(v.val) {
@@ -162,7 +155,7 @@ func Parse(data []byte) (*Project, error) {
 		return nil, fmt.Errorf("%w: services is empty: give services.<name>.image", ErrInvalid)
 	}
 	for _, kv := range svcs {
-		if !serviceName.MatchString(kv.key) || len(kv.key) > 128 {
+		if !isName(kv.key) || len(kv.key) > 128 {
 			return nil, fmt.Errorf("%w: service %q: a name is 1 to 128 of A-Z a-z 0-9 _ . - and starts with a letter or digit", ErrInvalid, kv.key)
 		}
 		s, err := parseService(kv.key, kv.val, declared)
@@ -201,7 +194,7 @@ func parseService(name string, n *yaml.Node, declared map[string]bool) (Service,
 		case "image":
 			seenImage = true
 			s.Image, err = scalar(v, where)
-			if err == nil && !imageRef.MatchString(s.Image) {
+			if err == nil && !isImageRef(s.Image) {
 				err = fieldErr(name, f, "%q is not an image reference ([registry/]name[:tag][@sha256:<hex>], the name in lowercase)", s.Image)
 			}
 		case "build":

@@ -93,9 +93,9 @@ func (d *Driver) logf(format string, args ...any) {
 // 12 such characters and 8 hex digits of its sha256.
 func ContainerName(app, service, release string) (string, error) {
 	switch {
-	case !serviceName.MatchString(app):
+	case !isName(app):
 		return "", fmt.Errorf("container name: %w: app %q must be letters, digits, _ . - (not first)", ErrInvalid, app)
-	case !serviceName.MatchString(service):
+	case !isName(service):
 		return "", fmt.Errorf("container name: %w: service %q must be letters, digits, _ . - (not first)", ErrInvalid, service)
 	case release == "":
 		return "", fmt.Errorf("container name: %w: empty release of %s/%s", ErrInvalid, app, service)
@@ -104,7 +104,7 @@ func ContainerName(app, service, release string) (string, error) {
 }
 
 func shortRelease(r string) string {
-	if len(r) <= 24 && volumeName.MatchString(r) {
+	if len(r) <= 24 && isName(r) {
 		return r
 	}
 	var b strings.Builder

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,15 +40,6 @@ const DefaultStopGrace = 10 * time.Second
 
 // LabelPrefix starts every label latch sets; a spec may not set one.
 const LabelPrefix = "io.latch."
-
-var (
-	digestRef   = regexp.MustCompile(`^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$`)
-	volumeName  = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-	envName     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	capName     = regexp.MustCompile(`^(CAP_)?[A-Z_]+$|^ALL$`)
-	networkName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-	serviceName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-)
 
 // signals are the stop signals a spec may name (without "SIG").
 var signals = map[string]bool{
@@ -87,7 +77,7 @@ func (s *Spec) check() error {
 		return bad("image", "missing: give name@sha256:<64 hex>")
 	case !strings.Contains(s.Image, "@"):
 		return bad("image", "%q is not pinned by digest: give name@sha256:<64 hex>, a tag alone is refused", s.Image)
-	case !digestRef.MatchString(s.Image):
+	case !isDigestRef(s.Image):
 		return bad("image", "%q is not name@sha256:<64 lowercase hex>", s.Image)
 	}
 	for i, a := range s.Command {
@@ -107,7 +97,7 @@ func (s *Spec) check() error {
 		return bad("user", "%q: give user, uid, user:group or uid:gid", s.User)
 	}
 	for k, v := range s.Environment {
-		if !envName.MatchString(k) {
+		if !isEnvName(k) {
 			return bad("environment", "%q is not a variable name (letters, digits, _; not starting with a digit)", k)
 		}
 		if strings.IndexByte(v, 0) >= 0 {
@@ -129,8 +119,8 @@ func (s *Spec) check() error {
 	}
 	switch m := s.NetworkMode; {
 	case m == "", m == "bridge", m == "host", m == "none", m == "default":
-	case strings.HasPrefix(m, "container:") && networkName.MatchString(strings.TrimPrefix(m, "container:")):
-	case networkName.MatchString(m):
+	case strings.HasPrefix(m, "container:") && isName(strings.TrimPrefix(m, "container:")):
+	case isName(m):
 	default:
 		return bad("network_mode", "%q: give bridge, host, none, container:NAME or a network name", m)
 	}
@@ -140,7 +130,7 @@ func (s *Spec) check() error {
 		}
 	}
 	for _, c := range s.CapAdd {
-		if !capName.MatchString(c) {
+		if !isCapName(c) {
 			return bad("cap_add", "%q is not a capability name (NET_ADMIN, SYS_TIME, ...)", c)
 		}
 	}
@@ -156,7 +146,7 @@ func (s *Spec) check() error {
 		return err
 	}
 	for _, d := range s.DependsOn {
-		if !serviceName.MatchString(d) {
+		if !isName(d) {
 			return bad("depends_on", "%q is not a service name", d)
 		}
 	}
@@ -200,7 +190,7 @@ func parseVolume(v string) (source, target string, readOnly bool, err error) {
 			return "", "", false, bad("volumes", "%q: mode %q is not ro or rw", v, parts[2])
 		}
 	}
-	if !path.IsAbs(source) && !volumeName.MatchString(source) {
+	if !path.IsAbs(source) && !isName(source) {
 		return "", "", false, bad("volumes", "%q: source %q is neither an absolute host path nor a volume name", v, source)
 	}
 	if !path.IsAbs(target) {
