@@ -382,6 +382,25 @@ func (x *systemdAdapter) Prepare(ctx context.Context, svcs []agent.Service) erro
 	return errors.Join(errs...)
 }
 
+// ShutdownInhibitors lists logind's inhibitors that block a shutdown: a
+// reboot through systemd honours them like locks unless forced.
+func (x *systemdAdapter) ShutdownInhibitors(ctx context.Context) ([]agent.Inhibitor, error) {
+	l, err := systemd.ConnectLogind(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	list, err := l.ShutdownBlockers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]agent.Inhibitor, len(list))
+	for i, in := range list {
+		out[i] = agent.Inhibitor{Who: in.Who, Why: in.Why, UID: int(in.UID), PID: int(in.PID)}
+	}
+	return out, nil
+}
+
 func (x *systemdAdapter) Reboot(ctx context.Context) error   { return x.u.Reboot(ctx) }
 func (x *systemdAdapter) Shutdown(ctx context.Context) error { return x.u.PowerOff(ctx) }
 

@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"latch/agent/lock"
 	"latch/store"
 )
 
@@ -102,4 +104,54 @@ func (a *Agent) appDeadline(app string) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return since.Add(d), true
+}
+
+// Inhibitor is a program that blocks shutdowns and reboots through the
+// service manager (systemd-logind's "shutdown" block inhibitors).
+type Inhibitor struct {
+	Who, Why string
+	UID, PID int
+}
+
+// Inhibitable is implemented by drivers that reboot through a service
+// manager whose programs can block a shutdown: before a reboot or a
+// shutdown that is not forced, each such inhibitor counts like a held lock.
+type Inhibitable interface {
+	ShutdownInhibitors(ctx context.Context) ([]Inhibitor, error)
+}
+
+// InhibitorKind is the kind of the entries that stand for inhibitors in a
+// refusal's blocked_by (their path names the inhibitor).
+const InhibitorKind lock.Kind = "inhibitor"
+
+// shutdownInhibitors asks the driver for the inhibitors that block a
+// shutdown, as lock entries for a refusal. A driver that cannot say (no
+// logind) blocks nothing: the failure is logged once per change.
+func (a *Agent) shutdownInhibitors() []lock.Entry {
+	d, ok := a.cfg.Driver.(Inhibitable)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), 3*time.Second)
+	defer cancel()
+	list, err := d.ShutdownInhibitors(ctx)
+	if err != nil {
+		if msg := err.Error(); msg != a.st.inhibitErr {
+			a.st.inhibitErr = msg
+			a.logf("shutdown inhibitors not known (%v): going on without them", err)
+		}
+		return nil
+	}
+	a.st.inhibitErr = ""
+	var out []lock.Entry
+	for _, in := range list {
+		out = append(out, lock.Entry{
+			Path:   fmt.Sprintf("shutdown inhibitor of %s: %s", in.Who, in.Why),
+			Kind:   InhibitorKind,
+			UID:    in.UID,
+			State:  lock.StateHeld,
+			Holder: &lock.Holder{PID: in.PID, Command: in.Who},
+		})
+	}
+	return out
 }

@@ -128,6 +128,11 @@ func (a *Agent) power(kind, reason string, force bool, by string) error {
 	if !force {
 		why, by = "override", "override:"+a.st.override.By
 	}
+	if !ignore {
+		if inh := a.shutdownInhibitors(); len(inh) > 0 {
+			return &LockedError{Action: kind, Entries: inh}
+		}
+	}
 	locks, blocking, err := a.take(svcs, ignore, why, by)
 	if err != nil {
 		return fmt.Errorf("take the locks for %s: %w", kind, err)

@@ -57,6 +57,7 @@ type loopState struct {
 	rebootError    string    // the last failure, shown in the status
 	rebootRetryAt  time.Time // earliest next try of a failed reboot or shutdown (or: when its window opens)
 	rebootWindow   string    // why a pending reboot waits for its maintenance window, "" when it does not
+	inhibitErr     string    // the last failure to list the shutdown inhibitors, logged once
 	blockedBy      []lock.Entry
 	blockedSince   time.Time
 	// appBlocked is what blocks each app of the pending update that waits

@@ -83,6 +83,9 @@ type envOpts struct {
 	// so that its members, other uids, can reach it.
 	socketGID   int
 	maxAttempts int // agent.Config.MaxAttempts; 0 is the agent's default
+	// driver, when set, wraps the recording driver (to add what a real
+	// driver has, such as shutdown inhibitors).
+	driver func(*recDriver) agent.Driver
 }
 
 // newEnv starts an agent and serves the API on a unix socket and on
@@ -109,11 +112,15 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if err != nil {
 		t.Fatalf("open journal: %v", err)
 	}
+	var drv agent.Driver = e.drv
+	if o.driver != nil {
+		drv = o.driver(e.drv)
+	}
 	a, err := agent.New(agent.Config{
 		StateDir: filepath.Join(dir, "state"),
 		Layout:   e.layout,
 		LockUID:  os.Getuid(), LockGID: os.Getgid(),
-		Driver:      e.drv,
+		Driver:      drv,
 		TrustKey:    o.trust,
 		HealthWait:  0,
 		MaxAttempts: o.maxAttempts,
