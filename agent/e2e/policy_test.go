@@ -702,3 +702,71 @@ func TestPolicyBadInputRejected(t *testing.T) {
 		t.Errorf("after bad targets: status %+v, want nothing pending and %q running", s, before.Release)
 	}
 }
+
+// TestPolicyKillAtEveryCommit kills the agent right after each of its
+// journal commits in turn while one target updates three apps, app by app,
+// and restarts it: every app ends on its new release, each stop and start
+// of the change ran once, and no step ran outside the agent's locks. An app
+// applied before a kill stays applied; the others finish after it.
+func TestPolicyKillAtEveryCommit(t *testing.T) {
+	step := 1
+	if os.Getenv("LATCH_EMULATED") != "" {
+		step = 5
+	}
+	for n := 1; ; n += step {
+		survived := false
+		t.Run(fmt.Sprintf("commit-%d", n), func(t *testing.T) {
+			d := newDevice(t)
+			policyStart(t, d)
+			d.stop()
+			d.start(fmt.Sprintf("LATCH_FAILPOINT=commit:%d", n))
+			d.setTarget(d.targetDoc(nil, policyApps("2")...))
+			done := func(s deviceStatus) bool {
+				return releaseIn(s, "alpha") == "a2" && releaseIn(s, "bravo") == "b2" && releaseIn(s, "charlie") == "c2" && !s.UpdatePending && s.Status == "idle"
+			}
+			deadline := time.After(30 * time.Second)
+		wait:
+			for {
+				select {
+				case <-d.waitErr:
+					d.notify.Close()
+					break wait
+				case <-deadline:
+					t.Fatalf("commit:%d: the agent neither died nor finished in 30s\n%s", n, d.output())
+				case <-time.After(50 * time.Millisecond):
+					if s, ok := d.statusOK(); ok && done(s) {
+						survived = true
+						d.stop()
+						return
+					}
+				}
+			}
+			if ws, ok := d.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+				t.Fatalf("commit:%d: the agent did not die at the failpoint: %v\n%s", n, d.cmd.ProcessState, d.output())
+			}
+			d.start()
+			if !within(30*time.Second, func() bool { s, ok := d.statusOK(); return ok && done(s) }) {
+				s, _ := d.statusOK()
+				t.Fatalf("killed after commit %d, the restarted agent never ends idle on release 2: %+v\n%s", n, s, d.output())
+			}
+			d.noViolations()
+			for _, a := range policyApps("1") {
+				for _, sv := range a.services {
+					name := a.name + "/" + sv.name
+					for _, verb := range []string{"stop " + name + " " + name + " " + a.release, "start " + name + " " + name + " " + a.name[:1] + "2"} {
+						if c := d.count(verb); c != 1 {
+							t.Errorf("killed after commit %d: %q ran %d times, want once", n, verb, c)
+						}
+					}
+				}
+			}
+			d.stop()
+		})
+		if survived || t.Failed() || n > 400 {
+			if n > 400 {
+				t.Fatalf("the update took more than 400 journal commits")
+			}
+			return
+		}
+	}
+}
