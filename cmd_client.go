@@ -382,6 +382,22 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 		case a.Target == "" && a.Current != "":
 			line += ", to be removed (no longer in the target)"
 		}
+		if len(a.BlockedBy) > 0 {
+			line += ", waiting for " + termSafe(a.BlockedBy[0].Path)
+			if n := len(a.BlockedBy) - 1; n > 0 {
+				line += fmt.Sprintf(" and %d more", n)
+			}
+		}
+		if a.Reason != "" {
+			line += "; " + termSafe(a.Reason)
+		}
+		if !a.Deadline.IsZero() {
+			if left := a.Deadline.Sub(now); left >= 0 {
+				line += fmt.Sprintf("; max-defer deadline in %s", left.Round(time.Second))
+			} else {
+				line += fmt.Sprintf("; %s past its max-defer deadline", (-left).Round(time.Second))
+			}
+		}
 		fmt.Fprintf(tw, "%s\t%s\n", label, line)
 	}
 	switch {

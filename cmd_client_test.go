@@ -481,3 +481,26 @@ func TestJSONSafe(t *testing.T) {
 		t.Errorf("writeJSON: %q decodes to %q (%v), want %q", buf.String(), back["reason"], err, in["reason"])
 	}
 }
+
+// latch status shows, app by app, what holds an update back: the lock, the
+// window or lateness, and the max-defer deadline.
+func TestPrintStatusPerApp(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	st := agent.Status{State: agent.StateWaiting, UpdatePending: true, UpdateDownloaded: true, Apps: []agent.AppStatus{
+		{Name: "alpha", Current: "a1", Target: "a2", BlockedBy: []lock.Entry{{Path: "/tmp/latch/services/alpha/ui/updates.lock"}}, Deadline: now.Add(90 * time.Second)},
+		{Name: "bravo", Current: "b1", Target: "b2", Reason: "waiting for its maintenance window (02:00-04:00 UTC), which opens at 2026-12-02T02:00:00Z"},
+		{Name: "charlie", Current: "c1", Target: "c2", Deadline: now.Add(-time.Minute)},
+	}}
+	var b strings.Builder
+	printStatus(&b, st, nil, now)
+	out := b.String()
+	for _, want := range []string{
+		"alpha  runs a1 -> a2 pending, waiting for /tmp/latch/services/alpha/ui/updates.lock; max-defer deadline in 1m30s",
+		"bravo  runs b1 -> b2 pending; waiting for its maintenance window",
+		"charlie  runs c1 -> c2 pending; 1m0s past its max-defer deadline",
+	} {
+		if !strings.Contains(strings.Join(strings.Fields(out), " "), strings.Join(strings.Fields(want), " ")) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+}
