@@ -20,15 +20,11 @@
 package compose
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strconv"
 	"strings"
-
-	"go.yaml.in/yaml/v3"
 )
 
 // MaxSize is the largest compose file Parse reads.
@@ -83,28 +79,22 @@ func Parse(data []byte) (*Project, error) {
 	if len(data) > MaxSize {
 		return nil, fmt.Errorf("%w: %d bytes, over the %d latch reads", ErrInvalid, len(data), MaxSize)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if err == io.EOF {
-			return nil, fmt.Errorf("%w: the file is empty: give services", ErrInvalid)
-		}
-		return nil, fmt.Errorf("%w: not YAML: %v", ErrInvalid, err)
-	}
-	var more yaml.Node
-	if err := dec.Decode(&more); err != io.EOF {
+	root, err := parseYAML(data)
+	if err == errMoreDocuments {
 		return nil, fmt.Errorf("%w: more than one YAML document (---): give one", ErrInvalid)
 	}
-	root := &doc
-	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
-		root = root.Content[0]
+	if err != nil {
+		return nil, fmt.Errorf("%w: not YAML: %v", ErrInvalid, err)
+	}
+	if root == nil {
+		return nil, fmt.Errorf("%w: the file is empty: give services", ErrInvalid)
 	}
 	top, err := mapping(root, "top level")
 	if err != nil {
 		return nil, err
 	}
 	p := &Project{Services: map[string]Service{}}
-	var services *yaml.Node
+	var services *node
 	declared := map[string]bool{}
 	for _, kv := range top {
 		switch kv.key {
@@ -179,7 +169,7 @@ func fieldErr(service, field, format string, args ...any) error {
 	return fmt.Errorf("%w: service %s: %s: %s", ErrInvalid, service, field, fmt.Sprintf(format, args...))
 }
 
-func parseService(name string, n *yaml.Node, declared map[string]bool) (Service, error) {
+func parseService(name string, n *node, declared map[string]bool) (Service, error) {
 	var s Service
 	fields, err := mapping(n, "service "+name)
 	if err != nil {
@@ -255,16 +245,16 @@ func parseService(name string, n *yaml.Node, declared map[string]bool) (Service,
 // pair is one key and value of a YAML mapping.
 type pair struct {
 	key string
-	val *yaml.Node
+	val *node
 }
 
 // mapping returns the pairs of a mapping node, in order, refusing
 // duplicate keys, merge keys, aliases and keys that are not strings.
-func mapping(n *yaml.Node, where string) ([]pair, error) {
+func mapping(n *node, where string) ([]pair, error) {
 	if err := plain(n, where); err != nil {
 		return nil, err
 	}
-	if n.Kind != yaml.MappingNode {
+	if n.Kind != mappingNode {
 		return nil, fmt.Errorf("%w: %s: want a mapping (key: value lines), got %s", ErrInvalid, where, kind(n))
 	}
 	seen := map[string]int{}
@@ -277,7 +267,7 @@ func mapping(n *yaml.Node, where string) ([]pair, error) {
 		if k.Tag == "!!merge" || k.Value == "<<" {
 			return nil, fmt.Errorf("%w: %s: line %d: merge keys (<<) are not supported: write the fields out", ErrInvalid, where, k.Line)
 		}
-		if k.Kind != yaml.ScalarNode || (k.Tag != "!!str" && k.Tag != "!!int" && k.Tag != "!!float" && k.Tag != "!!bool") {
+		if k.Kind != scalarNode || (k.Tag != "!!str" && k.Tag != "!!int" && k.Tag != "!!float" && k.Tag != "!!bool") {
 			return nil, fmt.Errorf("%w: %s: line %d: a key must be a plain name", ErrInvalid, where, k.Line)
 		}
 		if line, dup := seen[k.Value]; dup {
@@ -293,8 +283,8 @@ func mapping(n *yaml.Node, where string) ([]pair, error) {
 }
 
 // plain refuses aliases and custom tags (!reset, !override, ...).
-func plain(n *yaml.Node, where string) error {
-	if n.Kind == yaml.AliasNode {
+func plain(n *node, where string) error {
+	if n.Kind == aliasNode {
 		return fmt.Errorf("%w: %s: line %d: YAML aliases (*%s) are not supported: write the value out", ErrInvalid, where, n.Line, n.Value)
 	}
 	if n.Tag != "" && !strings.HasPrefix(n.Tag, "!!") {
@@ -303,13 +293,13 @@ func plain(n *yaml.Node, where string) error {
 	return nil
 }
 
-func kind(n *yaml.Node) string {
+func kind(n *node) string {
 	switch n.Kind {
-	case yaml.MappingNode:
+	case mappingNode:
 		return "a mapping"
-	case yaml.SequenceNode:
+	case sequenceNode:
 		return "a list"
-	case yaml.ScalarNode:
+	case scalarNode:
 		if isNull(n) {
 			return "nothing (null)"
 		}
@@ -318,17 +308,17 @@ func kind(n *yaml.Node) string {
 	return "something else"
 }
 
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+func isNull(n *node) bool {
+	return n.Kind == scalarNode && n.Tag == "!!null"
 }
 
 // scalar returns a string, number or boolean as text, with compose's $$
 // escape undone; a variable to interpolate is an error.
-func scalar(n *yaml.Node, where string) (string, error) {
+func scalar(n *node, where string) (string, error) {
 	if err := plain(n, where); err != nil {
 		return "", err
 	}
-	if n.Kind != yaml.ScalarNode || isNull(n) {
+	if n.Kind != scalarNode || isNull(n) {
 		return "", fmt.Errorf("%w: %s: want a single value, got %s", ErrInvalid, where, kind(n))
 	}
 	switch n.Tag {
@@ -368,28 +358,28 @@ func unescape(s, where string) (string, error) {
 
 func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
-func boolean(n *yaml.Node, where string) (bool, error) {
+func boolean(n *node, where string) (bool, error) {
 	if err := plain(n, where); err != nil {
 		return false, err
 	}
-	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+	if n.Kind != scalarNode || n.Tag != "!!bool" {
 		return false, fmt.Errorf("%w: %s: want true or false, got %s", ErrInvalid, where, kind(n))
 	}
 	return strconv.ParseBool(strings.ToLower(n.Value))
 }
 
 // stringList reads a list of single values.
-func stringList(n *yaml.Node, service, field string) ([]string, error) {
+func stringList(n *node, service, field string) ([]string, error) {
 	where := "service " + service + ": " + field
 	if err := plain(n, where); err != nil {
 		return nil, err
 	}
-	if n.Kind != yaml.SequenceNode {
+	if n.Kind != sequenceNode {
 		return nil, fmt.Errorf("%w: %s: want a list (- item lines), got %s", ErrInvalid, where, kind(n))
 	}
 	out := []string{}
 	for i, e := range n.Content {
-		if e.Kind == yaml.MappingNode {
+		if e.Kind == mappingNode {
 			return nil, fmt.Errorf("%w: %s[%d]: the long syntax (a mapping) is not supported: give the short form as one string", ErrInvalid, where, i)
 		}
 		s, err := scalar(e, fmt.Sprintf("%s[%d]", where, i))
@@ -404,8 +394,8 @@ func stringList(n *yaml.Node, service, field string) ([]string, error) {
 // commandList reads command or entrypoint: a list as it is, a string
 // split into words as docker compose does (quotes and backslashes as in a
 // POSIX shell, no expansion).
-func commandList(n *yaml.Node, service, field string) ([]string, error) {
-	if n.Kind == yaml.SequenceNode {
+func commandList(n *node, service, field string) ([]string, error) {
+	if n.Kind == sequenceNode {
 		return stringList(n, service, field)
 	}
 	s, err := scalar(n, "service "+service+": "+field)
@@ -481,10 +471,10 @@ func splitWords(s string) ([]string, error) {
 // keyValues reads environment or labels: a mapping, or a list of KEY=VALUE.
 // A key without a value takes it from the publisher's environment in docker
 // compose: that is refused for environment, and an empty value for labels.
-func keyValues(n *yaml.Node, service, field string, emptyOK bool) (map[string]string, error) {
+func keyValues(n *node, service, field string, emptyOK bool) (map[string]string, error) {
 	where := "service " + service + ": " + field
 	out := map[string]string{}
-	if n.Kind == yaml.SequenceNode {
+	if n.Kind == sequenceNode {
 		list, err := stringList(n, service, field)
 		if err != nil {
 			return nil, err
@@ -524,9 +514,9 @@ func keyValues(n *yaml.Node, service, field string, emptyOK bool) (map[string]st
 
 // dependsOn reads a list of services, or the mapping form whose only
 // condition latch can keep is service_started.
-func dependsOn(n *yaml.Node, service string) ([]string, error) {
+func dependsOn(n *node, service string) ([]string, error) {
 	where := "service " + service + ": depends_on"
-	if n.Kind == yaml.SequenceNode {
+	if n.Kind == sequenceNode {
 		list, err := stringList(n, service, "depends_on")
 		if err != nil {
 			return nil, err
