@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -769,4 +771,58 @@ func TestPolicyKillAtEveryCommit(t *testing.T) {
 			return
 		}
 	}
+}
+
+// BenchmarkPolicyReleaseToStop measures, with three apps of which one is
+// locked, the latency from the release of that app's lock to the first stop
+// command of its services, once the other two apps of the same target are applied:
+// one trial per iteration (run with -benchtime=50x); reports the median and
+// the 99th percentile. The stop command's own start-up is included.
+func BenchmarkPolicyReleaseToStop(b *testing.B) {
+	d := newDevice(b)
+	stamp := filepath.Join(d.root, "stop.stamp")
+	doc := func(i int) []byte {
+		raw := d.targetDoc(nil, policyApps(strconv.Itoa(i))...)
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			b.Fatal(err)
+		}
+		for _, sv := range m["apps"].(map[string]any)["alpha"].(map[string]any)["services"].(map[string]any) {
+			sv := sv.(map[string]any)
+			sv["stop"] = "date +%s%N >> " + stamp + "; " + sv["stop"].(string)
+		}
+		out, _ := json.Marshal(m)
+		return out
+	}
+	d.setTarget(doc(0))
+	d.start()
+	d.waitFor("first release", func() bool { return d.releaseOf("alpha") == "a0" && d.releaseOf("charlie") == "c0" })
+	lockPath := filepath.Join(d.serviceDir("alpha", "ui"), "updates.lock")
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := 1; i <= b.N; i++ {
+		os.Remove(stamp)
+		if err := os.WriteFile(lockPath, nil, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		d.setTarget(doc(i))
+		n := strconv.Itoa(i)
+		d.waitFor("bravo, charlie applied and alpha blocked", func() bool {
+			return d.releaseOf("bravo") == "b"+n && d.releaseOf("charlie") == "c"+n && len(d.appStatuses()["alpha"].BlockedBy) > 0
+		})
+		released := time.Now()
+		os.Remove(lockPath)
+		var raw []byte
+		d.waitFor("stop ran", func() bool { raw, _ = os.ReadFile(stamp); return strings.Contains(string(raw), "\n") })
+		ns, err := strconv.ParseInt(strings.TrimSpace(strings.Split(string(raw), "\n")[0]), 10, 64)
+		if err != nil {
+			b.Fatalf("stamp %q: %v", raw, err)
+		}
+		lat = append(lat, time.Unix(0, ns).Sub(released))
+		d.waitFor("alpha applied", func() bool { return d.releaseOf("alpha") == "a"+n && !d.status().UpdatePending })
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
