@@ -6,11 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"sync"
 	"time"
 
-	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 )
 
@@ -46,13 +44,14 @@ type ConnState struct {
 type Device struct {
 	cfg      Config // with defaults filled in
 	h        Handlers
-	cm       *autopaho.ConnectionManager // set once, before started is closed
+	cm       *conn // set once, before started is closed
 	started  chan struct{}
 	ctx      context.Context
 	cancel   context.CancelFunc
 	kick     chan struct{} // a state to publish (capacity 1)
 	wg       sync.WaitGroup
 	closeOne sync.Once
+	cmCancel context.CancelFunc // ends cm's loop
 
 	mu         sync.Mutex // guards the fields below
 	state      []byte     // newest state given to PublishState
@@ -90,13 +89,33 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 	var fleetProps paho.UserProperties
 	fleetProps.Add(fleetProperty, cfg.Fleet)
 	maxPacket := uint32(cfg.MaxPayload) + 64<<10 // room for the topic and properties
-	ac := autopaho.ClientConfig{
-		ServerUrls:                    []*url.URL{t.broker},
-		TlsCfg:                        t.tls,
-		KeepAlive:                     uint16(cfg.KeepAlive / time.Second),
-		CleanStartOnInitialConnection: false,
-		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
-		ReconnectBackoff: func(n int) time.Duration {
+	expiry := uint32(cfg.SessionExpiry / time.Second)
+	connect := func() *paho.Connect {
+		// Clean start false on every connection, the first too: the broker keeps the session
+		// (and the commands sent while the device was away) across restarts of the agent.
+		cp := &paho.Connect{
+			ClientID:   "latch-" + cfg.DeviceID,
+			KeepAlive:  uint16(cfg.KeepAlive / time.Second),
+			CleanStart: false,
+			WillMessage: &paho.WillMessage{
+				Topic: deviceTopic(cfg.DeviceID, "online"), Payload: []byte("0"), QoS: 1, Retain: true,
+			},
+			WillProperties: &paho.WillProperties{User: fleetProps},
+			Properties:     &paho.ConnectProperties{MaximumPacketSize: &maxPacket},
+		}
+		if expiry != 0 {
+			cp.Properties.SessionExpiryInterval = &expiry
+		}
+		if t.user != "" {
+			cp.UsernameFlag, cp.Username = true, t.user
+		}
+		if len(t.password) > 0 {
+			cp.PasswordFlag, cp.Password = true, t.password
+		}
+		return cp
+	}
+	hooks := connHooks{
+		backoff: func(n int) time.Duration {
 			// A connection that keeps dropping right after it opens (two boards with one id
 			// taking the session from each other) backs off as a failed attempt would.
 			d.mu.Lock()
@@ -104,31 +123,18 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 			d.mu.Unlock()
 			return wait(n)
 		},
-		ConnectTimeout:  30 * time.Second,
-		ConnectUsername: t.user,
-		ConnectPassword: t.password,
-		WillMessage: &paho.WillMessage{
-			Topic: deviceTopic(cfg.DeviceID, "online"), Payload: []byte("0"), QoS: 1, Retain: true,
+		connectError: func(err error) {
+			d.report(fmt.Errorf("connect to %s: %w", t.broker.Redacted(), err))
 		},
-		WillProperties: &paho.WillProperties{User: fleetProps},
-		ConnectPacketBuilder: func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
-			if cp.Properties == nil {
-				cp.Properties = &paho.ConnectProperties{}
-			}
-			cp.Properties.MaximumPacketSize = &maxPacket
-			return cp, nil
-		},
-		// Closing on purpose still tells the fleet the device is gone.
-		DisconnectPacketBuilder: func() *paho.Disconnect { return &paho.Disconnect{ReasonCode: 0x04} },
-		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+		up: func(cli *paho.Client) {
 			d.mu.Lock()
 			d.gen++
 			d.up, d.upAt = true, time.Now()
 			gen := d.gen
 			d.mu.Unlock()
-			d.spawn(func() { d.connected(cm, gen) })
+			d.spawn(func() { d.connected(cli, gen) })
 		},
-		OnConnectionDown: func() bool {
+		down: func() {
 			d.mu.Lock()
 			d.up = false
 			if time.Since(d.upAt) < flapWindow {
@@ -142,33 +148,29 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 				d.report(fmt.Errorf("the broker %s closed %d connections in a row soon after they opened: is another device using --device-id %s? (a broker drops the older of two clients with one id)",
 					t.broker.Redacted(), flaps, cfg.DeviceID))
 			}
-			return true
 		},
-		OnConnectError: func(err error) {
-			d.report(fmt.Errorf("connect to %s: %w", t.broker.Redacted(), err))
+		clientError: func(err error) {
+			if d.ctx.Err() == nil {
+				d.report(fmt.Errorf("connection to %s lost: %w", t.broker.Redacted(), err))
+			}
 		},
-		ClientConfig: paho.ClientConfig{
-			ClientID:          "latch-" + cfg.DeviceID,
-			OnPublishReceived: []func(paho.PublishReceived) (bool, error){d.received},
-			OnClientError: func(err error) {
-				if d.ctx.Err() == nil {
-					d.report(fmt.Errorf("connection to %s lost: %w", t.broker.Redacted(), err))
-				}
-			},
-			OnServerDisconnect: func(dc *paho.Disconnect) {
-				why := ""
-				if dc.Properties != nil && dc.Properties.ReasonString != "" {
-					why = " " + dc.Properties.ReasonString
-				}
-				d.report(fmt.Errorf("the broker %s closed the connection (reason %#x%s)", t.broker.Redacted(), dc.ReasonCode, why))
-			},
+		serverClose: func(dc *paho.Disconnect) {
+			why := ""
+			if dc.Properties != nil && dc.Properties.ReasonString != "" {
+				why = " " + dc.Properties.ReasonString
+			}
+			d.report(fmt.Errorf("the broker %s closed the connection (reason %#x%s)", t.broker.Redacted(), dc.ReasonCode, why))
 		},
 	}
-	cm, err := autopaho.NewConnection(d.ctx, ac)
-	if err != nil {
-		d.cancel()
-		return nil, fmt.Errorf("start fleet channel to %s: %w", t.broker.Redacted(), err)
+	client := paho.ClientConfig{
+		ClientID:          "latch-" + cfg.DeviceID,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){d.received},
 	}
+	// Closing on purpose still tells the fleet the device is gone (reason 0x04: send the will).
+	cm := newConn(t, connect, client, hooks, &paho.Disconnect{ReasonCode: 0x04})
+	cmCtx, cmCancel := context.WithCancel(d.ctx)
+	d.cmCancel = cmCancel
+	go cm.run(cmCtx)
 	d.cm = cm
 	close(d.started)
 	d.spawn(d.stateLoop)
@@ -176,7 +178,7 @@ func Start(ctx context.Context, cfg Config, h Handlers) (*Device, error) {
 }
 
 // conn is the connection manager, once Start has it (a message can arrive before).
-func (d *Device) conn() *autopaho.ConnectionManager {
+func (d *Device) conn() *conn {
 	<-d.started
 	return d.cm
 }
@@ -213,7 +215,12 @@ func (d *Device) Close(ctx context.Context) error {
 		d.mu.Lock()
 		d.closed = true
 		d.mu.Unlock()
-		err = d.cm.Disconnect(ctx)
+		d.cmCancel()
+		select {
+		case <-d.cm.done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
 		d.cancel()
 		done := make(chan struct{})
 		go func() { d.wg.Wait(); close(done) }()
@@ -293,13 +300,13 @@ func (d *Device) publish(ctx context.Context, p *paho.Publish) error {
 	stop := context.AfterFunc(d.ctx, cancel)
 	defer stop()
 	for {
-		if err := d.conn().AwaitConnection(ctx); err != nil {
+		if err := d.conn().awaitConnection(ctx); err != nil {
 			if d.ctx.Err() != nil {
 				return ErrClosed
 			}
 			return err
 		}
-		resp, err := d.conn().Publish(ctx, p)
+		resp, err := d.conn().publish(ctx, p)
 		if err == nil {
 			return nil
 		}
@@ -312,7 +319,7 @@ func (d *Device) publish(ctx context.Context, p *paho.Publish) error {
 			}
 			return ctx.Err()
 		}
-		if !errors.Is(err, autopaho.ConnectionDownError) && !errors.Is(err, paho.ErrConnectionLost) &&
+		if !errors.Is(err, errConnectionDown) && !errors.Is(err, paho.ErrConnectionLost) &&
 			!errors.Is(err, paho.ErrNetworkErrorAfterStored) {
 			return err
 		}
@@ -341,7 +348,7 @@ func (d *Device) report(err error) {
 }
 
 // connected runs after each connection: subscribe, announce online, republish the state.
-func (d *Device) connected(cm *autopaho.ConnectionManager, gen int) {
+func (d *Device) connected(cli *paho.Client, gen int) {
 	ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
 	defer cancel()
 	id := d.cfg.DeviceID
@@ -350,7 +357,7 @@ func (d *Device) connected(cm *autopaho.ConnectionManager, gen int) {
 	for _, t := range topics {
 		sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: t, QoS: 1})
 	}
-	ack, err := cm.Subscribe(ctx, sub)
+	ack, err := cli.Subscribe(ctx, sub)
 	if err != nil {
 		if d.ctx.Err() == nil {
 			d.report(fmt.Errorf("subscribe to %v: %w", topics, err))
@@ -364,7 +371,7 @@ func (d *Device) connected(cm *autopaho.ConnectionManager, gen int) {
 	}
 	var props paho.UserProperties
 	props.Add(fleetProperty, d.cfg.Fleet)
-	resp, err := cm.Publish(ctx, &paho.Publish{Topic: deviceTopic(id, "online"), QoS: 1, Retain: true, Payload: []byte("1"),
+	resp, err := cli.Publish(ctx, &paho.Publish{Topic: deviceTopic(id, "online"), QoS: 1, Retain: true, Payload: []byte("1"),
 		Properties: &paho.PublishProperties{User: props}})
 	if err != nil && resp == nil { // the connection failed; the next one tries again
 		if d.ctx.Err() == nil {
@@ -409,7 +416,7 @@ func (d *Device) stateLoop() {
 			case <-time.After(wait):
 			}
 		}
-		if err := d.cm.AwaitConnection(d.ctx); err != nil {
+		if err := d.cm.awaitConnection(d.ctx); err != nil {
 			return
 		}
 		d.mu.Lock()
@@ -420,7 +427,7 @@ func (d *Device) stateLoop() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
-		resp, err := d.cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Retain: true, Payload: payload,
+		resp, err := d.cm.publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Retain: true, Payload: payload,
 			Properties: &paho.PublishProperties{User: props}})
 		cancel()
 		last = time.Now()

@@ -57,21 +57,9 @@ func dialOperator(ctx context.Context, cfg OperatorConfig, deliver func(message)
 		return nil, err
 	}
 	max := orDefault(cfg.MaxPayload, DefaultMaxPayload)
-	var conn net.Conn
-	if t.tls != nil {
-		d := tls.Dialer{Config: t.tls}
-		c, err := d.DialContext(ctx, "tcp", t.broker.Host)
-		if err != nil {
-			return nil, fmt.Errorf("connect to %s: %w", t.broker.Redacted(), err)
-		}
-		conn = packets.NewThreadSafeConn(c)
-	} else {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", t.broker.Host)
-		if err != nil {
-			return nil, fmt.Errorf("connect to %s: %w", t.broker.Redacted(), err)
-		}
-		conn = c
+	conn, err := dialBroker(ctx, t)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", t.broker.Redacted(), err)
 	}
 	id := cfg.ClientID
 	if id == "" {
@@ -110,6 +98,21 @@ func dialOperator(ctx context.Context, cfg OperatorConfig, deliver func(message)
 		return nil, fmt.Errorf("connect to %s: %w", t.broker.Redacted(), err)
 	}
 	return &session{cli: cli, max: max}, nil
+}
+
+// dialBroker opens the network connection to t's broker, over TLS when t says so.
+func dialBroker(ctx context.Context, t *transport) (net.Conn, error) {
+	if t.tls != nil {
+		d := tls.Dialer{Config: t.tls}
+		c, err := d.DialContext(ctx, "tcp", t.broker.Host)
+		if err != nil {
+			return nil, err
+		}
+		// A TLS connection is written by the client's sender and its keep-alive at once.
+		return packets.NewThreadSafeConn(c), nil
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", t.broker.Host)
 }
 
 func (s *session) close() {
