@@ -2,6 +2,7 @@ package compose
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -59,6 +60,7 @@ type yamlParser struct {
 	pos     int
 	depth   int
 	anchors map[string]bool
+	lines   []int // where each line starts, once a position is asked for
 }
 
 // parseYAML reads one document. It returns nil, nil when data holds no
@@ -105,9 +107,17 @@ func notPrintable(r rune) bool {
 var errMoreDocuments = &yamlError{msg: "more than one document"}
 
 func (p *yamlParser) errAt(pos int, msg string) *yamlError {
-	line := 1 + strings.Count(p.src[:pos], "\n")
-	col := pos - (strings.LastIndexByte(p.src[:pos], '\n') + 1) + 1
-	return &yamlError{line, col, msg}
+	if p.lines == nil {
+		p.lines = []int{0}
+		for i := 0; i < len(p.src); i++ {
+			if p.src[i] == '\n' {
+				p.lines = append(p.lines, i+1)
+			}
+		}
+	}
+	// The line is the last one starting at or before pos.
+	line, _ := slices.BinarySearch(p.lines, pos+1)
+	return &yamlError{line, pos - p.lines[line-1] + 1, msg}
 }
 
 func (p *yamlParser) fail(format string, args ...any) {

@@ -219,3 +219,40 @@ func FuzzYAMLSubset(f *testing.F) {
 		}
 	})
 }
+
+// bigCompose is a compose file just under MaxSize with many small nodes.
+func bigCompose() []byte {
+	var b strings.Builder
+	b.WriteString("services:\n  a:\n    image: busybox\n    environment:\n")
+	for i := 0; b.Len() < MaxSize-64; i++ {
+		fmt.Fprintf(&b, "      V%d: [1, 2, 'x', {k: v}]\n", i)
+	}
+	return []byte(b.String())
+}
+
+// A file at the size limit is read in one pass: positions are not recounted
+// from the start for every node.
+func BenchmarkParseYAMLBig(b *testing.B) {
+	data := bigCompose()
+	for b.Loop() {
+		if n, err := parseYAML(data); err != nil || n == nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestParseYAMLAtTheSizeLimit(t *testing.T) {
+	data := bigCompose()
+	n, err := parseYAML(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := n.Content[1].Content[1].Content[3]
+	if env.Kind != mappingNode || len(env.Content) < 2*20000 {
+		t.Fatalf("environment has %d entries", len(env.Content)/2)
+	}
+	last := env.Content[len(env.Content)-2]
+	if wantLine := 4 + len(env.Content)/2; last.Line != wantLine || last.Column != 7 {
+		t.Fatalf("the last key is at line %d column %d, want line %d column 7", last.Line, last.Column, wantLine)
+	}
+}
