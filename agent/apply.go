@@ -660,6 +660,7 @@ func (a *Agent) onApplied(ev applyDone) {
 		}
 	} else {
 		s.appliesFailed++
+		part := s.applyPlan
 		s.applyPlan = nil
 		if cancelled(p) {
 			a.releaseActionLocks()
@@ -667,11 +668,34 @@ func (a *Agent) onApplied(ev applyDone) {
 			return
 		}
 		final := p.Attempts >= a.cfg.MaxAttempts
+		// An app that failed for good is given up alone while other apps
+		// of the update remain: they go on, and the update ends failed
+		// once they are done.
+		var app string
+		others := false
+		if len(part) > 0 {
+			app = part[0].Svc.App
+			others = slices.ContainsFunc(s.plan, func(pl planned) bool { return pl.Svc.App != app })
+		}
+		giveUp := final && others
 		a.journal(func(tx *store.Tx) error {
 			p.Reason, p.Updated = ev.err.Error(), time.Now()
 			p.State = store.Downloaded
-			if final {
+			if giveUp {
+				if p.AppFailed == nil {
+					p.AppFailed = map[string]string{}
+				}
+				p.AppFailed[app] = app + ": " + ev.err.Error()
+				p.Attempts, p.Reason = 0, ""
+			} else if final {
 				p.State = store.Failed
+				if len(p.AppFailed) > 0 {
+					var reasons []string
+					for _, name := range sortedKeys(p.AppFailed) {
+						reasons = append(reasons, p.AppFailed[name])
+					}
+					p.Reason = strings.Join(append(reasons, app+": "+ev.err.Error()), "; ")
+				}
 			}
 			if err := tx.PutPending(p); err != nil {
 				return err
@@ -680,7 +704,10 @@ func (a *Agent) onApplied(ev applyDone) {
 				return err
 			}
 			msg := fmt.Sprintf("update %s failed (attempt %d of %d): %v", short(p.ID), p.Attempts, a.cfg.MaxAttempts, ev.err)
-			if !final {
+			switch {
+			case giveUp:
+				msg = fmt.Sprintf("update %s of %s failed (attempt %d of %d): %v; %s is given up, the other apps go on", short(p.ID), app, a.cfg.MaxAttempts, a.cfg.MaxAttempts, ev.err, app)
+			case !final:
 				msg += "; will retry"
 			}
 			_, err := tx.Log(store.Event{Kind: "failed", Message: msg})
@@ -688,7 +715,10 @@ func (a *Agent) onApplied(ev applyDone) {
 		})
 		a.logf("update %s failed (attempt %d of %d): %v", short(p.ID), p.Attempts, a.cfg.MaxAttempts, ev.err)
 		a.releaseActionLocks()
-		if !final {
+		if giveUp {
+			s.plan = slices.DeleteFunc(s.plan, func(pl planned) bool { return pl.Svc.App == app })
+			delete(s.appBlocked, app)
+		} else if !final {
 			s.retryAt = time.Now().Add(a.cfg.RetryDelay << min(p.Attempts-1, 6))
 		}
 	}

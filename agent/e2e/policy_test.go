@@ -826,3 +826,33 @@ func BenchmarkPolicyReleaseToStop(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
+
+// An app whose new release fails its health check is rolled back and, once
+// its attempts are spent, given up alone: the apps after it in the same
+// target are still applied, and the update ends failed naming that app.
+func TestPolicyBrokenAppAlone(t *testing.T) {
+	d := newDevice(t)
+	d.args = append(d.args, "--max-attempts", "2")
+	policyStart(t, d)
+	next := policyApps("2")
+	next[1].services = []svc{{name: "svc", content: "bravo/svc b2 broken"}}
+	d.setTarget(d.targetDoc(nil, next...))
+	d.waitFor("the update failed", func() bool { return d.status().UpdateFailed })
+	s := d.status()
+	if d.releaseOf("alpha") != "a2" || d.releaseOf("bravo") != "b1" || d.releaseOf("charlie") != "c2" {
+		t.Errorf("releases %q: want alpha a2, bravo b1 (rolled back), charlie c2", s.Release)
+	}
+	if !strings.Contains(s.Reason, "bravo") || !strings.Contains(s.Reason, "health") {
+		t.Errorf("reason %q: want it to name bravo and its health check", s.Reason)
+	}
+	if got := readFile(t, d.installed("bravo", "svc")); got != "bravo/svc b1" {
+		t.Errorf("bravo/svc installed %q after the rollback, want b1's", got)
+	}
+	if n := d.count("start bravo/svc bravo/svc b2 broken"); n != 2 {
+		t.Errorf("bravo's broken release started %d times, want 2 (--max-attempts)", n)
+	}
+	if n := d.count("start charlie/svc charlie/svc c2"); n != 1 {
+		t.Errorf("charlie/svc c2 started %d times, want once", n)
+	}
+	d.noViolations()
+}
