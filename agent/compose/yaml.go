@@ -208,10 +208,11 @@ func (p *yamlParser) nextContent() int {
 		for p.at(n) == ' ' {
 			n++
 		}
-		i := n
-		for p.at(i) == ' ' || p.at(i) == '\t' {
-			i++
+		if p.at(n) == '\t' {
+			p.pos += n
+			p.fail("a tab in the indentation: indent with spaces")
 		}
+		i := n
 		switch c := p.at(i); {
 		case c == '\n':
 			p.pos += i + 1
@@ -231,10 +232,6 @@ func (p *yamlParser) nextContent() int {
 		}
 		if p.docMarker(start) {
 			return -1
-		}
-		if p.at(n) == '\t' {
-			p.pos += n
-			p.fail("a tab in the indentation: indent with spaces")
 		}
 		return n
 	}
@@ -290,23 +287,20 @@ func (p *yamlParser) properties() (tag string) {
 				p.fail("two anchors on one value")
 			}
 			seenAnchor = true
-			start := p.pos + 1
 			p.pos++
-			for !p.blankAt(0) && strings.IndexByte(",[]{}", p.peek()) < 0 {
-				p.pos++
-			}
-			if p.pos == start {
-				p.fail("an anchor (&) without a name")
-			}
-			p.anchors[p.src[start:p.pos]] = true
+			p.anchors[p.anchorName("an anchor (&)")] = true
 		case '!':
 			if seenTag {
 				p.fail("two tags on one value")
 			}
 			seenTag = true
 			start := p.pos
-			for !p.blankAt(0) {
+			p.pos++
+			for c := p.peek(); isAlnum(c) || strings.IndexByte("-_.!~*'()%/;?:@&=+$", c) >= 0; c = p.peek() {
 				p.pos++
+			}
+			if !p.blankAt(0) {
+				p.fail("tag %s holds %q: tags are letters, digits and URI characters, then a space", p.src[start:p.pos], p.peek())
 			}
 			tag = p.src[start:p.pos]
 			switch {
@@ -518,9 +512,16 @@ func (p *yamlParser) sequence(indent int) *node {
 	s := &node{Kind: sequenceNode, Tag: "!!seq", Line: line, Column: col}
 	for {
 		p.pos++ // the -
-		p.skipSpaces()
+		for p.peek() == ' ' {
+			p.pos++
+		}
+		if p.peek() == '\t' {
+			p.fail("a tab after -: separate the item with spaces")
+		}
 		el, ec := p.lineCol()
+		propStart := p.pos
 		tag := p.properties()
+		props := p.pos != propStart
 		var item *node
 		if c := p.peek(); c == '#' || c == '\n' || c == 0 {
 			p.endLine()
@@ -531,7 +532,7 @@ func (p *yamlParser) sequence(indent int) *node {
 				item = &node{Kind: scalarNode, Tag: "!!null", Line: el, Column: ec}
 			}
 		} else {
-			item = p.inline(indent, tag == "")
+			item = p.inline(indent, !props) // a collection with properties starts on its own line
 		}
 		s.Content = append(s.Content, p.tagged(item, tag))
 		n := p.nextContent()
@@ -553,18 +554,28 @@ func (p *yamlParser) alias() *node {
 	line, col := p.lineCol()
 	p.pos++
 	start := p.pos
-	for !p.blankAt(0) && strings.IndexByte(",[]{}", p.peek()) < 0 {
-		p.pos++
-	}
-	name := p.src[start:p.pos]
-	if name == "" {
-		p.fail("an alias (*) without a name")
-	}
+	name := p.anchorName("an alias (*)")
 	if !p.anchors[name] {
 		p.pos = start - 1
 		p.fail("alias *%s names no anchor above it", name)
 	}
 	return &node{Kind: aliasNode, Value: name, Line: line, Column: col}
+}
+
+// anchorName reads the name of an anchor or alias: letters, digits, _ and -, then a blank
+// or the end of a flow item.
+func (p *yamlParser) anchorName(what string) string {
+	start := p.pos
+	for c := p.peek(); isAlnum(c) || c == '_' || c == '-'; c = p.peek() {
+		p.pos++
+	}
+	if p.pos == start {
+		p.fail("%s without a name: give letters, digits, _ or -", what)
+	}
+	if !p.blankAt(0) && strings.IndexByte("?:,]}%@`", p.peek()) < 0 {
+		p.fail("%s name holds %q: give letters, digits, _ or -", what, p.peek())
+	}
+	return p.src[start:p.pos]
 }
 
 // plainBlock reads a plain scalar outside flow collections, folding the
@@ -742,7 +753,7 @@ func (p *yamlParser) skipFlowSpace() {
 // , [ ] { } or ": ".
 func (p *yamlParser) plainFlow(line, col int) *node {
 	c := p.peek()
-	if strings.IndexByte("#&!|>%@`", c) >= 0 || (c == '-' || c == '?' || c == ':') && p.blankAt(1) {
+	if strings.IndexByte("#&!|>%@`?:", c) >= 0 || c == '-' && p.blankAt(1) {
 		p.fail("a value cannot start with %q: quote it", c)
 	}
 	start, end := p.pos, p.pos
@@ -751,7 +762,7 @@ func (p *yamlParser) plainFlow(line, col int) *node {
 		if c == '\n' || strings.IndexByte(",[]{}", c) >= 0 {
 			break
 		}
-		if c == ':' && (p.blankAt(1) || strings.IndexByte(",[]{}", p.at(1)) >= 0) {
+		if c == ':' && p.blankAt(1) {
 			break
 		}
 		if c == '#' && (p.src[p.pos-1] == ' ' || p.src[p.pos-1] == '\t') {
@@ -903,6 +914,7 @@ func (p *yamlParser) blockScalar(parent int) *node {
 	// Read the lines: each is "" (empty) or its text past the indentation.
 	var lines []string
 	maxEmpty := 0
+	contentBreak := false // the last content line ends with a line break
 	for !p.eof() {
 		end := strings.IndexByte(p.src[p.pos:], '\n')
 		if end < 0 {
@@ -910,6 +922,15 @@ func (p *yamlParser) blockScalar(parent int) *node {
 		}
 		l := p.src[p.pos : p.pos+end]
 		spaces := len(l) - len(strings.TrimLeft(l, " "))
+		if spaces < len(l) && l[spaces] == '\t' && (indent == 0 || spaces < indent) {
+			p.pos += spaces
+			p.fail("a tab in the block scalar's indentation: indent with spaces")
+		}
+		if spaces == len(l) && p.pos+end == len(p.src) && (indent == 0 || len(l) <= indent) {
+			// Blanks at the end of the input, without a line break: nothing.
+			p.pos = len(p.src)
+			break
+		}
 		if indent == 0 && spaces == len(l) {
 			// An empty line before the first content line.
 			maxEmpty = max(maxEmpty, spaces)
@@ -934,6 +955,7 @@ func (p *yamlParser) blockScalar(parent int) *node {
 		}
 		if len(l) > indent {
 			lines = append(lines, l[indent:])
+			contentBreak = p.pos+end < len(p.src)
 		} else {
 			lines = append(lines, "")
 		}
@@ -963,7 +985,7 @@ func (p *yamlParser) blockScalar(parent int) *node {
 		b.WriteString(l)
 		pending, content, prevMore = 0, true, more
 	}
-	lastBreak := pending > 0 || p.pos > 0 && p.src[p.pos-1] == '\n'
+	lastBreak := pending > 0 || contentBreak
 	v := b.String()
 	if content && chomp != '-' && lastBreak {
 		v += "\n"
@@ -1001,8 +1023,27 @@ func resolve(s string) string {
 	if _, err := strconv.ParseUint(plain, 0, 64); err == nil {
 		return "!!int"
 	}
-	if isYAMLFloat(plain) {
+	if _, err := strconv.ParseFloat(plain, 64); err == nil && isYAMLFloat(plain) {
 		return "!!float"
+	}
+	// 0b and 0o with what follows read in base 2 and 8, as yaml libraries do.
+	for _, b := range []struct {
+		prefix string
+		base   int
+	}{{"0b", 2}, {"0o", 8}} {
+		if rest, ok := strings.CutPrefix(plain, b.prefix); ok {
+			if _, err := strconv.ParseInt(rest, b.base, 64); err == nil {
+				return "!!int"
+			}
+			if _, err := strconv.ParseUint(rest, b.base, 64); err == nil {
+				return "!!int"
+			}
+		}
+		if rest, ok := strings.CutPrefix(plain, "-"+b.prefix); ok {
+			if _, err := strconv.ParseInt("-"+rest, b.base, 64); err == nil {
+				return "!!int"
+			}
+		}
 	}
 	return "!!str"
 }
