@@ -222,8 +222,14 @@ func (a *Agent) reconcileHolds(leftovers bool) error {
 	}
 	var firstErr error
 	for dir, s := range want {
-		if l, ok := a.st.holdLocks[dir]; ok && stillThere(l) {
-			continue
+		if l, ok := a.st.holdLocks[dir]; ok {
+			if stillThere(l) {
+				continue
+			}
+			// Gone or replaced: drop the old one's descriptor and flock
+			// (Remove unlinks only the entry it made, which is gone).
+			l.Remove()
+			delete(a.st.holdLocks, dir)
 		}
 		if _, err := a.cfg.Layout.EnsureServiceDir(s); err != nil {
 			firstErr = errors.Join(firstErr, err)

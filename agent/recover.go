@@ -188,7 +188,7 @@ func (a *Agent) takeOwn(path string, role lock.Role) (*lock.Lock, error) {
 	}
 	var he *lock.HeldError
 	if errors.As(err, &he) && a.classify(he.Entry) == entryDead && he.Entry.Record.Role == role {
-		return lock.Adopt(path) // a dead agent's entry for the same purpose
+		return lock.Reclaim(path) // a dead agent's entry for the same purpose, with its flock
 	}
 	return nil, err
 }
