@@ -54,6 +54,35 @@ type State struct {
 	// Window is the maintenance window of every app that has none of its
 	// own, and of the reboots that configuration changes need; nil: any time.
 	Window *Window `json:"-"`
+	// The fields of section 10, checked here for form only (a trust root's
+	// Verify decides on them): Version (0: absent) rises with every signed
+	// document; Issued and Expires (zero: absent); Fleet and Device ("":
+	// absent).
+	Version uint64    `json:"version,omitempty"`
+	Issued  time.Time `json:"issued,omitzero"`
+	Expires time.Time `json:"expires,omitzero"`
+	Fleet   string    `json:"fleet,omitempty"`
+	Device  string    `json:"device,omitempty"`
+}
+
+// topFields are the known top-level fields of a target state.
+var topFields = []string{"apps", "config", "window", "version", "issued", "expires", "fleet", "device"}
+
+// MissingSizes returns the field paths of the files that have no size, in
+// order: with a trust root every file must have one.
+func (s *State) MissingSizes() []string {
+	var out []string
+	for _, an := range sortedKeys(s.Apps) {
+		app := s.Apps[an]
+		for _, sn := range sortedKeys(app.Services) {
+			for i, f := range app.Services[sn].Files {
+				if !f.HasSize {
+					out = append(out, fmt.Sprintf("%s.files[%d].size", member(member(member("apps", an), "services"), sn), i))
+				}
+			}
+		}
+	}
+	return out
 }
 
 // App is the release an app should run and its services.
@@ -70,13 +99,33 @@ type App struct {
 }
 
 // Service is one service of an app: a systemd unit (systemd driver) or shell
-// commands (exec driver), and the files it is made of.
+// commands (exec driver), and the files it is made of; or a container (its
+// entry has "image", spec section 9).
 type Service struct {
 	Unit   string `json:"unit,omitempty"` // systemd driver: unit name
 	Files  []File `json:"files,omitempty"`
 	Stop   string `json:"stop,omitempty"` // exec driver: shell commands
 	Start  string `json:"start,omitempty"`
 	Health string `json:"health,omitempty"`
+	// Image is the container's image (name@sha256:...), when the service
+	// is a container; Container is then its whole entry as written, which
+	// the agent checks with the container driver's parser when it accepts
+	// the target (Parse checks only that the other kinds' keys are absent).
+	Image     string          `json:"-"`
+	Container json.RawMessage `json:"-"`
+}
+
+// IsContainer reports whether s is a container service.
+func (s Service) IsContainer() bool { return s.Container != nil }
+
+// MarshalJSON writes a container service as its entry, any other as its
+// fields.
+func (s Service) MarshalJSON() ([]byte, error) {
+	if s.Container != nil {
+		return s.Container, nil
+	}
+	type plain Service
+	return json.Marshal(plain(s))
 }
 
 // File is one file of a release: where to get it, its digest, where it goes.
@@ -89,6 +138,10 @@ type File struct {
 	// user other than root can write (or that root does not own), which it
 	// refuses otherwise: such a user can replace the file at any time.
 	AllowWritableDir bool `json:"allow_writable_dir,omitempty"`
+	// Size is the file's length in bytes when HasSize: a download that
+	// passes it stops at once.
+	Size    int64 `json:"size,omitempty"`
+	HasSize bool  `json:"-"`
 }
 
 // FileMode is the file's permission bits: 0644 when Mode is empty (absent),
@@ -171,11 +224,14 @@ func Parse(data []byte) (*State, error) {
 	if err := checkSyntax(data); err != nil {
 		return nil, err
 	}
-	top, err := object("", data, "apps", "config", "window")
+	top, err := object("", data, topFields...)
 	if err != nil {
 		return nil, err
 	}
 	st := &State{Apps: map[string]App{}}
+	if err := parseTrustFields(st, top); err != nil {
+		return nil, err
+	}
 	appsRaw, ok := top["apps"]
 	if !ok {
 		return nil, fieldErr("apps", "missing")
@@ -272,6 +328,11 @@ func parseApp(path string, raw json.RawMessage, paths map[string]string) (App, e
 }
 
 func parseService(path string, raw json.RawMessage, paths map[string]string) (Service, error) {
+	if all, err := object(path, raw); err == nil {
+		if _, ok := all["image"]; ok {
+			return parseContainer(path, raw, all)
+		}
+	}
 	m, err := object(path, raw, "unit", "files", "stop", "start", "health")
 	if err != nil {
 		return Service{}, err
@@ -317,16 +378,51 @@ func parseService(path string, raw json.RawMessage, paths map[string]string) (Se
 	return s, nil
 }
 
+// parseContainer keeps a container service's entry; the agent checks its
+// fields (spec section 9) with the container driver.
+func parseContainer(path string, raw json.RawMessage, m map[string]json.RawMessage) (Service, error) {
+	for _, k := range []string{"unit", "files", "start", "stop", "health"} {
+		if _, ok := m[k]; ok {
+			return Service{}, fieldErr(path+"."+k, "a container service (it has \"image\") is run by the container engine: remove %q, or remove \"image\" to run it with --driver", k)
+		}
+	}
+	img, err := requiredString(path+".image", m["image"])
+	if err != nil {
+		return Service{}, err
+	}
+	if img == "" {
+		return Service{}, fieldErr(path+".image", "must not be empty: give name@sha256:<64 hex>")
+	}
+	if err := checkText(path+".image", img); err != nil {
+		return Service{}, err
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		return Service{}, fieldErr(path, "%v", err)
+	}
+	return Service{Image: img, Container: json.RawMessage(buf.Bytes())}, nil
+}
+
 // sidecarSuffixes are names that fetch.Install and Fetch keep next to a
 // file; an install path ending so would collide with another file's.
 var sidecarSuffixes = []string{".part", ".latch-prev", ".latch-absent", ".latch-new"}
 
 func parseFile(path string, raw json.RawMessage) (File, error) {
-	m, err := object(path, raw, "source", "sha256", "path", "mode", "allow_writable_dir")
+	m, err := object(path, raw, "source", "sha256", "path", "mode", "allow_writable_dir", "size")
 	if err != nil {
 		return File{}, err
 	}
 	var f File
+	if raw, ok := m["size"]; ok && !isNull(raw) {
+		n, err := parseCount(path+".size", raw)
+		if err != nil {
+			return File{}, err
+		}
+		if n > 1<<62 {
+			return File{}, fieldErr(path+".size", "%d bytes is beyond any file latch installs", n)
+		}
+		f.Size, f.HasSize = int64(n), true
+	}
 	if f.Source, err = requiredString(path+".source", m["source"]); err != nil {
 		return File{}, err
 	}
@@ -368,6 +464,66 @@ func parseFile(path string, raw json.RawMessage) (File, error) {
 		}
 	}
 	return f, nil
+}
+
+// parseTrustFields reads the section 10 fields for form: version an integer
+// >= 1, issued and expires RFC 3339 times, fleet and device strings.
+func parseTrustFields(st *State, top map[string]json.RawMessage) error {
+	var err error
+	if raw, ok := top["version"]; ok && !isNull(raw) {
+		if st.Version, err = parseCount("version", raw); err != nil {
+			return err
+		}
+		if st.Version < 1 {
+			return fieldErr("version", "is 0: versions start at 1")
+		}
+	}
+	for _, f := range []struct {
+		key string
+		dst *time.Time
+	}{{"issued", &st.Issued}, {"expires", &st.Expires}} {
+		s, err := optionalString(f.key, top[f.key])
+		if err != nil {
+			return err
+		}
+		if s == "" {
+			if raw, ok := top[f.key]; ok && !isNull(raw) {
+				return fieldErr(f.key, "want an RFC 3339 time like \"2026-01-02T15:04:05Z\", got \"\"")
+			}
+			continue
+		}
+		if *f.dst, err = time.Parse(time.RFC3339, s); err != nil {
+			return fieldErr(f.key, "want an RFC 3339 time like \"2026-01-02T15:04:05Z\", got %q", clip(s))
+		}
+	}
+	if !st.Issued.IsZero() && !st.Expires.IsZero() && !st.Expires.After(st.Issued) {
+		return fieldErr("expires", "%s is not after issued %s", st.Expires.Format(time.RFC3339), st.Issued.Format(time.RFC3339))
+	}
+	for _, f := range []struct {
+		key string
+		dst *string
+	}{{"fleet", &st.Fleet}, {"device", &st.Device}} {
+		if *f.dst, err = optionalString(f.key, top[f.key]); err != nil {
+			return err
+		}
+		if err := checkText(f.key, *f.dst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseCount reads a non-negative JSON integer (no fraction, no exponent).
+func parseCount(path string, raw json.RawMessage) (uint64, error) {
+	if kind(raw) != "a number" {
+		return 0, fieldErr(path, "want a non-negative integer, got %s", kind(raw))
+	}
+	t := strings.TrimSpace(string(raw))
+	n, err := strconv.ParseUint(t, 10, 64)
+	if err != nil {
+		return 0, fieldErr(path, "want a non-negative integer, got %s", clip(t))
+	}
+	return n, nil
 }
 
 func parseConfigValue(path string, raw json.RawMessage) (ConfigValue, error) {
@@ -420,6 +576,11 @@ func object(path string, raw json.RawMessage, allowed ...string) (map[string]jso
 				}
 			}
 			if !known {
+				for _, a := range allowed {
+					if strings.EqualFold(k, a) {
+						return nil, fieldErr(member(path, k), "unknown field: spell it %q (field names are exact; a reader that folds case would see another value)", a)
+					}
+				}
 				return nil, fieldErr(member(path, k), "unknown field (known: %s)", strings.Join(allowed, ", "))
 			}
 		}

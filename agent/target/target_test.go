@@ -115,7 +115,11 @@ func TestParseInvalid(t *testing.T) {
 		{"release newline", `{"apps":{"a":{"release":"1\n2","services":{}}}}`, "apps.a.release: must not contain"},
 		{"services missing", `{"apps":{"a":{"release":"1"}}}`, "apps.a.services: missing"},
 		{"service name", `{"apps":{"a":{"release":"1","services":{"s s":{}}}}}`, `apps.a.services["s s"]: name may hold only`},
-		{"service unknown field", `{"apps":{"a":{"release":"1","services":{"s":{"image":"x"}}}}}`, "apps.a.services.s.image: unknown field"},
+		{"service unknown field", `{"apps":{"a":{"release":"1","services":{"s":{"imag":"x"}}}}}`, "apps.a.services.s.imag: unknown field"},
+		{"container with start", `{"apps":{"a":{"release":"1","services":{"s":{"image":"x","start":"y"}}}}}`, "apps.a.services.s.start: a container service"},
+		{"container with files", `{"apps":{"a":{"release":"1","services":{"s":{"files":[],"image":"x"}}}}}`, "apps.a.services.s.files: a container service"},
+		{"container image number", `{"apps":{"a":{"release":"1","services":{"s":{"image":5}}}}}`, "apps.a.services.s.image: want a string"},
+		{"container image empty", `{"apps":{"a":{"release":"1","services":{"s":{"image":""}}}}}`, "apps.a.services.s.image: must not be empty"},
 		{"unit suffix", `{"apps":{"a":{"release":"1","services":{"s":{"unit":"foo"}}}}}`, "apps.a.services.s.unit: want a unit name ending in"},
 		{"unit slash", `{"apps":{"a":{"release":"1","services":{"s":{"unit":"../x.service"}}}}}`, "apps.a.services.s.unit: unit name may hold only"},
 		{"start NUL", `{"apps":{"a":{"release":"1","services":{"s":{"start":"a\u0000b"}}}}}`, "apps.a.services.s.start: contains a NUL"},
@@ -282,5 +286,31 @@ func TestDigest(t *testing.T) {
 	}
 	if Digest([]byte(`{"apps":{}}`)) == Digest([]byte(`{"apps": {}}`)) {
 		t.Errorf("Digest: two different documents got the same digest")
+	}
+}
+
+func TestParseContainer(t *testing.T) {
+	img := "reg.example/ui@sha256:" + strings.Repeat("ab", 32)
+	st, err := Parse([]byte(`{"apps":{"a":{"release":"1","services":{"ui":{"image":"` + img + `", "command": ["/bin/ui"]},"b":{"start":"x"}}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ui, b := st.Apps["a"].Services["ui"], st.Apps["a"].Services["b"]
+	if !ui.IsContainer() || ui.Image != img || b.IsContainer() {
+		t.Fatalf("ui %+v b %+v: want ui a container of %s, b not", ui, b, img)
+	}
+	if want := `{"image":"` + img + `","command":["/bin/ui"]}`; string(ui.Container) != want {
+		t.Fatalf("Container = %s, want %s", ui.Container, want)
+	}
+	out, err := json.Marshal(st.Apps["a"].Services)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Parse([]byte(`{"apps":{"a":{"release":"1","services":` + string(out) + `}}}`))
+	if err != nil {
+		t.Fatalf("re-parse of %s: %v", out, err)
+	}
+	if got := again.Apps["a"].Services["ui"]; string(got.Container) != string(ui.Container) {
+		t.Fatalf("round trip: %s, want %s", got.Container, ui.Container)
 	}
 }
