@@ -61,6 +61,8 @@ type yamlParser struct {
 	depth   int
 	anchors map[string]bool
 	lines   []int // where each line starts, once a position is asked for
+	// propsEnd is where the last anchor or tag ended (-1: none yet).
+	propsEnd int
 }
 
 // parseYAML reads one document. It returns nil, nil when data holds no
@@ -73,7 +75,7 @@ func parseYAML(data []byte) (root *node, err error) {
 	src := strings.ReplaceAll(string(data), "\r\n", "\n")
 	src = strings.ReplaceAll(src, "\r", "\n")
 	src = strings.TrimPrefix(src, "\ufeff")
-	p := &yamlParser{src: src, anchors: map[string]bool{}}
+	p := &yamlParser{src: src, anchors: map[string]bool{}, propsEnd: -1}
 	if i := strings.IndexFunc(src, notPrintable); i >= 0 {
 		return nil, p.errAt(i, fmt.Sprintf("control character %U is not allowed: remove it or write it as an escape in double quotes", []rune(src[i:])[0]))
 	}
@@ -296,13 +298,21 @@ func (p *yamlParser) properties() (tag string) {
 			seenTag = true
 			start := p.pos
 			p.pos++
-			for c := p.peek(); isAlnum(c) || strings.IndexByte("-_.!~*'()%/;?:@&=+$", c) >= 0; c = p.peek() {
+			for c := p.peek(); isAlnum(c) || strings.IndexByte("-_.!~*'()/;?:@&=+$", c) >= 0; c = p.peek() {
 				p.pos++
 			}
 			if !p.blankAt(0) {
 				p.fail("tag %s holds %q: tags are letters, digits and URI characters, then a space", p.src[start:p.pos], p.peek())
 			}
 			tag = p.src[start:p.pos]
+			j := 1
+			for j < len(tag) && (isAlnum(tag[j]) || tag[j] == '_' || tag[j] == '-') {
+				j++
+			}
+			if j > 1 && j < len(tag) && tag[j] == '!' {
+				p.pos = start
+				p.fail("tag %s uses a named handle, which needs a %%TAG directive: write the value without it", tag)
+			}
 			switch {
 			case tag == "!":
 				tag = "" // non-specific: typed as written
@@ -312,6 +322,9 @@ func (p *yamlParser) properties() (tag string) {
 				p.fail("YAML tag %s is not supported: write the value without it", tag)
 			}
 		default:
+			if seenTag || seenAnchor {
+				p.propsEnd = p.pos
+			}
 			return tag
 		}
 		p.skipSpaces()
@@ -324,10 +337,16 @@ func (p *yamlParser) properties() (tag string) {
 func (p *yamlParser) value(indent int, seqHere bool) *node {
 	p.skipSpaces()
 	line, col := p.lineCol()
+	propStart := p.pos
 	tag := p.properties()
+	props := p.pos != propStart
 	if c := p.peek(); c == '#' || c == '\n' || c == 0 {
 		p.endLine()
 		n := p.nextContent()
+		if props && n > indent && p.at(n) == '*' {
+			p.pos += n
+			p.fail("an alias cannot have an anchor or a tag")
+		}
 		switch {
 		case n > indent, n == indent && seqHere && p.at(n) == '-' && p.blankAt(n+1):
 			v := p.block(n, indent)
@@ -467,6 +486,7 @@ func (p *yamlParser) mapping(indent int) *node {
 	m := &node{Kind: mappingNode, Tag: "!!map", Line: line, Column: col}
 	for {
 		kl, kc := p.lineCol()
+		keyStart := p.pos
 		var key *node
 		switch p.peek() {
 		case '"', '\'':
@@ -484,9 +504,10 @@ func (p *yamlParser) mapping(indent int) *node {
 			text, _ := p.plainLine(true)
 			key = &node{Kind: scalarNode, Tag: resolve(text), Value: text, Line: kl, Column: kc}
 		}
-		if p.peek() != ':' {
-			p.fail("want : after the key")
+		if p.peek() != ':' || !p.blankAt(1) {
+			p.fail("want : and a space after the key")
 		}
+		p.checkKey(keyStart, key)
 		p.pos++
 		m.Content = append(m.Content, key, p.value(indent, true))
 		n := p.nextContent()
@@ -502,6 +523,21 @@ func (p *yamlParser) mapping(indent int) *node {
 			p.pos -= n
 			return m
 		}
+	}
+}
+
+// maxKey is the longest a key may be, up to its ":", as yaml libraries read
+// keys.
+const maxKey = 1024
+
+// checkKey refuses a key, from start to the ":" at p.pos, that spans lines or
+// is longer than maxKey.
+func (p *yamlParser) checkKey(start int, key *node) {
+	if line, _ := p.lineCol(); line != key.Line {
+		panic(&yamlError{key.Line, key.Column, "a key and its : must be on one line"})
+	}
+	if p.pos-start > maxKey {
+		panic(&yamlError{key.Line, key.Column, fmt.Sprintf("a key longer than %d characters", maxKey)})
 	}
 }
 
@@ -526,6 +562,10 @@ func (p *yamlParser) sequence(indent int) *node {
 		if c := p.peek(); c == '#' || c == '\n' || c == 0 {
 			p.endLine()
 			n := p.nextContent()
+			if props && n > indent && p.at(n) == '*' {
+				p.pos += n
+				p.fail("an alias cannot have an anchor or a tag")
+			}
 			if n > indent {
 				item = p.block(n, indent)
 			} else {
@@ -551,6 +591,9 @@ func (p *yamlParser) sequence(indent int) *node {
 }
 
 func (p *yamlParser) alias() *node {
+	if p.propsEnd == p.pos {
+		p.fail("an alias cannot have an anchor or a tag")
+	}
 	line, col := p.lineCol()
 	p.pos++
 	start := p.pos
@@ -682,6 +725,7 @@ func (p *yamlParser) flow() *node {
 			if p.peek() == '?' && p.blankAt(1) {
 				p.fail("complex keys (?) are not supported: give plain keys")
 			}
+			keyStart := p.pos
 			key := p.flow()
 			if key.Kind != scalarNode {
 				panic(&yamlError{key.Line, key.Column, "only a plain value can be a key"})
@@ -689,6 +733,7 @@ func (p *yamlParser) flow() *node {
 			p.skipFlowSpace()
 			var val *node
 			if p.peek() == ':' {
+				p.checkKey(keyStart, key)
 				p.pos++
 				p.skipFlowSpace()
 				if c := p.peek(); c == ',' || c == '}' {
@@ -749,31 +794,53 @@ func (p *yamlParser) skipFlowSpace() {
 	}
 }
 
-// plainFlow reads a plain scalar inside a flow collection: one line, up to
-// , [ ] { } or ": ".
+// plainFlow reads a plain scalar inside a flow collection, up to , [ ] { }
+// ? or ": ", its lines folded.
 func (p *yamlParser) plainFlow(line, col int) *node {
 	c := p.peek()
 	if strings.IndexByte("#&!|>%@`?:", c) >= 0 || c == '-' && p.blankAt(1) {
 		p.fail("a value cannot start with %q: quote it", c)
 	}
-	start, end := p.pos, p.pos
-	for !p.eof() {
-		c := p.peek()
-		if c == '\n' || strings.IndexByte(",[]{}", c) >= 0 {
+	var b strings.Builder
+	for {
+		start, end := p.pos, p.pos
+		for !p.eof() {
+			c := p.peek()
+			if c == '\n' || strings.IndexByte(",[]{}?", c) >= 0 {
+				break
+			}
+			if c == ':' && p.blankAt(1) {
+				break
+			}
+			if c == '#' && (p.src[p.pos-1] == ' ' || p.src[p.pos-1] == '\t') {
+				break
+			}
+			p.pos++
+			if c != ' ' && c != '\t' {
+				end = p.pos
+			}
+		}
+		b.WriteString(p.src[start:end])
+		if p.peek() != '\n' {
 			break
 		}
-		if c == ':' && p.blankAt(1) {
-			break
-		}
-		if c == '#' && (p.src[p.pos-1] == ' ' || p.src[p.pos-1] == '\t') {
-			break
-		}
+		// The scalar may go on on the next line: line breaks fold as in
+		// quoted scalars.
+		save := p.pos
 		p.pos++
-		if c != ' ' && c != '\t' {
-			end = p.pos
+		breaks := p.foldBreaks()
+		c := p.peek()
+		if c == 0 || c == '#' || strings.IndexByte(",[]{}?", c) >= 0 || c == ':' && p.blankAt(1) {
+			p.pos = save
+			break
+		}
+		if breaks == 0 {
+			b.WriteByte(' ')
+		} else {
+			b.WriteString(strings.Repeat("\n", breaks))
 		}
 	}
-	v := p.src[start:end]
+	v := b.String()
 	if v == "" {
 		p.fail("a value is missing here")
 	}
