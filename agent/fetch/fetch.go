@@ -39,6 +39,9 @@ var (
 	// ErrChecksum: the content does not have the sha256 the target state
 	// names. The partial download is removed; nothing is installed.
 	ErrChecksum = errors.New("checksum mismatch")
+	// ErrTooLarge: the source sends more than the file's size. The partial
+	// download is removed; nothing is installed.
+	ErrTooLarge = errors.New("file larger than its size")
 	// ErrBusy: another Fetch is downloading to the same destination.
 	ErrBusy = errors.New("download already in progress")
 	// ErrNoPrevious: Restore found an installed file but no previous version.
@@ -85,6 +88,15 @@ const (
 //   - ctx cancels promptly; a cancelled or interrupted download keeps the
 //     .part for the next call to resume.
 func Fetch(ctx context.Context, client *http.Client, src, sha256hex, dest string, progress func(done, total int64)) error {
+	return FetchSized(ctx, client, src, sha256hex, dest, -1, progress)
+}
+
+// FetchSized is Fetch for a file whose size the target state gives (size >=
+// 0; -1: unknown, as Fetch). A download stops at once when it passes size,
+// and a Content-Length or Content-Range total above it is refused before
+// reading: the .part never holds more than size bytes, is removed, and the
+// error wraps ErrTooLarge naming the file, its size and the source.
+func FetchSized(ctx context.Context, client *http.Client, src, sha256hex, dest string, size int64, progress func(done, total int64)) error {
 	want, err := normHex(sha256hex)
 	if err != nil {
 		return fmt.Errorf("fetch %s: %w", src, err)
@@ -111,9 +123,14 @@ func Fetch(ctx context.Context, client *http.Client, src, sha256hex, dest string
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		return fmt.Errorf("fetch %s to %s: %w", src, dest, ErrBusy)
 	}
-	d := &download{ctx: ctx, f: f, h: sha256.New(), progress: progress, part: part}
+	d := &download{ctx: ctx, f: f, h: sha256.New(), progress: progress, part: part, limit: size}
 	if err := d.hashExisting(); err != nil {
 		return fmt.Errorf("fetch %s: resume %s: %w", src, part, err)
+	}
+	if size >= 0 && d.done > size { // left by a download without a size
+		if err := d.restart(); err != nil {
+			return fmt.Errorf("fetch %s: %w", src, err)
+		}
 	}
 	if u.Scheme == "file" {
 		err = d.fromFile(u.Path)
@@ -122,6 +139,11 @@ func Fetch(ctx context.Context, client *http.Client, src, sha256hex, dest string
 			client = http.DefaultClient
 		}
 		err = d.fromHTTP(client, src)
+	}
+	if errors.Is(err, ErrTooLarge) {
+		f.Close()
+		os.Remove(part)
+		return fmt.Errorf("fetch %s to %s: the target state gives it %d bytes: %w; nothing was kept: fix the file's size or its source", src, dest, size, err)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -168,6 +190,15 @@ type download struct {
 	progress func(done, total int64)
 	part     string
 	buf      []byte
+	limit    int64 // the file's size from the target state, -1: unknown
+}
+
+// checkTotal refuses a source that announces more than the file's size.
+func (d *download) checkTotal(total int64, what string) error {
+	if d.limit >= 0 && total > d.limit {
+		return fmt.Errorf("the source announces %s %d: %w", what, total, ErrTooLarge)
+	}
+	return nil
 }
 
 // hashExisting hashes what a previous Fetch left in the .part.
@@ -211,6 +242,9 @@ func (d *download) copyFrom(r io.Reader) error {
 			return err
 		}
 		n, rerr := r.Read(buf)
+		if d.limit >= 0 && d.done+int64(n) > d.limit {
+			return fmt.Errorf("the source sent more than %d bytes: %w", d.limit, ErrTooLarge)
+		}
 		if n > 0 {
 			if _, err := d.f.Write(buf[:n]); err != nil {
 				return fmt.Errorf("write %s: %w", d.part, err)
@@ -256,6 +290,9 @@ func (d *download) fromFile(path string) error {
 		return err
 	}
 	d.total = st.Size()
+	if err := d.checkTotal(d.total, "a file of"); err != nil {
+		return err
+	}
 	if d.done > d.total {
 		if err := d.restart(); err != nil {
 			return err
@@ -299,6 +336,9 @@ func (d *download) response(resp *http.Response) (retry bool, err error) {
 				return false, err
 			}
 		}
+		if err := d.checkTotal(resp.ContentLength, "Content-Length"); err != nil {
+			return false, err
+		}
 		d.total = resp.ContentLength
 		return false, d.copyFrom(resp.Body)
 	case http.StatusPartialContent:
@@ -308,6 +348,14 @@ func (d *download) response(resp *http.Response) (retry bool, err error) {
 				return false, err
 			}
 			return true, fmt.Errorf("server answered range %q to a request from byte %d", resp.Header.Get("Content-Range"), d.done)
+		}
+		if err := d.checkTotal(total, "a total length of"); err != nil {
+			return false, err
+		}
+		if resp.ContentLength >= 0 {
+			if err := d.checkTotal(d.done+resp.ContentLength, "a length of"); err != nil {
+				return false, err
+			}
 		}
 		d.total = total
 		return false, d.copyFrom(resp.Body)
