@@ -350,6 +350,9 @@ func (p *yamlParser) value(indent int, seqHere bool) *node {
 		switch {
 		case n > indent, n == indent && seqHere && p.at(n) == '-' && p.blankAt(n+1):
 			v := p.block(n, indent)
+			if props {
+				v.Line, v.Column = line, col // a node starts at its properties
+			}
 			return p.tagged(v, tag)
 		}
 		return p.tagged(&node{Kind: scalarNode, Tag: "!!null", Line: line, Column: col}, tag)
@@ -574,6 +577,9 @@ func (p *yamlParser) sequence(indent int) *node {
 		} else {
 			item = p.inline(indent, !props) // a collection with properties starts on its own line
 		}
+		if props {
+			item.Line, item.Column = el, ec
+		}
 		s.Content = append(s.Content, p.tagged(item, tag))
 		n := p.nextContent()
 		if n < indent {
@@ -743,7 +749,8 @@ func (p *yamlParser) flow() *node {
 					val = p.flow()
 				}
 			} else {
-				val = &node{Kind: scalarNode, Tag: "!!null", Line: key.Line, Column: key.Column}
+				l, c := p.lineCol()
+				val = &node{Kind: scalarNode, Tag: "!!null", Line: l, Column: c}
 			}
 			n.Content = append(n.Content, key, val)
 			p.skipFlowSpace()

@@ -9,14 +9,18 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// dumpOurs and dumpTheirs print a tree in one notation, so that the
-// parser here can be compared with a full YAML implementation.
+// dumpOurs and dumpTheirs print a tree in one notation, each scalar with its
+// line (errors name it), so that the parser here can be compared with a full
+// YAML implementation.
 func dumpOurs(n *node) string {
 	switch n.Kind {
 	case scalarNode:
-		return fmt.Sprintf("%s%q", n.Tag, n.Value)
+		if n.Tag == "!!null" && n.Value == "" {
+			return "null" // an empty value: its position is not in any message
+		}
+		return fmt.Sprintf("%d:%s%q", n.Line, n.Tag, n.Value)
 	case aliasNode:
-		return "*" + n.Value
+		return fmt.Sprintf("%d:*%s", n.Line, n.Value)
 	}
 	var b strings.Builder
 	b.WriteString(map[nodeKind]string{mappingNode: "{", sequenceNode: "["}[n.Kind])
@@ -32,9 +36,12 @@ func dumpTheirs(n *yaml.Node) string {
 	case yaml.DocumentNode:
 		return dumpTheirs(n.Content[0])
 	case yaml.ScalarNode:
-		return fmt.Sprintf("%s%q", n.Tag, n.Value)
+		if n.Tag == "!!null" && n.Value == "" {
+			return "null"
+		}
+		return fmt.Sprintf("%d:%s%q", n.Line, n.Tag, n.Value)
 	case yaml.AliasNode:
-		return "*" + n.Value
+		return fmt.Sprintf("%d:*%s", n.Line, n.Value)
 	}
 	var b strings.Builder
 	b.WriteString(map[yaml.Kind]string{yaml.MappingNode: "{", yaml.SequenceNode: "["}[n.Kind])
