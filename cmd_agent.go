@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"os/user"
@@ -20,8 +21,10 @@ import (
 
 	"latch/agent"
 	"latch/agent/api"
+	"latch/agent/docker"
 	"latch/agent/execdriver"
 	"latch/agent/lock"
+	"latch/agent/registry"
 	"latch/agent/target"
 	"latch/store"
 	"latch/systemd"
@@ -87,6 +90,10 @@ func runAgent(ctx context.Context, args []string) error {
 		maxDefer    = fs.Duration("max-defer", 0, "bound how long an app's update waits for its locks, from the first time one blocked it (0: no bound; an app's \"max_defer\" in the target wins)")
 		onMaxDefer  = fs.String("on-max-defer", agent.MaxDeferWait, "past the --max-defer deadline: wait (the status says how late), force (the update is forced, journalled as such) or fail (the app's update is given up)")
 	)
+	dockerHost := fs.String("docker-host", docker.DefaultHost(), "container engine of the services with \"image\" (spec section 9): unix:///path/to/engine.sock or tcp://HOST:PORT; contacted only when a target has a container service")
+	registryAuth := fs.String("registry-auth", "", "docker config.json whose \"auths\" give the registry credentials for container images (basic or token auth; credential helpers are not run)")
+	var insecureRegistries listFlag
+	fs.Var(&insecureRegistries, "insecure-registry", "HOST:PORT of a registry spoken to over plain HTTP, without TLS (repeat for more than one); every other registry is HTTPS only")
 	fs.Var(&lockUIDFlag, "lock-uid", fmt.Sprintf("owner (uid and gid, 0 to %d) of the agent's lock entries; 0 makes them root's (when not run as root: the agent's own uid)", maxID))
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -204,9 +211,21 @@ func runAgent(ctx context.Context, args []string) error {
 	} else {
 		logf("warning: target states are not verified (no --trust-key): only root may push one through the API socket, and a target file or URL must be writable by root alone")
 	}
+	engine := &agent.ContainerEngine{Host: *dockerHost}
+	engine.Registry.Insecure = insecureRegistries
+	if *registryAuth != "" {
+		creds, err := registry.LoadDockerConfig(*registryAuth)
+		if err != nil {
+			return &exitError{code: exitUsage, msg: fmt.Sprintf("--registry-auth %s: %v (want a docker config.json with \"auths\")", *registryAuth, err)}
+		}
+		engine.Registry.Credentials = creds
+	}
+	if _, err := docker.NewClient(*dockerHost); err != nil {
+		return &exitError{code: exitUsage, msg: fmt.Sprintf("--docker-host %s: %v (want unix:///path/to/engine.sock or tcp://HOST:PORT)", *dockerHost, err)}
+	}
 	switch *driverName {
 	case "exec":
-		cfg.Driver = &execAdapter{d: &execdriver.Driver{
+		cfg.Driver = &execAdapter{eng: engine, d: &execdriver.Driver{
 			RebootCommand:   *rebootCmd,
 			ShutdownCommand: *shutdownCmd,
 			Env:             []string{"LATCH_CONFIG_FILE=" + filepath.Join(p.stateDir, "config.env")},
@@ -219,7 +238,7 @@ func runAgent(ctx context.Context, args []string) error {
 			return fmt.Errorf("connect to systemd: %w (on a board without systemd use --driver exec)", err)
 		}
 		defer units.Close()
-		cfg.Driver = &systemdAdapter{u: units, restarts: map[string]uint32{}}
+		cfg.Driver = &systemdAdapter{eng: engine, u: units, restarts: map[string]uint32{}}
 	default:
 		return &exitError{code: exitUsage, msg: fmt.Sprintf("--driver %q: want systemd or exec", *driverName)}
 	}
@@ -284,7 +303,13 @@ func absOrEmpty(p string) string {
 }
 
 // execAdapter drives services with the exec driver's shell commands.
-type execAdapter struct{ d *execdriver.Driver }
+type execAdapter struct {
+	d   *execdriver.Driver
+	eng *agent.ContainerEngine
+}
+
+// Containers is the engine of the target's container services.
+func (x *execAdapter) Containers() *agent.ContainerEngine { return x.eng }
 
 func (x *execAdapter) svc(s agent.Service) execdriver.Service {
 	return execdriver.Service{
@@ -317,10 +342,14 @@ func (n safeStatus) Status(line string) error { return n.Notifier.Status(termSaf
 // systemdAdapter drives services as systemd units over D-Bus. Before a unit
 // starts it gets the drop-in that shows it its own lock at /tmp/balena.
 type systemdAdapter struct {
+	eng      *agent.ContainerEngine
 	u        *systemd.Units
 	mu       sync.Mutex
 	restarts map[string]uint32 // guarded by mu: NRestarts of each unit when it was started
 }
+
+// Containers is the engine of the target's container services.
+func (x *systemdAdapter) Containers() *agent.ContainerEngine { return x.eng }
 
 func unitOf(s agent.Service) (string, error) {
 	if s.Spec.Unit == "" {
@@ -431,6 +460,18 @@ const maxID = min(4294967294, math.MaxInt)
 
 // idFlag holds a uid or gid flag as written; parseID checks it after
 // parsing, so that the message can name the range.
+// listFlag is a flag that may be repeated.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	if _, _, err := net.SplitHostPort(v); err != nil || strings.ContainsAny(v, "/ ") {
+		return fmt.Errorf("want HOST:PORT, like 192.168.1.10:5000, got %q", v)
+	}
+	*l = append(*l, v)
+	return nil
+}
+
 type idFlag struct{ raw string }
 
 func (f *idFlag) String() string     { return f.raw }

@@ -389,14 +389,12 @@ func (w *applyWorker) inRollback() bool {
 }
 
 func (w *applyWorker) forward(ctx context.Context) error {
-	a, drv := w.a, w.a.cfg.Driver
+	a := w.a
 	step := context.WithoutCancel(ctx)
 	for i := range w.plan {
 		rank := phaseRank[w.ap.Steps[i].Phase]
-		svc := w.service(i)
 		if rank < phaseRank[phaseStopped] {
-			old := w.running(i)
-			if err := w.do(ctx, i, phaseStopping, phaseStopped, func() error { return drv.Stop(step, old) }); err != nil {
+			if err := w.do(ctx, i, phaseStopping, phaseStopped, func() error { return w.stopSvc(step, i, true) }); err != nil {
 				return fmt.Errorf("stop %s: %w", w.plan[i].Svc, err)
 			}
 		}
@@ -409,7 +407,7 @@ func (w *applyWorker) forward(ctx context.Context) error {
 			}
 		}
 		if rank < phaseRank[phaseStarted] {
-			if err := w.do(ctx, i, phaseStarting, phaseStarted, func() error { return drv.Start(step, svc) }); err != nil {
+			if err := w.do(ctx, i, phaseStarting, phaseStarted, func() error { return w.startSvc(step, i, false) }); err != nil {
 				return fmt.Errorf("start %s: %w", w.plan[i].Svc, err)
 			}
 		}
@@ -434,13 +432,14 @@ func (w *applyWorker) forward(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := drv.Health(step, w.service(i)); err != nil {
+		if err := w.healthSvc(step, i); err != nil {
 			return fmt.Errorf("health check of %s: %w", w.plan[i].Svc, err)
 		}
 		if err := w.setPhase(i, phaseHealthy); err != nil {
 			return err
 		}
 	}
+	w.dropOldContainers(step)
 	return nil
 }
 
@@ -486,7 +485,6 @@ func (w *applyWorker) install(i int) error {
 // was touched is stopped, its previous files restored, and started again.
 // It returns cause (with the rollback's own failures appended).
 func (w *applyWorker) restore(ctx context.Context, cause error) error {
-	drv := w.a.cfg.Driver
 	step := context.WithoutCancel(ctx)
 	var problems []string
 	for i := len(w.plan) - 1; i >= 0; i-- {
@@ -507,7 +505,7 @@ func (w *applyWorker) restore(ctx context.Context, cause error) error {
 				return err
 			}
 			if started && !w.plan[i].Remove {
-				if err := drv.Stop(step, w.service(i)); err != nil {
+				if err := w.stopSvc(step, i, false); err != nil {
 					problems = append(problems, fmt.Sprintf("stop %s: %v", w.plan[i].Svc, err))
 				}
 			}
@@ -521,7 +519,7 @@ func (w *applyWorker) restore(ctx context.Context, cause error) error {
 				problems = append(problems, fmt.Sprintf("restore %s: %v", f.Path, err))
 			}
 		}
-		if err := drv.Start(step, w.running(i)); err != nil {
+		if err := w.startSvc(step, i, true); err != nil {
 			problems = append(problems, fmt.Sprintf("restart %s: %v", w.plan[i].Svc, err))
 		}
 		if err := w.setPhase(i, phaseRestored); err != nil {

@@ -38,8 +38,16 @@ func (a *Agent) startDownload() {
 	a.st.downloading, a.st.cancelDownload = true, cancel
 	files := slices.Clone(p.Files)
 	id, client := p.ID, a.cfg.HTTPClient
+	plan := slices.Clone(a.st.plan)
+	tgt := a.st.tgt
 	go func() {
 		defer cancel()
+		if tgt != nil {
+			if err := checkContainers(tgt); err != nil {
+				a.send(dlDone{id: id, err: err})
+				return
+			}
+		}
 		for i, f := range files {
 			dest := a.staged(f.SHA256)
 			if f.Complete {
@@ -67,6 +75,10 @@ func (a *Agent) startDownload() {
 				size = fi.Size()
 			}
 			a.send(dlProgress{id: id, file: i, done: size, total: size, complete: true})
+		}
+		if err := a.pullImages(ctx, id, plan); err != nil {
+			a.send(dlDone{id: id, err: err})
+			return
 		}
 		a.send(dlDone{id: id})
 	}()
@@ -125,8 +137,9 @@ func (a *Agent) onDownloaded(ev dlDone) {
 		s.retryAt = time.Time{}
 	case errors.Is(ev.err, context.Canceled):
 		// Shutting down or superseded: the partial file stays for the resume.
-	case errors.Is(ev.err, fetch.ErrChecksum):
-		// A file that does not match the signed digest rejects the update.
+	case errors.Is(ev.err, fetch.ErrChecksum) || imageRefused(ev.err):
+		// A file that does not match the signed digest rejects the update,
+		// and so does an image that can never run here.
 		a.journal(func(tx *store.Tx) error {
 			p.State, p.Reason, p.Updated = store.Failed, ev.err.Error(), time.Now()
 			if err := tx.PutPending(p); err != nil {

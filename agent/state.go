@@ -41,6 +41,11 @@ type loopState struct {
 	fileDone       []int64 // bytes done per pending file
 	fileTotal      []int64 // size per pending file, -1 unknown
 	lastJournalled time.Time
+	// pulls is the progress of each container image of the pending
+	// update, by reference.
+	pulls map[string]pullProgress
+	// pulledBytes counts image bytes received from registries.
+	pulledBytes int64
 
 	applying     bool
 	applyPlan    []planned    // the part of plan in flight: the services of one app
@@ -92,9 +97,12 @@ type planned struct {
 	Spec    target.Service // the new release's service; the running one when Remove
 	// Old is the service as it runs now, when the running target is known:
 	// its stop command stops it, and a rollback starts it again.
-	Old    *target.Service
-	Remove bool
-	Files  []int // indexes into pending.Files
+	Old *target.Service
+	// OldRelease is the release Old belongs to (a container's name and
+	// labels carry it); "" when Old is nil.
+	OldRelease string
+	Remove     bool
+	Files      []int // indexes into pending.Files
 }
 
 func (s *loopState) init() {
@@ -197,7 +205,7 @@ func makePlan(st *target.State, apps map[string]store.App, running *target.State
 		for _, svc := range sortedKeys(svcs) {
 			p := planned{Svc: lock.Service{App: app, Service: svc}, Release: ta.Release}
 			if o, ok := old[svc]; ok {
-				p.Old = &o
+				p.Old, p.OldRelease = &o, cur.Current
 			}
 			if spec, stays := ta.Services[svc]; stays {
 				p.Spec = spec
@@ -442,6 +450,8 @@ func (a *Agent) handle(ev any) {
 		a.onProgress(ev)
 	case dlDone:
 		a.onDownloaded(ev)
+	case pullProgress:
+		a.onPullProgress(ev)
 	case applyDone:
 		a.onApplied(ev)
 	case rebootDone:

@@ -1,0 +1,396 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"latch/agent/docker"
+	"latch/agent/registry"
+	"latch/agent/target"
+)
+
+// ContainerEngine runs the container services of a target (spec section 9):
+// the registry client fetches their images into the state dir, the engine
+// loads and runs them. It connects on first use, so a device whose targets
+// have no container service never needs an engine.
+type ContainerEngine struct {
+	Host     string           // --docker-host
+	Registry registry.Options // credentials (--registry-auth), --insecure-registry
+
+	mu  sync.Mutex
+	drv *docker.Driver
+	reg *registry.Client
+}
+
+// ContainerRunner is implemented by a Driver that also runs container
+// services; Containers returns nil when it does not.
+type ContainerRunner interface {
+	Containers() *ContainerEngine
+}
+
+func (e *ContainerEngine) clients() (*docker.Driver, *registry.Client, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.drv == nil {
+		d, err := docker.New(e.Host)
+		if err != nil {
+			return nil, nil, fmt.Errorf("container engine %s: %w (set it with --docker-host)", e.Host, err)
+		}
+		r, err := registry.New(e.Registry)
+		if err != nil {
+			return nil, nil, fmt.Errorf("registry client: %w", err)
+		}
+		e.drv, e.reg = d, r
+	}
+	return e.drv, e.reg, nil
+}
+
+// engine is the agent's container engine, or an error saying how to get one.
+func (a *Agent) engine() (*docker.Driver, *registry.Client, error) {
+	if r, ok := a.cfg.Driver.(ContainerRunner); ok {
+		if e := r.Containers(); e != nil {
+			d, c, err := e.clients()
+			if err == nil && d.Logf == nil {
+				d.Logf = a.cfg.Logf
+			}
+			return d, c, err
+		}
+	}
+	return nil, nil, errors.New("the target has container services (\"image\") but this agent runs no container engine: start it with --docker-host")
+}
+
+// checkContainers checks every container service of st with the container
+// driver's parser and its dependency order: an error names the app, the
+// service and the field.
+func checkContainers(st *target.State) error {
+	for _, app := range sortedKeys(st.Apps) {
+		specs := map[string]docker.Spec{}
+		for _, name := range sortedKeys(st.Apps[app].Services) {
+			svc := st.Apps[app].Services[name]
+			if !svc.IsContainer() {
+				continue
+			}
+			spec, err := docker.ParseSpec(svc.Container)
+			if err != nil {
+				return fmt.Errorf("%w: apps.%s.services.%s: %w", target.ErrInvalid, app, name, err)
+			}
+			if _, err := registry.ParsePinned(spec.Image); err != nil {
+				return fmt.Errorf("%w: apps.%s.services.%s.image: %w", target.ErrInvalid, app, name, err)
+			}
+			specs[name] = spec
+		}
+		if len(specs) > 0 {
+			if _, err := docker.Order(specs); err != nil {
+				return fmt.Errorf("%w: apps.%s.services: %w", target.ErrInvalid, app, err)
+			}
+		}
+	}
+	return nil
+}
+
+// blobDir holds the registry blobs of container images (resumed across
+// restarts); loadedDir says, per image reference, which engine image it
+// was loaded as.
+func (a *Agent) blobDir() string   { return filepath.Join(a.cfg.StateDir, "blobs") }
+func (a *Agent) loadedDir() string { return filepath.Join(a.cfg.StateDir, "images") }
+
+func (a *Agent) loadedPath(ref registry.Reference) string {
+	return filepath.Join(a.loadedDir(), strings.TrimPrefix(ref.Digest, "sha256:"))
+}
+
+// loadedImage is the engine's image ID for ref, when latch loaded it and the
+// engine still has it ("" otherwise).
+func (a *Agent) loadedImage(ctx context.Context, drv *docker.Driver, ref registry.Reference) string {
+	b, err := os.ReadFile(a.loadedPath(ref))
+	if err != nil {
+		return ""
+	}
+	id := strings.TrimSpace(string(b))
+	if !registry.ValidDigest(id) {
+		return ""
+	}
+	if _, err := drv.Client.InspectImage(ctx, id); err != nil {
+		return ""
+	}
+	return id
+}
+
+// pullProgress is what the download worker reports of an image.
+type pullProgress struct {
+	id                   string
+	image                string // the reference
+	done, total, fetched int64
+	complete             bool
+}
+
+// pullImages fetches and loads the images of the container services the
+// plan starts. It needs no lock: loading never touches a container. Each
+// image's blobs go to blobDir (a partial one resumes where it stopped); an
+// image the engine has from an earlier load is not fetched again.
+func (a *Agent) pullImages(ctx context.Context, id string, plan []planned) error {
+	var refs []registry.Reference
+	seen := map[string]bool{}
+	for _, pl := range plan {
+		if pl.Remove || !pl.Spec.IsContainer() {
+			continue
+		}
+		spec, err := docker.ParseSpec(pl.Spec.Container)
+		if err != nil {
+			return fmt.Errorf("%w: apps.%s.services.%s: %w", target.ErrInvalid, pl.Svc.App, pl.Svc.Service, err)
+		}
+		ref, err := registry.ParsePinned(spec.Image)
+		if err != nil {
+			return fmt.Errorf("%w: apps.%s.services.%s.image: %w", target.ErrInvalid, pl.Svc.App, pl.Svc.Service, err)
+		}
+		if !seen[spec.Image] {
+			seen[spec.Image] = true
+			refs = append(refs, ref)
+		}
+	}
+	if len(refs) == 0 {
+		return nil
+	}
+	drv, reg, err := a.engine()
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{a.blobDir(), a.loadedDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("image download directory: %w", err)
+		}
+	}
+	for _, ref := range refs {
+		if err := a.pullImage(ctx, id, drv, reg, ref); err != nil {
+			return fmt.Errorf("image %s: %w", ref, err)
+		}
+	}
+	return nil
+}
+
+func (a *Agent) pullImage(ctx context.Context, id string, drv *docker.Driver, reg *registry.Client, ref registry.Reference) error {
+	if a.loadedImage(ctx, drv, ref) != "" {
+		return nil
+	}
+	img, err := reg.Image(ctx, ref)
+	if err != nil {
+		return err
+	}
+	total := img.Size()
+	blobDone := map[string]int64{}
+	var fetched int64
+	var last time.Time
+	report := func(complete bool) {
+		var done int64
+		for _, d := range blobDone {
+			done += d
+		}
+		ev := pullProgress{id: id, image: ref.String(), done: done, total: total, fetched: fetched, complete: complete}
+		if complete {
+			a.send(ev)
+			return
+		}
+		if time.Since(last) < progressEvery {
+			return
+		}
+		last = time.Now()
+		select {
+		case a.events <- ev:
+		default:
+		}
+	}
+	var prevFetched map[string]int64 = map[string]int64{}
+	progress := func(p registry.Progress) {
+		blobDone[p.Digest] = p.Done
+		fetched += p.Fetched - prevFetched[p.Digest]
+		prevFetched[p.Digest] = p.Fetched
+		report(false)
+	}
+	if _, err := reg.FetchConfig(ctx, img, a.blobDir(), progress); err != nil {
+		return err
+	}
+	// The engine may have the image already (loaded by someone else, or
+	// by an earlier run whose record was lost): its ID is its config digest.
+	if _, err := drv.Client.InspectImage(ctx, img.Config.Digest); err != nil {
+		for _, l := range img.Layers {
+			if _, err := reg.FetchBlob(ctx, img.Ref, l.Digest, l.Size, a.blobDir(), progress); err != nil {
+				return err
+			}
+		}
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(registry.WriteDockerArchive(pw, img, a.blobDir(), "")) }()
+		_, err := drv.Client.LoadImage(ctx, pr)
+		pr.CloseWithError(io.ErrClosedPipe)
+		if err != nil {
+			return fmt.Errorf("load into the engine: %w", err)
+		}
+		if _, err := drv.Client.InspectImage(ctx, img.Config.Digest); err != nil {
+			return fmt.Errorf("the engine does not have %s after loading it: %w", img.Config.Digest, err)
+		}
+	}
+	if err := writeFileAtomic(a.loadedPath(ref), []byte(img.Config.Digest+"\n"), 0o600); err != nil {
+		return fmt.Errorf("record the loaded image: %w", err)
+	}
+	for _, b := range append([]registry.Blob{img.Config}, img.Layers...) {
+		blobDone[b.Digest] = b.Size
+	}
+	report(true)
+	return nil
+}
+
+// containerService is the container driver's view of service i of an
+// apply: as the new release has it, or (running) as it runs now.
+func (w *applyWorker) containerService(ctx context.Context, i int, running bool) (docker.Service, bool, error) {
+	pl := w.plan[i]
+	spec, release := pl.Spec, pl.Release
+	if running || pl.Remove {
+		if pl.Old == nil {
+			if pl.Remove {
+				return docker.Service{}, false, nil
+			}
+			// No known running release: the new one stands in (as for
+			// the other drivers).
+		} else {
+			spec, release = *pl.Old, pl.OldRelease
+		}
+	}
+	if !spec.IsContainer() {
+		return docker.Service{}, false, nil
+	}
+	ds, err := docker.ParseSpec(spec.Container)
+	if err != nil {
+		return docker.Service{}, true, fmt.Errorf("%s: %w", pl.Svc, err)
+	}
+	s := docker.Service{App: pl.Svc.App, Service: pl.Svc.Service, Release: release, Spec: ds, LockDir: w.a.cfg.Layout.ServiceDir(pl.Svc)}
+	return s, true, nil
+}
+
+// The apply's driver calls: a container service goes to the engine, any
+// other to --driver.
+
+func (w *applyWorker) stopSvc(ctx context.Context, i int, running bool) error {
+	cs, isC, err := w.containerService(ctx, i, running)
+	if err != nil {
+		return err
+	}
+	if !isC {
+		if running {
+			return w.a.cfg.Driver.Stop(ctx, w.running(i))
+		}
+		return w.a.cfg.Driver.Stop(ctx, w.service(i))
+	}
+	drv, _, err := w.a.engine()
+	if err != nil {
+		return err
+	}
+	if !running {
+		// A rollback undoes the new container: it is removed.
+		return drv.Remove(ctx, cs)
+	}
+	return drv.Stop(ctx, cs)
+}
+
+func (w *applyWorker) startSvc(ctx context.Context, i int, running bool) error {
+	cs, isC, err := w.containerService(ctx, i, running)
+	if err != nil {
+		return err
+	}
+	if !isC {
+		if running {
+			return w.a.cfg.Driver.Start(ctx, w.running(i))
+		}
+		return w.a.cfg.Driver.Start(ctx, w.service(i))
+	}
+	drv, _, err := w.a.engine()
+	if err != nil {
+		return err
+	}
+	if !running {
+		ref, err := registry.ParsePinned(cs.Spec.Image)
+		if err != nil {
+			return err
+		}
+		cs.Image = w.a.loadedImage(ctx, drv, ref)
+		if cs.Image == "" {
+			return fmt.Errorf("image %s of %s is not loaded in the engine (it is loaded when the update downloads)", cs.Spec.Image, w.plan[i].Svc)
+		}
+		if _, err := drv.Create(ctx, cs); err != nil {
+			return err
+		}
+	}
+	return drv.Start(ctx, cs)
+}
+
+func (w *applyWorker) healthSvc(ctx context.Context, i int) error {
+	cs, isC, err := w.containerService(ctx, i, false)
+	if err != nil {
+		return err
+	}
+	if !isC {
+		return w.a.cfg.Driver.Health(ctx, w.service(i))
+	}
+	drv, _, err := w.a.engine()
+	if err != nil {
+		return err
+	}
+	// The apply has waited --health-wait already: the container must be
+	// running now, and healthy when its image has a HEALTHCHECK.
+	return drv.Health(ctx, cs, 0)
+}
+
+// dropOldContainers removes, once an app's apply is healthy, the containers
+// of its previous release (kept stopped for the rollback until then) and
+// those of the services the target dropped. A failure is logged: a stopped
+// container left behind changes nothing that runs.
+func (w *applyWorker) dropOldContainers(ctx context.Context) {
+	for i, pl := range w.plan {
+		if pl.Old == nil || !pl.Old.IsContainer() || (!pl.Remove && pl.OldRelease == pl.Release) {
+			continue
+		}
+		cs, isC, err := w.containerService(ctx, i, true)
+		if err != nil || !isC {
+			continue
+		}
+		drv, _, err := w.a.engine()
+		if err != nil {
+			return
+		}
+		if err := drv.Remove(ctx, cs); err != nil {
+			w.a.logf("remove the container of %s release %s: %v", pl.Svc, cs.Release, err)
+		}
+	}
+}
+
+// imageRefused reports whether a container image error is about the target
+// (it will never succeed as it is) rather than the network or the registry's
+// state: the update is then rejected, not retried.
+func imageRefused(err error) bool {
+	for _, e := range []error{target.ErrInvalid, registry.ErrDigestMismatch, registry.ErrSizeMismatch, registry.ErrNoPlatform,
+		registry.ErrWrongPlatform, registry.ErrNotPinned, registry.ErrUnsupportedMediaType} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Agent) onPullProgress(ev pullProgress) {
+	s := &a.st
+	if s.pending == nil || s.pending.ID != ev.id {
+		return
+	}
+	if s.pulls == nil {
+		s.pulls = map[string]pullProgress{}
+	}
+	if d := ev.fetched - s.pulls[ev.image].fetched; d > 0 {
+		s.pulledBytes += d
+		s.downloadedBytes += d
+	}
+	s.pulls[ev.image] = ev
+}
