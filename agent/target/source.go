@@ -340,7 +340,10 @@ const requestTimeout = time.Minute
 // (±10% jitter), sending each new document on out, until ctx ends; it then
 // returns nil. HTTP polls send If-None-Match with the last ETag, and a 304
 // sends nothing; neither does a document identical to the last one sent. The
-// X-Latch-Signature header (or, for a file URL, FILE.sig) becomes Doc.Sig.
+// X-Latch-Signature header becomes Doc.Sig; without it, <url>.sig does (a
+// 404: no signature; another failure is an error, retried like the
+// document's), fetched after the document and paired with it only if the
+// document is unchanged after (see get). For a file URL FILE.sig does.
 // Errors go to onErr (if not nil) and are never fatal: after n failures in a
 // row the wait is interval·2ⁿ, capped at 32·interval or an hour, whichever is
 // smaller (but never below interval), and success resets it. A file URL is
@@ -429,6 +432,9 @@ type poller struct {
 	lastData []byte
 	lastSig  []byte
 	sent     bool
+	// headerSig: the last document delivered came with X-Latch-Signature,
+	// so a 304 means nothing changed (else its .sig is fetched again).
+	headerSig bool
 }
 
 // poll returns the document if it changed since the last one, nil if not.
@@ -461,41 +467,97 @@ func (p *poller) poll(ctx context.Context) (*Doc, error) {
 	return doc, nil
 }
 
+// sigTries bounds how often get fetches a document and its <url>.sig again
+// when the document changed in between.
+const sigTries = 3
+
+// get fetches the document and, when the answer carries no
+// X-Latch-Signature header, <url>.sig (404: no signature), also when the
+// document is not modified (a signature may be added to it). The signature is
+// fetched after the document and the document is then asked for again (by
+// its ETag, or compared byte for byte), so that a .sig is never paired with
+// a document it was not fetched for; on a change both are fetched again.
+// The ETag is remembered only for a document delivered whole.
 func (p *poller) get(ctx context.Context) (*Doc, error) {
 	if p.client.Timeout == 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.raw, nil)
+	for try := 0; try < sigTries; try++ {
+		r, err := p.fetch(ctx, p.raw, p.etag, true)
+		if err != nil || r.notModified && p.headerSig {
+			return nil, err
+		}
+		if r.notModified { // the same document: its .sig may have changed
+			r.data, r.header = p.lastData, http.Header{"Etag": {p.etag}}
+		}
+		doc := &Doc{Data: r.data, Source: p.raw}
+		if s := r.header.Get("X-Latch-Signature"); s != "" {
+			doc.Sig = []byte(s)
+			p.etag, p.headerSig = r.header.Get("ETag"), true
+			return doc, nil
+		}
+		sig, err := p.fetch(ctx, p.raw+".sig", "", false)
+		if err != nil {
+			return nil, err
+		}
+		if !sig.missing {
+			doc.Sig = sig.data
+		}
+		etag := r.header.Get("ETag")
+		again, err := p.fetch(ctx, p.raw, etag, true)
+		if err != nil {
+			return nil, err
+		}
+		if again.notModified && etag != "" || !again.notModified && again.header.Get("X-Latch-Signature") == "" && bytes.Equal(again.data, r.data) {
+			p.etag, p.headerSig = etag, false
+			return doc, nil
+		}
+	}
+	return nil, fmt.Errorf("poll %s: the document changed while its signature %s.sig was fetched, %d times in a row: will try again", p.raw, p.raw, sigTries)
+}
+
+// answer is one HTTP answer of a poll.
+type answer struct {
+	data        []byte
+	header      http.Header
+	notModified bool // 304 to If-None-Match
+	missing     bool // 404, when allowed
+}
+
+// fetch GETs rawURL (If-None-Match etag when not ""); a 404 is an answer
+// with missing set unless doc (the document itself must exist).
+func (p *poller) fetch(ctx context.Context, rawURL, etag string, doc bool) (answer, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
-		return nil, fmt.Errorf("poll %s: %w", p.raw, err)
+		return answer{}, fmt.Errorf("poll %s: %w", rawURL, err)
 	}
-	if p.etag != "" {
-		req.Header.Set("If-None-Match", p.etag)
+	if etag != "" {
+		req.Header.Set("If-None-Match", etag)
 	}
-	req.Header.Set("Accept", "application/json")
+	if doc {
+		req.Header.Set("Accept", "application/json")
+	}
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("poll: %w", err)
+		return answer{}, fmt.Errorf("poll: %w", err)
 	}
 	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusNotModified:
-		return nil, nil
-	case http.StatusOK:
+	switch {
+	case resp.StatusCode == http.StatusNotModified && etag != "":
+		return answer{notModified: true, header: resp.Header}, nil
+	case resp.StatusCode == http.StatusNotFound && !doc:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return answer{missing: true, header: resp.Header}, nil
+	case resp.StatusCode == http.StatusOK:
 	default:
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-		return nil, fmt.Errorf("poll %s: server answered %s", p.raw, resp.Status)
+		return answer{}, fmt.Errorf("poll %s: server answered %s", rawURL, resp.Status)
 	}
-	data, err := readAllLimited(resp.Body, p.raw)
+	data, err := readAllLimited(resp.Body, rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("poll: %w", err)
+		return answer{}, fmt.Errorf("poll: %w", err)
 	}
-	p.etag = resp.Header.Get("ETag")
-	var sig []byte
-	if s := resp.Header.Get("X-Latch-Signature"); s != "" {
-		sig = []byte(s)
-	}
-	return &Doc{Data: data, Sig: sig, Source: p.raw}, nil
+	return answer{data: data, header: resp.Header}, nil
 }
