@@ -282,6 +282,12 @@ func (j *Journal) verify(btx *bolt.Tx) error {
 	if _, err := tx.Queued(); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
+	if _, err := tx.Trust(); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if _, err := tx.Refused(); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
 	if _, err := tx.Events(0); err != nil {
 		return err
 	}
