@@ -275,6 +275,9 @@ func (w *applyWorker) containerService(ctx context.Context, i int, running bool)
 // other to --driver.
 
 func (w *applyWorker) stopSvc(ctx context.Context, i int, running bool) error {
+	if running && w.plan[i].Old == nil && w.plan[i].Spec.IsContainer() {
+		return w.stopOthers(ctx, i)
+	}
 	cs, isC, err := w.containerService(ctx, i, running)
 	if err != nil {
 		return err
@@ -297,6 +300,9 @@ func (w *applyWorker) stopSvc(ctx context.Context, i int, running bool) error {
 }
 
 func (w *applyWorker) startSvc(ctx context.Context, i int, running bool) error {
+	if running && w.plan[i].Old == nil && w.plan[i].Spec.IsContainer() {
+		return nil // no release of it was known to run: a rollback starts nothing
+	}
 	cs, isC, err := w.containerService(ctx, i, running)
 	if err != nil {
 		return err
@@ -393,4 +399,33 @@ func (a *Agent) onPullProgress(ev pullProgress) {
 		s.downloadedBytes += d
 	}
 	s.pulls[ev.image] = ev
+}
+
+// stopOthers stops (and keeps) latch's containers of service i of any
+// release but the new one, when the release that runs is not known (the
+// running target was not recorded): Start of the new one would conflict.
+func (w *applyWorker) stopOthers(ctx context.Context, i int) error {
+	pl := w.plan[i]
+	drv, _, err := w.a.engine()
+	if err != nil {
+		return err
+	}
+	found, err := drv.Find(ctx, pl.Svc.App)
+	if err != nil {
+		return err
+	}
+	spec, err := docker.ParseSpec(pl.Spec.Container)
+	if err != nil {
+		return fmt.Errorf("%s: %w", pl.Svc, err)
+	}
+	for _, f := range found {
+		if f.Service != pl.Svc.Service || f.Release == pl.Release {
+			continue
+		}
+		cs := docker.Service{App: f.App, Service: f.Service, Release: f.Release, Spec: spec, LockDir: w.a.cfg.Layout.ServiceDir(pl.Svc)}
+		if err := drv.Stop(ctx, cs); err != nil {
+			return err
+		}
+	}
+	return nil
 }

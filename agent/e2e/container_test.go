@@ -1,0 +1,482 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"latch/agent/docker"
+)
+
+// The container tests (spec section 9) run the real latch binary against a
+// dockerd and a docker-registry of their own, each under the test's temp
+// dir with its own socket and port, stopped by its pid.
+
+// containerNeeds skips a test that cannot run here, naming what was not
+// tested.
+func containerNeeds(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("LATCH_EMULATED") == "1" {
+		t.Skipf("emulated run (qemu-user cannot run dockerd): %s not tested", what)
+	}
+	if os.Geteuid() != 0 {
+		t.Skipf("needs root to run dockerd: %s not tested", what)
+	}
+	for _, bin := range []string{"dockerd", "docker-registry"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s is not installed: %s not tested", bin, what)
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skipf("/bin/busybox (busybox-static) is not installed: %s not tested", what)
+	}
+}
+
+// containerEngine is a dockerd of one test.
+type containerEngine struct {
+	host   string // unix://...
+	client *docker.Client
+}
+
+// containerStartEngine starts dockerd with its socket, data and exec roots
+// in a folder of its own, without iptables or a bridge, and stops it (by
+// its pid) and removes the folder when the test ends.
+func containerStartEngine(t *testing.T) *containerEngine {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "latch-e2e-dockerd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "docker.sock")
+	logf, err := os.Create(filepath.Join(dir, "dockerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("dockerd", "-H", "unix://"+sock,
+		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"),
+		"--pidfile", filepath.Join(dir, "dockerd.pid"),
+		"--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	c, err := docker.NewClient("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if list, err := c.ListContainers(ctx); err == nil {
+			for _, ct := range list {
+				c.RemoveContainer(ctx, ct.ID, true)
+			}
+		}
+		cancel()
+		c.Close()
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+		logf.Close()
+		os.RemoveAll(dir)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		if err = c.Ping(ctx); err == nil {
+			return &containerEngine{host: "unix://" + sock, client: c}
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("dockerd exited: %s", b)
+		case <-ctx.Done():
+			t.Fatalf("dockerd did not answer: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// containerStartRegistry runs docker-registry on a free port under the
+// test's temp dir and returns its HOST:PORT.
+func containerStartRegistry(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for try := 0; try < 5; try++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		cfg := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}, maintenance: {uploadpurging: {enabled: false}}}\nhttp: {addr: %s}\n", filepath.Join(dir, "data"), addr)
+		cfgPath := filepath.Join(dir, "config.yml")
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("registry-%d.log", try)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("docker-registry", "serve", cfgPath)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		stop := func() { cmd.Process.Kill(); <-exited; logf.Close() }
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			select {
+			case <-exited:
+				deadline = time.Time{}
+				continue
+			default:
+			}
+			if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
+				resp.Body.Close()
+				t.Cleanup(stop)
+				return addr
+			}
+		}
+		stop()
+	}
+	t.Fatal("docker-registry did not start on any port")
+	return ""
+}
+
+func containerSHA(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+// containerPush uploads a blob or a manifest with the registry's API.
+func containerPush(t *testing.T, reg, repo string, data []byte, manifestType string) string {
+	t.Helper()
+	d := containerSHA(data)
+	do := func(method, u, ctype string, body []byte) (*http.Response, []byte) {
+		req, err := http.NewRequest(method, u, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, b
+	}
+	base := "http://" + reg
+	if manifestType != "" {
+		if resp, b := do("PUT", base+"/v2/"+repo+"/manifests/"+d, manifestType, data); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("put manifest to %s: %s %s", repo, resp.Status, b)
+		}
+		return d
+	}
+	resp, b := do("POST", base+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("start upload to %s: %s %s", repo, resp.Status, b)
+	}
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bu, _ := url.Parse(base)
+	loc = bu.ResolveReference(loc)
+	q := loc.Query()
+	q.Set("digest", d)
+	loc.RawQuery = q.Encode()
+	if resp, b := do("PUT", loc.String(), "application/octet-stream", data); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upload blob to %s: %s %s", repo, resp.Status, b)
+	}
+	return d
+}
+
+// containerLayer is a gzip tar layer of files (name -> content; a name
+// ending in "/" is a directory, an "@target" content a symlink).
+func containerLayer(t *testing.T, files map[string][]byte) (blob []byte, diffID string) {
+	t.Helper()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	mtime := time.Unix(1700000000, 0)
+	for _, n := range names {
+		data := files[n]
+		var h tar.Header
+		switch {
+		case strings.HasSuffix(n, "/"):
+			h = tar.Header{Typeflag: tar.TypeDir, Name: n, Mode: 0o755, ModTime: mtime}
+			if n == "tmp/" {
+				h.Mode = 0o1777
+			}
+		case bytes.HasPrefix(data, []byte("@")):
+			h = tar.Header{Typeflag: tar.TypeSymlink, Name: n, Linkname: string(data[1:]), Mode: 0o777, ModTime: mtime}
+		default:
+			h = tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o755, Size: int64(len(data)), ModTime: mtime}
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			tw.Write(data)
+		}
+	}
+	tw.Close()
+	var gb bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&gb, gzip.BestSpeed)
+	zw.Write(tb.Bytes())
+	zw.Close()
+	return gb.Bytes(), containerSHA(tb.Bytes())
+}
+
+var (
+	containerBaseOnce sync.Once
+	containerBase     map[string][]byte
+)
+
+// containerBusybox is the files of a busybox-static root: /bin with every
+// applet, /etc/passwd, /tmp.
+func containerBusybox(t *testing.T) map[string][]byte {
+	t.Helper()
+	containerBaseOnce.Do(func() {
+		bb, err := os.ReadFile("/bin/busybox")
+		if err != nil {
+			return
+		}
+		out, err := exec.Command("/bin/busybox", "--list").Output()
+		if err != nil {
+			return
+		}
+		m := map[string][]byte{"bin/": nil, "etc/": nil, "tmp/": nil, "bin/busybox": bb,
+			"etc/passwd": []byte("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"),
+			"etc/group":  []byte("root:x:0:\nnogroup:x:65534:\n")}
+		for _, a := range strings.Fields(string(out)) {
+			if a != "busybox" {
+				m["bin/"+a] = []byte("@busybox")
+			}
+		}
+		containerBase = m
+	})
+	if containerBase == nil {
+		t.Fatal("cannot read /bin/busybox")
+	}
+	return containerBase
+}
+
+// containerImage is an image pushed to the test's registry.
+type containerImage struct {
+	Ref    string // HOST:PORT/repo@sha256:... (what a target names)
+	ID     string // the engine's image ID: the config's digest
+	Layers []int64
+}
+
+// containerPushImage pushes a busybox image whose second layer holds
+// /release (content release) and any extra files, with arch as its
+// config's architecture ("" for this machine's).
+func containerPushImage(t *testing.T, reg, repo, release, arch string, extra map[string][]byte) containerImage {
+	t.Helper()
+	type desc struct {
+		MediaType string `json:"mediaType"`
+		Digest    string `json:"digest"`
+		Size      int64  `json:"size"`
+	}
+	img := containerImage{}
+	var diffIDs []string
+	var layers []desc
+	top := map[string][]byte{"release": []byte(release + "\n")}
+	for k, v := range extra {
+		top[k] = v
+	}
+	for _, files := range []map[string][]byte{containerBusybox(t), top} {
+		b, diff := containerLayer(t, files)
+		diffIDs = append(diffIDs, diff)
+		layers = append(layers, desc{"application/vnd.docker.image.rootfs.diff.tar.gzip", containerPush(t, reg, repo, b, ""), int64(len(b))})
+		img.Layers = append(img.Layers, int64(len(b)))
+	}
+	if arch == "" {
+		arch = "amd64"
+		if out, err := exec.Command("uname", "-m").Output(); err == nil && strings.TrimSpace(string(out)) == "aarch64" {
+			arch = "arm64"
+		}
+	}
+	cfg, _ := json.Marshal(map[string]any{
+		"architecture": arch, "os": "linux",
+		"config": map[string]any{"Env": []string{"PATH=/bin"}, "Cmd": []string{"/bin/sleep", "1000"}},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs},
+	})
+	img.ID = containerPush(t, reg, repo, cfg, "")
+	m, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+		"config": desc{"application/vnd.docker.container.image.v1+json", img.ID, int64(len(cfg))},
+		"layers": layers,
+	})
+	img.Ref = reg + "/" + repo + "@" + containerPush(t, reg, repo, m, "application/vnd.docker.distribution.manifest.v2+json")
+	return img
+}
+
+// containerApp is one app of a container target: each service runs img with
+// the shell script given.
+type containerSvc struct {
+	name, script string
+	img          containerImage
+}
+
+func containerTarget(t *testing.T, appName, release string, svcs ...containerSvc) []byte {
+	t.Helper()
+	services := map[string]any{}
+	for _, s := range svcs {
+		services[s.name] = map[string]any{
+			"image": s.img.Ref, "command": []string{"/bin/sh", "-c", s.script},
+			"network_mode": "none", "stop_grace_period": "1s", "restart": "no",
+		}
+	}
+	b, err := json.MarshalIndent(map[string]any{"apps": map[string]any{appName: map[string]any{"release": release, "services": services}}}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// containerDevice is a device whose agent uses eng and trusts reg over
+// plain HTTP.
+func containerDevice(t *testing.T, eng *containerEngine, reg string) *device {
+	t.Helper()
+	d := newDevice(t)
+	d.args = append(d.args, "--docker-host", eng.host, "--insecure-registry", reg)
+	return d
+}
+
+// containerState is the engine's view of latch's container of a service and
+// release: "" when there is none.
+func (e *containerEngine) state(t *testing.T, app, svc, release string) (state string, c docker.Container) {
+	t.Helper()
+	name, err := docker.ContainerName(app, svc, release)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = e.client.InspectContainer(context.Background(), name)
+	if err != nil {
+		return "", c
+	}
+	return c.State.Status, c
+}
+
+func (e *containerEngine) waitState(t *testing.T, d *device, app, svc, release, want string) docker.Container {
+	t.Helper()
+	var c docker.Container
+	d.waitFor(fmt.Sprintf("container of %s/%s %s %s", app, svc, release, want), func() bool {
+		var st string
+		st, c = e.state(t, app, svc, release)
+		return st == want
+	})
+	return c
+}
+
+// The script of a service whose process takes the lock (balena's O_EXCL
+// lockfile, retried while the agent holds it) once /tmp/balena/hold exists,
+// and removes it once hold is gone.
+const containerHolder = `while [ ! -e /tmp/balena/hold ]; do sleep 0.1; done; until (set -C; : > /tmp/balena/updates.lock) 2>/dev/null; do sleep 0.1; done; while [ -e /tmp/balena/hold ]; do sleep 0.1; done; rm -f /tmp/balena/updates.lock; exec sleep 1000`
+
+// (a) A process in the container holds /tmp/balena/updates.lock: the new
+// release downloads and loads, nothing of the app is stopped while the lock
+// is held, and once it is released the update is applied.
+func TestContainerLockDefersUpdate(t *testing.T) {
+	containerNeeds(t, "a container holding its lock defers an update")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
+	v2 := containerPushImage(t, reg, "kiosk/ui", "r2", "", nil)
+	d := containerDevice(t, eng, reg)
+	d.setTarget(containerTarget(t, "kiosk", "r1", containerSvc{"ui", containerHolder, v1}))
+	d.start()
+	old := eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+
+	lockDir := d.serviceDir("kiosk", "ui")
+	if err := os.WriteFile(filepath.Join(lockDir, "hold"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("the container's lock", func() bool { return exists(filepath.Join(lockDir, "updates.lock")) })
+
+	d.setTarget(containerTarget(t, "kiosk", "r2", containerSvc{"ui", containerHolder, v2}))
+	d.waitFor("r2 downloaded and blocked", func() bool {
+		s := d.status()
+		return s.UpdateDownloaded && len(s.BlockedBy) > 0
+	})
+	if _, err := eng.client.InspectImage(context.Background(), v2.ID); err != nil {
+		t.Fatalf("the new image is not loaded while the update waits: %v", err)
+	}
+	time.Sleep(500 * time.Millisecond) // give a wrong agent time to act
+	st, c := eng.state(t, "kiosk", "ui", "r1")
+	if st != "running" || c.State.StartedAt != old.State.StartedAt || c.ID != old.ID {
+		t.Fatalf("the old container was touched while its lock was held: %s, started %s (was %s)", st, c.State.StartedAt, old.State.StartedAt)
+	}
+	if st, _ := eng.state(t, "kiosk", "ui", "r2"); st == "running" {
+		t.Fatal("the new container runs while the old one holds the lock")
+	}
+
+	os.Remove(filepath.Join(lockDir, "hold"))
+	eng.waitState(t, d, "kiosk", "ui", "r2", "running")
+	d.waitFor("r2 applied", func() bool { return d.releaseOf("kiosk") == "r2" && d.status().Status == "idle" })
+	if st, _ := eng.state(t, "kiosk", "ui", "r1"); st == "running" {
+		t.Fatal("the old container still runs after the update")
+	}
+	d.stop()
+}
+
+// (d) A new container that does not stay up is rolled back: the old one
+// runs again and the update is marked failed.
+func TestContainerUnhealthyRollsBack(t *testing.T) {
+	containerNeeds(t, "rollback of an unhealthy container")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
+	v2 := containerPushImage(t, reg, "kiosk/ui", "r2", "", nil)
+	d := containerDevice(t, eng, reg)
+	d.args = append(d.args, "--health-wait", "1s", "--max-attempts", "1")
+	d.setTarget(containerTarget(t, "kiosk", "r1", containerSvc{"ui", "exec sleep 1000", v1}))
+	d.start()
+	eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+
+	d.setTarget(containerTarget(t, "kiosk", "r2", containerSvc{"ui", "echo broken; exit 3", v2}))
+	d.waitFor("r2 failed", func() bool { return d.status().UpdateFailed })
+	eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	if st, _ := eng.state(t, "kiosk", "ui", "r2"); st != "" {
+		t.Fatalf("the failed release's container is left %s", st)
+	}
+	if r := d.releaseOf("kiosk"); r != "r1" {
+		t.Fatalf("release after the rollback: %q, want r1", r)
+	}
+	d.stop()
+}
