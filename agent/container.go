@@ -294,9 +294,17 @@ func (w *applyWorker) stopSvc(ctx context.Context, i int, running bool) error {
 	}
 	if !running {
 		// A rollback undoes the new container: it is removed.
-		return drv.Remove(ctx, cs)
+		err := drv.Remove(ctx, cs)
+		if err == nil {
+			w.seen(cs, "removed")
+		}
+		return err
 	}
-	return drv.Stop(ctx, cs)
+	err = drv.Stop(ctx, cs)
+	if err == nil {
+		w.seen(cs, "exited")
+	}
+	return err
 }
 
 func (w *applyWorker) startSvc(ctx context.Context, i int, running bool) error {
@@ -329,8 +337,13 @@ func (w *applyWorker) startSvc(ctx context.Context, i int, running bool) error {
 		if _, err := drv.Create(ctx, cs); err != nil {
 			return err
 		}
+		w.seen(cs, "created")
 	}
-	return drv.Start(ctx, cs)
+	err = drv.Start(ctx, cs)
+	if err == nil {
+		w.seen(cs, "running")
+	}
+	return err
 }
 
 func (w *applyWorker) healthSvc(ctx context.Context, i int) error {
@@ -428,4 +441,77 @@ func (w *applyWorker) stopOthers(ctx context.Context, i int) error {
 		}
 	}
 	return nil
+}
+
+// ContainerStatus is one container service in the status.
+type ContainerStatus struct {
+	App     string `json:"app"`
+	Service string `json:"service"`
+	Release string `json:"release"`
+	// Image is the short digest of the image reference (12 hex digits).
+	Image string `json:"image"`
+	// State is the container's state as latch last saw it (created,
+	// running, exited, removed), "" before latch acted on it.
+	State string `json:"state,omitempty"`
+	// PullDone and PullTotal are the image's bytes on the device and its
+	// size, while or once the pending update fetched it.
+	PullDone  int64 `json:"pull_done"`
+	PullTotal int64 `json:"pull_total"`
+}
+
+// containerSeen is the apply worker's report of a container it acted on.
+type containerSeen struct {
+	app, service, release, state string
+}
+
+func (a *Agent) onContainerSeen(ev containerSeen) {
+	if a.st.containers == nil {
+		a.st.containers = map[string]containerSeen{}
+	}
+	a.st.containers[ev.app+"/"+ev.service] = ev
+}
+
+// seen reports a container state to the loop.
+func (w *applyWorker) seen(cs docker.Service, state string) {
+	w.a.send(containerSeen{app: cs.App, service: cs.Service, release: cs.Release, state: state})
+}
+
+// containerStatus lists the container services of the pending target, and
+// of the running one for the apps the pending one does not change.
+func (a *Agent) containerStatus() []ContainerStatus {
+	s := &a.st
+	var out []ContainerStatus
+	done := map[string]bool{}
+	add := func(st *target.State, pending bool) {
+		if st == nil {
+			return
+		}
+		for _, app := range sortedKeys(st.Apps) {
+			ta := st.Apps[app]
+			for _, name := range sortedKeys(ta.Services) {
+				svc := ta.Services[name]
+				key := app + "/" + name
+				if !svc.IsContainer() || done[key] {
+					continue
+				}
+				done[key] = true
+				cs := ContainerStatus{App: app, Service: name, Release: ta.Release}
+				if _, d, ok := strings.Cut(svc.Image, "@sha256:"); ok && len(d) >= 12 {
+					cs.Image = d[:12]
+				}
+				if seen, ok := s.containers[key]; ok && seen.release == ta.Release {
+					cs.State = seen.state
+				}
+				if p, ok := s.pulls[svc.Image]; ok && pending {
+					cs.PullDone, cs.PullTotal = p.done, p.total
+				}
+				out = append(out, cs)
+			}
+		}
+	}
+	if s.pending != nil {
+		add(s.tgt, true)
+	}
+	add(s.running, false)
+	return out
 }

@@ -46,6 +46,9 @@ type loopState struct {
 	pulls map[string]pullProgress
 	// pulledBytes counts image bytes received from registries.
 	pulledBytes int64
+	// containers is the last state latch saw of each container service
+	// ("app/service" -> release and state).
+	containers map[string]containerSeen
 
 	applying     bool
 	applyPlan    []planned    // the part of plan in flight: the services of one app
@@ -342,6 +345,8 @@ func (a *Agent) snapshot() Status {
 		AppliesFailed:     s.appliesFailed,
 		LastApplySeconds:  s.lastApplySeconds,
 		ApplySecondsTotal: s.applySecondsTotal,
+		PulledBytes:       s.pulledBytes,
+		Containers:        a.containerStatus(),
 	}
 	if st.Holds == nil {
 		st.Holds = []store.Hold{}
@@ -452,6 +457,8 @@ func (a *Agent) handle(ev any) {
 		a.onDownloaded(ev)
 	case pullProgress:
 		a.onPullProgress(ev)
+	case containerSeen:
+		a.onContainerSeen(ev)
 	case applyDone:
 		a.onApplied(ev)
 	case rebootDone:

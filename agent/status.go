@@ -46,12 +46,22 @@ type Status struct {
 	PendingReboot *store.Reboot `json:"pending_reboot,omitempty"`
 	Holds         []store.Hold  `json:"holds"`
 
+	// Refused is the last target state refused under the root of trust
+	// (--trust-root): when, from where, why. Nil when none was.
+	Refused *store.Refusal `json:"refused,omitempty"`
+
 	// Counters for metrics.
 	DownloadedBytes   int64   `json:"downloaded_bytes"`    // bytes fetched since start
 	AppliesSucceeded  int     `json:"applies_succeeded"`   // since start
 	AppliesFailed     int     `json:"applies_failed"`      // since start
 	LastApplySeconds  float64 `json:"last_apply_seconds"`  // duration of the last apply
 	ApplySecondsTotal float64 `json:"apply_seconds_total"` // sum of apply durations since start
+
+	// Containers are the container services (spec section 9) of the
+	// running and the pending releases; PulledBytes counts image bytes
+	// received from registries since start.
+	Containers  []ContainerStatus `json:"containers,omitempty"`
+	PulledBytes int64             `json:"pulled_bytes"`
 }
 
 // AppStatus is one app's releases.

@@ -55,6 +55,21 @@ func writeMetrics(w io.Writer, st agent.Status, es []lock.Entry, alive bool, now
 	m.sample("latch_applies_total", []string{"result", "failure"}, float64(st.AppliesFailed))
 	m.one("latch_apply_last_duration_seconds", "gauge", "Duration of the last update apply.", st.LastApplySeconds)
 	m.one("latch_apply_duration_seconds_total", "counter", "Sum of the durations of the update applies since the agent started.", st.ApplySecondsTotal)
+	m.one("latch_image_pull_bytes_total", "counter", "Bytes of container images received from registries since the agent started (part of latch_download_bytes_total).", float64(st.PulledBytes))
+	m.family("latch_container_state", "gauge", "1 for the state latch last saw of each container service (created, running, exited, removed; unknown before latch acted on it), by app, service and release.")
+	for _, c := range st.Containers {
+		state := c.State
+		if state == "" {
+			state = "unknown"
+		}
+		m.sample("latch_container_state", []string{"app", c.App, "service", c.Service, "release", c.Release, "state", state}, 1)
+	}
+	m.family("latch_image_pull_ratio", "gauge", "Pull progress of each container service's image of the pending update, from 0 to 1.")
+	for _, c := range st.Containers {
+		if c.PullTotal > 0 {
+			m.sample("latch_image_pull_ratio", []string{"app", c.App, "service", c.Service}, float64(c.PullDone)/float64(c.PullTotal))
+		}
+	}
 	m.one("latch_holds", "gauge", "Number of holds (latch hold) in force.", float64(len(st.Holds)))
 
 	m.family("latch_lock_held", "gauge", "1 for every lock entry that exists, by app and service (both empty for a device-wide lock), path and state.")

@@ -437,6 +437,10 @@ func TestContainerLockDefersUpdate(t *testing.T) {
 	if _, err := eng.client.InspectImage(context.Background(), v2.ID); err != nil {
 		t.Fatalf("the new image is not loaded while the update waits: %v", err)
 	}
+	if cs := containerStatus(d); len(cs) != 1 || cs[0].Release != "r2" || cs[0].PullTotal <= 0 || cs[0].PullDone != cs[0].PullTotal ||
+		!strings.Contains(v2.Ref, "@sha256:"+cs[0].Image) {
+		t.Fatalf("containers in the status while r2 waits: %+v, want r2's image %s pulled whole", cs, v2.Ref)
+	}
 	time.Sleep(500 * time.Millisecond) // give a wrong agent time to act
 	st, c := eng.state(t, "kiosk", "ui", "r1")
 	if st != "running" || c.State.StartedAt != old.State.StartedAt || c.ID != old.ID {
@@ -451,6 +455,12 @@ func TestContainerLockDefersUpdate(t *testing.T) {
 	d.waitFor("r2 applied", func() bool { return d.releaseOf("kiosk") == "r2" && d.status().Status == "idle" })
 	if st, _ := eng.state(t, "kiosk", "ui", "r1"); st == "running" {
 		t.Fatal("the old container still runs after the update")
+	}
+	if cs := containerStatus(d); len(cs) != 1 || cs[0].Release != "r2" || cs[0].State != "running" {
+		t.Fatalf("containers in the status after r2: %+v, want r2 running", cs)
+	}
+	if m := containerMetrics(d); !strings.Contains(m, `latch_container_state{app="kiosk",service="ui",release="r2",state="running"} 1`) {
+		t.Fatalf("metrics lack r2's running container:\n%s", m)
 	}
 	d.stop()
 }
@@ -479,4 +489,33 @@ func TestContainerUnhealthyRollsBack(t *testing.T) {
 		t.Fatalf("release after the rollback: %q, want r1", r)
 	}
 	d.stop()
+}
+
+// containerStatus is the "containers" list of GET /v1/device.
+type containerStat struct {
+	App, Service, Release, Image, State string
+	PullDone                            int64 `json:"pull_done"`
+	PullTotal                           int64 `json:"pull_total"`
+}
+
+func containerStatus(d *device) []containerStat {
+	d.t.Helper()
+	var s struct {
+		Containers []containerStat `json:"containers"`
+	}
+	if code := d.api("GET", "/v1/device", nil, &s); code != 200 {
+		d.t.Fatalf("GET /v1/device: status %d", code)
+	}
+	return s.Containers
+}
+
+func containerMetrics(d *device) string {
+	d.t.Helper()
+	resp, err := d.client().Get("http://latch/metrics")
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
