@@ -57,7 +57,7 @@ Flags:
 `
 
 const agentTrustNote = `
-Without --trust-key, target states are not verified: only root may push one
+Without --trust-root or --trust-key, target states are not verified: only root may push one
 through the API socket, and a target file or URL must be writable by root alone.
 `
 
@@ -79,6 +79,8 @@ func runAgent(ctx context.Context, args []string) error {
 		apiKeyFile  = fs.String("api-key-file", "", "file holding the API key that TCP clients must send")
 		apiGroup    = fs.String("api-group", "", "give the API socket (mode 0660) to this group (name or number), so that its members can run latch status, hold, update...")
 		trustKey    = fs.String("trust-key", "", "ed25519 public key: accept only target states signed with it")
+		trustRoot   = fs.String("trust-root", "", "root of trust (root.json of latch root init): accept only target states signed by its targets keys, newer than the last, unexpired, for its fleet and this device (spec section 10)")
+		deviceID    = fs.String("device-id", "", "this device's id: with --trust-root, a target naming another \"device\" is refused")
 		breakStale  = fs.Bool("break-stale", false, "remove stale locks (latch's own record naming a dead process)")
 		healthWait  = fs.Duration("health-wait", 10*time.Second, "how long a started service must stay up before the update counts as healthy (0 to 1h)")
 		maxAttempts = fs.Int("max-attempts", 3, "apply attempts per update before it is marked failed")
@@ -106,6 +108,12 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	if err := p.resolve(); err != nil {
 		return &exitError{code: exitUsage, msg: err.Error()}
+	}
+	if *trustRoot != "" && *trustKey != "" {
+		return &exitError{code: exitUsage, msg: "give --trust-root or --trust-key, not both (--trust-root checks versions, expiry and thresholds; --trust-key a bare signature)"}
+	}
+	if *deviceID != "" && *trustRoot == "" {
+		return &exitError{code: exitUsage, msg: "--device-id is checked against a target's \"device\" only under --trust-root: give --trust-root too"}
 	}
 	if *targetFile != "" && *targetURL != "" {
 		return &exitError{code: exitUsage, msg: "give --target-file or --target-url, not both"}
@@ -146,7 +154,7 @@ func runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return &exitError{code: exitUsage, msg: err.Error()}
 	}
-	files := []namedPath{{"--target-file", *targetFile}, {"--api-key-file", *apiKeyFile}, {"--trust-key", *trustKey}}
+	files := []namedPath{{"--target-file", *targetFile}, {"--api-key-file", *apiKeyFile}, {"--trust-key", *trustKey}, {"--trust-root", *trustRoot}}
 	if u, err := url.Parse(*targetURL); err == nil && u.Scheme == "file" {
 		files = append(files, namedPath{"--target-url", u.Path})
 	}
@@ -208,7 +216,7 @@ func runAgent(ctx context.Context, args []string) error {
 			return &exitError{code: exitUsage, msg: err.Error()}
 		}
 		cfg.TrustKey = pub
-	} else {
+	} else if *trustRoot == "" {
 		logf("warning: target states are not verified (no --trust-key): only root may push one through the API socket, and a target file or URL must be writable by root alone")
 	}
 	engine := &agent.ContainerEngine{Host: *dockerHost}
@@ -257,6 +265,15 @@ func runAgent(ctx context.Context, args []string) error {
 	a, err := agent.New(cfg, j)
 	if err != nil {
 		return err
+	}
+	if *trustRoot != "" {
+		root, err := os.ReadFile(*trustRoot)
+		if err != nil {
+			return &exitError{code: exitUsage, msg: fmt.Sprintf("--trust-root: %v", err)}
+		}
+		if err := a.UseTrustRoot(root, *deviceID); err != nil {
+			return &exitError{code: exitUsage, msg: err.Error()}
+		}
 	}
 	if aside != "" {
 		j.Update(func(tx *store.Tx) error {

@@ -15,6 +15,7 @@ import (
 
 	"latch/agent/lock"
 	"latch/agent/target"
+	"latch/agent/trust"
 	"latch/store"
 )
 
@@ -33,8 +34,23 @@ func (a *Agent) PushTarget(ctx context.Context, doc target.Doc, by string) error
 // leaves no trace but the refusal in the log. One accepted while an action
 // is in flight is journalled as queued, and taken up once the action ends,
 // also after a crash.
+//
+// Under a root of trust (UseTrustRoot) the document is first decided on by
+// trust.Verify: a refusal is journalled once per distinct bytes and changes
+// nothing else; the new trust state is journalled in the same transaction
+// as the update (or the queued target) it goes with. A re-delivery of the
+// accepted target journals only a root its bundle rotated in, then goes the
+// way of any document already accepted (nothing new is asked for).
 func (a *Agent) accept(doc target.Doc, by string) error {
-	if a.cfg.TrustKey != nil {
+	var ts *trust.State
+	tc := a.trust()
+	switch {
+	case tc != nil:
+		var err error
+		if ts, err = a.verifyTrust(tc, doc, by); err != nil {
+			return err
+		}
+	case a.cfg.TrustKey != nil:
 		if err := target.Verify(a.cfg.TrustKey, doc.Data, doc.Sig); err != nil {
 			a.event("rejected", by, "target from %s rejected: %v", doc.Source, err)
 			return err
@@ -48,10 +64,15 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 		a.event("rejected", by, "target from %s rejected: %v", doc.Source, err)
 		return err
 	}
-	if a.busy() {
-		return a.queue(doc, st, by)
+	if tc != nil {
+		if missing := st.MissingSizes(); len(missing) > 0 {
+			return a.refuse(tc, doc, by, fmt.Errorf("%s: missing: under a root of trust every file needs its size in bytes (latch release sets it)", strings.Join(missing, ", ")))
+		}
 	}
-	if err := a.journalUpdate(doc, st, by); err != nil {
+	if a.busy() {
+		return a.queue(doc, st, by, ts)
+	}
+	if err := a.journalUpdate(doc, st, by, ts); err != nil {
 		return err
 	}
 	return a.accepted(doc, st, by)
@@ -60,15 +81,18 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 // queue journals a target that arrived during an action; it is taken up
 // when the action ends. A target asking for the releases that run, while an
 // interrupted apply waits to resume, is a cancel: the apply is rolled back.
-func (a *Agent) queue(doc target.Doc, st *target.State, by string) error {
+func (a *Agent) queue(doc target.Doc, st *target.State, by string, ts *trust.State) error {
 	if p := a.st.pending; p != nil && p.ID == target.Digest(doc.Data) && a.st.queued == nil {
-		return nil // the update under way (a source re-reads it at every start)
+		return a.journalTrust(ts, doc, by) // the update under way (a source re-reads it at every start)
 	}
 	q := &store.Queued{Doc: bytes.Clone(doc.Data), Source: doc.Source, By: by, Accepted: time.Now()}
 	p := a.st.pending
 	revert := a.st.resume != nil && !isRestart(a.st.resume) && p != nil && len(makePlan(st, a.st.apps, a.st.running, nil)) == 0
 	err := a.journal(func(tx *store.Tx) error {
 		if err := tx.SetQueued(q); err != nil {
+			return err
+		}
+		if err := putTrust(tx, ts); err != nil {
 			return err
 		}
 		msg := fmt.Sprintf("target from %s accepted during an action: it is taken up once the action ends", doc.Source)
@@ -85,6 +109,7 @@ func (a *Agent) queue(doc target.Doc, st *target.State, by string) error {
 	if err != nil {
 		return fmt.Errorf("journal the target: %w", err)
 	}
+	a.trusted(ts)
 	a.st.queued = q
 	return nil
 }
@@ -94,7 +119,7 @@ func (a *Agent) takeQueued() {
 	q := a.st.queued
 	st, err := target.Parse(q.Doc)
 	if err == nil {
-		err = a.journalUpdate(target.Doc{Data: q.Doc, Source: q.Source}, st, q.By)
+		err = a.journalUpdate(target.Doc{Data: q.Doc, Source: q.Source}, st, q.By, nil) // its trust state was journalled with it
 	}
 	if err != nil && !errors.Is(err, target.ErrInvalid) {
 		a.st.retryAt = time.Now().Add(a.cfg.RetryDelay)
@@ -128,7 +153,7 @@ func (a *Agent) retrySource(doc target.Doc, by string) {
 // refusedForGood reports whether err is about the document itself (it will
 // never be accepted as it is), not about the device.
 func refusedForGood(err error) bool {
-	return errors.Is(err, target.ErrInvalid) || errors.Is(err, target.ErrBadSignature) || errors.Is(err, target.ErrNoSignature)
+	return errors.Is(err, target.ErrInvalid) || errors.Is(err, target.ErrBadSignature) || errors.Is(err, target.ErrNoSignature) || errors.Is(err, ErrRefused)
 }
 
 // checkPaths refuses a target that would install a file into latch's own
@@ -206,13 +231,19 @@ func resolvePath(p string) string {
 // journalUpdate journals the update that st asks for (if any) in one
 // transaction, or drops a pending update that it makes moot. The loop's
 // state is changed only once the journal has it.
-func (a *Agent) journalUpdate(doc target.Doc, st *target.State, by string) error {
+//
+// ts (nil: none) is the trust state that goes with the document: it is
+// journalled in the same transaction as the update.
+func (a *Agent) journalUpdate(doc target.Doc, st *target.State, by string, ts *trust.State) error {
 	id := target.Digest(doc.Data)
 	if p := a.st.pending; p != nil && p.ID == id {
-		return nil // the update already pending (or failed) for this document
+		return a.journalTrust(ts, doc, by) // the update already pending (or failed) for this document
 	}
 	plan := makePlan(st, a.st.apps, a.st.running, nil)
 	if len(plan) == 0 {
+		if err := a.journalTrust(ts, doc, by); err != nil {
+			return err
+		}
 		if p := a.st.pending; p != nil {
 			a.cancelPending(by, "the target now asks for the releases that run")
 		}
@@ -245,6 +276,9 @@ func (a *Agent) journalUpdate(doc target.Doc, st *target.State, by string) error
 		if err := tx.PutPending(u); err != nil {
 			return err
 		}
+		if err := putTrust(tx, ts); err != nil {
+			return err
+		}
 		for app := range changed {
 			ap := a.st.apps[app]
 			ap.Name, ap.Target, ap.Updated, ap.By = app, st.Apps[app].Release, time.Now(), by
@@ -260,6 +294,7 @@ func (a *Agent) journalUpdate(doc target.Doc, st *target.State, by string) error
 	if err != nil {
 		return fmt.Errorf("journal the update: %w", err)
 	}
+	a.trusted(ts)
 	if a.st.cancelDownload != nil {
 		a.st.cancelDownload() // the old download's completion is ignored
 	}

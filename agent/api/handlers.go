@@ -149,7 +149,9 @@ func (h *handlers) healthy(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handlers) device(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, h.a.Status())
+	st := h.a.Status()
+	st.Refused = h.a.Refused()
+	writeJSON(w, http.StatusOK, st)
 }
 
 func (h *handlers) update(w http.ResponseWriter, r *http.Request) {
@@ -318,7 +320,7 @@ func (h *handlers) journal(w http.ResponseWriter, r *http.Request) {
 // allowed there.
 func (h *handlers) mayPushTarget(r *http.Request) string {
 	p := peerOf(r)
-	if p.tcp || h.a.VerifiesTargets() || p.uid == 0 || (p.uid >= 0 && p.uid == os.Geteuid()) {
+	if p.tcp || h.a.VerifiesTargets() || h.a.TrustsRoot() || p.uid == 0 || (p.uid >= 0 && p.uid == os.Geteuid()) {
 		return ""
 	}
 	who := "a peer whose uid is unknown"
@@ -327,7 +329,7 @@ func (h *handlers) mayPushTarget(r *http.Request) string {
 	}
 	return fmt.Sprintf("push target state: refused for %s: the agent does not verify target states, "+
 		"and a target's commands and files run with the agent's privileges, so only root may push one over the API socket; "+
-		"push it as root, or start the agent with --trust-key and push signed target states (X-Latch-Signature)", who)
+		"push it as root, or start the agent with --trust-root (or --trust-key) and push signed target states (X-Latch-Signature)", who)
 }
 
 func (h *handlers) target(w http.ResponseWriter, r *http.Request) {
@@ -375,7 +377,7 @@ func agentStatus(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, agent.ErrInvalid), errors.Is(err, target.ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, target.ErrBadSignature), errors.Is(err, target.ErrNoSignature):
+	case errors.Is(err, target.ErrBadSignature), errors.Is(err, target.ErrNoSignature), errors.Is(err, agent.ErrRefused):
 		return http.StatusForbidden
 	case errors.Is(err, agent.ErrStopped), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
