@@ -200,7 +200,7 @@ func TestAgentFlagEdges(t *testing.T) {
 // are said at start; -h says what not verifying means.
 func TestAgentWarnings(t *testing.T) {
 	out, err := exec.Command(testLatchBin, "agent", "-h").CombinedOutput()
-	note := "Without --trust-key, target states are not verified: only root may push one\nthrough the API socket, and a target file or URL must be writable by root alone."
+	note := "Without --trust-root or --trust-key, target states are not verified: only root may push one\nthrough the API socket, and a target file or URL must be writable by root alone."
 	if exitCode(err) != 0 || !strings.Contains(string(out), note) || !strings.Contains(string(out), "at least 100ms") {
 		t.Errorf("latch agent -h: got %d %q, want the note %q and the retry-delay minimum", exitCode(err), out, note)
 	}

@@ -99,7 +99,7 @@ func checkID(id string) error {
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._-:", c) >= 0) {
-			return fmt.Errorf("%w: id %q: byte %d (%q) is not allowed: use letters, digits and . _ - :", ErrBadCommand, id, i, c)
+			return fmt.Errorf("%w: id %q: byte %d (%q) is not allowed (use letters, digits and . _ - or :)", ErrBadCommand, id, i, c)
 		}
 	}
 	return nil

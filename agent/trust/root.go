@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"sort"
 	"time"
 )
 
@@ -268,9 +267,3 @@ func (r Root) KeysOf(role Role) []ed25519.PublicKey {
 	return out
 }
 
-// sortedIDs returns ids sorted, for stable messages.
-func sortedIDs(ids []string) []string {
-	out := append([]string(nil), ids...)
-	sort.Strings(out)
-	return out
-}
