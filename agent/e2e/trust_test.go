@@ -1,0 +1,550 @@
+package e2e
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// These tests attack section 10 (--trust-root) end to end: the publisher's
+// side is the real binary (latch key gen, latch root init/sign/rotate,
+// latch release build, latch sign), the release folder is served by a
+// static file server, and the agent reads it from its target file, from
+// its target URL (with <url>.sig) and from API pushes (X-Latch-Signature).
+// Each attack must be refused, journalled, shown as the last refusal in
+// latch status, and change nothing.
+
+// publisher is a fleet's keys, roots and release folder, next to a device.
+type publisher struct {
+	t    *testing.T
+	d    *device
+	dir  string // keys, roots, drafts
+	site string // the release folder, served at base
+	base string
+}
+
+func newPublisher(t *testing.T, d *device) *publisher {
+	t.Helper()
+	p := &publisher{t: t, d: d, dir: t.TempDir()}
+	p.site = filepath.Join(p.dir, "site")
+	p.base = d.srv.URL + "/site"
+	static := http.StripPrefix("/site", http.FileServer(http.Dir(p.site)))
+	d.mu.Lock()
+	prev := d.hook
+	d.hook = func(w http.ResponseWriter, r *http.Request) bool {
+		if prev != nil && prev(w, r) {
+			return true
+		}
+		if strings.HasPrefix(r.URL.Path, "/site/") {
+			static.ServeHTTP(w, r)
+			return true
+		}
+		return false
+	}
+	d.mu.Unlock()
+	for _, k := range []string{"root1", "root2", "ci", "ci2"} {
+		p.run("key", "gen", k)
+	}
+	p.run("root", "init", "--root-key", "root1.pub", "--root-threshold", "1", "--targets-key", "ci.pub",
+		"--targets-threshold", "1", "--fleet", "kiosks", "--expires", "30d", "-o", "root.json")
+	p.run("root", "sign", "--key", "root1.key", "root.json")
+	d.args = append(d.args, "--trust-root", filepath.Join(p.dir, "root.json"))
+	return p
+}
+
+// run runs latch in the publisher's folder; it must succeed.
+func (p *publisher) run(args ...string) string {
+	p.t.Helper()
+	out, err := p.try(args...)
+	if err != nil {
+		p.t.Fatalf("latch %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (p *publisher) try(args ...string) (string, error) {
+	cmd := exec.Command(latchBin, args...)
+	cmd.Dir = p.dir
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// draft writes a draft target for release r of the app kiosk (one exec
+// service, its file a local path) and returns its name.
+func (p *publisher) draft(r string) string {
+	p.t.Helper()
+	var doc map[string]any
+	if err := json.Unmarshal(p.d.targetDoc(nil, app{name: "kiosk", release: r, services: []svc{{name: "ui"}}}), &doc); err != nil {
+		p.t.Fatal(err)
+	}
+	for _, a := range doc["apps"].(map[string]any) {
+		for name, s := range a.(map[string]any)["services"].(map[string]any) {
+			for i, f := range s.(map[string]any)["files"].([]any) {
+				fm := f.(map[string]any)
+				p.d.mu.Lock()
+				content := p.d.blobs[strings.TrimPrefix(fm["source"].(string), p.d.srv.URL)]
+				p.d.mu.Unlock()
+				local := fmt.Sprintf("src-%s-%s-%d", r, name, i)
+				if err := os.WriteFile(filepath.Join(p.dir, local), content, 0o644); err != nil {
+					p.t.Fatal(err)
+				}
+				fm["source"] = local
+				delete(fm, "sha256")
+			}
+		}
+	}
+	b, _ := json.MarshalIndent(doc, "", "  ")
+	name := "draft-" + r + ".json"
+	if err := os.WriteFile(filepath.Join(p.dir, name), b, 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	return name
+}
+
+// release builds release r into the site (signed by ci unless args say
+// otherwise) and returns the target and its bundle, as published.
+func (p *publisher) release(r string, args ...string) (doc, sig []byte) {
+	p.t.Helper()
+	draft := p.draft(r)
+	if len(args) == 0 {
+		args = []string{"--root", "root.json", "--key", "ci.key"}
+	}
+	full := append([]string{"release", "build", "--out", "site", "--base-url", p.base}, args...)
+	p.run(append(full, draft)...)
+	return p.published()
+}
+
+func (p *publisher) published() (doc, sig []byte) {
+	p.t.Helper()
+	doc, err := os.ReadFile(filepath.Join(p.site, "target.json"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	sig, err = os.ReadFile(filepath.Join(p.site, "target.json.sig"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return doc, sig
+}
+
+// resign rewrites the published target with edit and signs it again with
+// latch sign (roots as given), returning the new pair, not published.
+func (p *publisher) resign(doc []byte, edit func(m map[string]any), key string, roots ...string) ([]byte, []byte) {
+	p.t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(doc, &m); err != nil {
+		p.t.Fatal(err)
+	}
+	edit(m)
+	b, _ := json.MarshalIndent(m, "", "  ")
+	path := filepath.Join(p.dir, "edited.json")
+	os.Remove(path + ".sig")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	args := []string{"sign", "--key", key}
+	for _, r := range roots {
+		args = append(args, "--root", r)
+	}
+	p.run(append(args, "edited.json")...)
+	sig, err := os.ReadFile(path + ".sig")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return b, sig
+}
+
+// privateKey reads a key made by latch key gen, for an attacker's crafted
+// signature.
+func (p *publisher) privateKey(name string) ed25519.PrivateKey {
+	p.t.Helper()
+	b, err := os.ReadFile(filepath.Join(p.dir, name+".key"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		p.t.Fatalf("%s.key: no PEM block", name)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return k.(ed25519.PrivateKey)
+}
+
+// deliver hands doc and its bundle to the agent through source: "file"
+// (the target file and FILE.sig), "url" (the site, polled with <url>.sig)
+// or "api" (a push; its answer is returned, 0 for the others).
+func (p *publisher) deliver(source string, doc, sig []byte) (int, string) {
+	p.t.Helper()
+	write := func(path string, b []byte) {
+		if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+			p.t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+	switch source {
+	case "file":
+		write(p.d.target+".sig", sig)
+		write(p.d.target, doc)
+	case "url":
+		write(filepath.Join(p.site, "target.json.sig"), sig)
+		write(filepath.Join(p.site, "target.json"), doc)
+	case "api":
+		req, _ := http.NewRequest("POST", "http://latch/v2/local/target-state", strings.NewReader(string(doc)))
+		req.Header.Set("X-Latch-Signature", base64.StdEncoding.EncodeToString(sig))
+		resp, err := p.d.client().Do(req)
+		if err != nil {
+			p.t.Fatalf("push: %v", err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	default:
+		p.t.Fatalf("unknown source %q", source)
+	}
+	return 0, ""
+}
+
+// startOn starts the agent reading source ("file" and "api" use the target
+// file, "url" the site).
+func (p *publisher) startOn(source string) {
+	p.t.Helper()
+	if source == "url" {
+		p.d.targetURL = p.base + "/target.json"
+	}
+	p.d.start()
+}
+
+type refusal struct {
+	At     time.Time `json:"at"`
+	Source string    `json:"source"`
+	Reason string    `json:"reason"`
+	SHA256 string    `json:"sha256"`
+}
+
+func (p *publisher) refused() *refusal {
+	var s struct {
+		Refused *refusal `json:"refused"`
+	}
+	if code := p.d.api("GET", "/v1/device", nil, &s); code != 200 {
+		p.t.Fatalf("GET /v1/device: %d", code)
+	}
+	return s.Refused
+}
+
+func digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// snapshot is what a refusal must leave as it was.
+type snapshot struct {
+	release, installed string
+	commands           int
+}
+
+func (p *publisher) snap() snapshot {
+	return snapshot{release: p.d.releaseOf("kiosk"), installed: readFile(p.t, p.d.installed("kiosk", "ui")), commands: len(p.d.commands())}
+}
+
+// expectRefused offers doc through source and checks that it is refused
+// for a reason containing want, journalled, shown in latch status, and
+// that nothing changed.
+func (p *publisher) expectRefused(source string, doc, sig []byte, want string) {
+	p.t.Helper()
+	before := p.snap()
+	code, body := p.deliver(source, doc, sig)
+	if source == "api" && (code != 403 || !strings.Contains(body, want)) {
+		p.t.Errorf("push: %d %s, want 403 naming %q", code, body, want)
+	}
+	id := digest(doc)
+	p.d.waitFor("the refusal of "+id[:12]+" ("+want+")", func() bool {
+		r := p.refused()
+		return r != nil && r.SHA256 == id && strings.Contains(r.Reason, want)
+	})
+	if r := p.refused(); r.Source == "" || r.At.IsZero() {
+		p.t.Errorf("refusal %+v does not say where from and when", r)
+	}
+	status, err := exec.Command(latchBin, "status", "--json", "--root", p.d.root).CombinedOutput()
+	if err != nil || !strings.Contains(string(status), `"refused"`) || !strings.Contains(string(status), want) {
+		p.t.Errorf("latch status (%v) does not show the refusal %q:\n%s", err, want, status)
+	}
+	journal, err := exec.Command(latchBin, "journal", "--root", p.d.root, "--limit", "20").CombinedOutput()
+	if err != nil || !strings.Contains(string(journal), "refused") || !strings.Contains(string(journal), want) {
+		p.t.Errorf("latch journal (%v) does not show the refusal %q:\n%s", err, want, journal)
+	}
+	time.Sleep(300 * time.Millisecond) // what a wrongly accepted target would start has had time to
+	if after := p.snap(); after != before {
+		p.t.Errorf("a refused target changed the device: before %+v, after %+v", before, after)
+	}
+	if s := p.d.status(); s.UpdatePending || s.UpdateFailed {
+		p.t.Errorf("a refused target left an update: %+v", s)
+	}
+}
+
+// accept offers doc through source and waits for release r to run.
+func (p *publisher) accept(source string, doc, sig []byte, r string) {
+	p.t.Helper()
+	if code, body := p.deliver(source, doc, sig); source == "api" && code != 202 {
+		p.t.Fatalf("push of release %s: %d %s, want 202", r, code, body)
+	}
+	p.d.waitFor("kiosk "+r+" running", func() bool { return p.d.releaseOf("kiosk") == r })
+	if got := readFile(p.t, p.d.installed("kiosk", "ui")); got != "kiosk/ui "+r {
+		p.t.Fatalf("installed file %q, want release %s's", got, r)
+	}
+}
+
+var sources = []string{"file", "url", "api"}
+
+// trustDevice is a device with a fleet, running release 1 (target version
+// 1) delivered through source.
+func trustDevice(t *testing.T, source string, agentArgs ...string) (*publisher, []byte, []byte) {
+	d := newDevice(t)
+	d.args = append(d.args, agentArgs...)
+	p := newPublisher(t, d)
+	doc, sig := p.release("1")
+	if source != "url" {
+		p.deliver("file", doc, sig)
+	}
+	p.startOn(source)
+	d.waitFor("kiosk 1 running", func() bool { return d.releaseOf("kiosk") == "1" })
+	return p, doc, sig
+}
+
+// An older version is a rollback: refused through every source, also after
+// a restart and after the download folder is deleted (the highest version
+// lives in the journal).
+func TestTrustReplayOlderVersion(t *testing.T) {
+	for _, source := range sources {
+		t.Run(source, func(t *testing.T) {
+			p, v1, sig1 := trustDevice(t, source)
+			v2, sig2 := p.release("2")
+			p.accept(source, v2, sig2, "2")
+			p.expectRefused(source, v1, sig1, "rollback")
+
+			p.d.stop()
+			dl := filepath.Join(p.d.stateDir, "downloads")
+			if _, err := os.Stat(dl); err != nil {
+				t.Fatalf("no download folder to delete: %v", err)
+			}
+			if err := os.RemoveAll(dl); err != nil {
+				t.Fatal(err)
+			}
+			if source != "url" {
+				p.deliver("file", v2, sig2)
+			}
+			p.d.start()
+			p.d.waitFor("kiosk 2 running after the restart", func() bool { return p.d.releaseOf("kiosk") == "2" })
+			p.expectRefused(source, v1, sig1, "rollback")
+			p.d.stop()
+		})
+	}
+}
+
+// The same version with other bytes, signed by the right key, is refused.
+func TestTrustSameVersionOtherBytes(t *testing.T) {
+	for _, source := range sources {
+		t.Run(source, func(t *testing.T) {
+			p, v1, _ := trustDevice(t, source)
+			doc, sig := p.resign(v1, func(m map[string]any) {
+				m["apps"].(map[string]any)["kiosk"].(map[string]any)["release"] = "1-evil"
+			}, "ci.key", "root.json")
+			p.expectRefused(source, doc, sig, "same version")
+		})
+	}
+}
+
+// A target past its expiry is refused (a freeze attack).
+func TestTrustExpiredTarget(t *testing.T) {
+	for _, source := range sources {
+		t.Run(source, func(t *testing.T) {
+			p, v1, _ := trustDevice(t, source)
+			doc, sig := p.resign(v1, func(m map[string]any) {
+				m["version"] = 2
+				m["apps"].(map[string]any)["kiosk"].(map[string]any)["release"] = "2"
+				m["issued"] = time.Now().Add(-2 * time.Hour).UTC().Format(time.RFC3339)
+				m["expires"] = time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+			}, "ci.key", "root.json")
+			p.expectRefused(source, doc, sig, "expired")
+		})
+	}
+}
+
+// A root that has expired is refused, with every target it vouches for.
+func TestTrustExpiredRoot(t *testing.T) {
+	for _, source := range sources {
+		t.Run(source, func(t *testing.T) {
+			p, _, _ := trustDevice(t, source)
+			p.run("root", "rotate", "--from", "root.json", "--expires", "2s", "-o", "root2.json")
+			p.run("root", "sign", "--key", "root1.key", "root2.json")
+			doc, sig := p.release("2", "--root", "root.json", "--root", "root2.json", "--key", "ci.key")
+			time.Sleep(2500 * time.Millisecond) // root version 2 expires
+			p.expectRefused(source, doc, sig, "expired")
+		})
+	}
+}
+
+// The clock floor: once a target issued an hour ahead of the device's clock
+// is accepted, a target that expires before that hour is refused even
+// though the clock says it is valid, and that survives a restart.
+func TestTrustClockFloor(t *testing.T) {
+	for _, source := range sources {
+		t.Run(source, func(t *testing.T) {
+			p, v1, _ := trustDevice(t, source)
+			future, fsig := p.resign(v1, func(m map[string]any) {
+				m["version"] = 2
+				m["issued"] = time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+				m["expires"] = time.Now().Add(30 * 24 * time.Hour).UTC().Format(time.RFC3339)
+			}, "ci.key", "root.json")
+			if code, body := p.deliver(source, future, fsig); source == "api" && code != 202 {
+				t.Fatalf("push of the target issued in the future: %d %s", code, body)
+			}
+			p.d.waitFor("version 2 accepted", func() bool {
+				out, _ := exec.Command(latchBin, "journal", "--root", p.d.root, "--limit", "5").CombinedOutput()
+				return strings.Contains(string(out), "target version 2")
+			})
+			stale, ssig := p.resign(future, func(m map[string]any) {
+				m["version"] = 3
+				m["issued"] = time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+				m["expires"] = time.Now().Add(30 * time.Minute).UTC().Format(time.RFC3339)
+			}, "ci.key", "root.json")
+			p.expectRefused(source, stale, ssig, "expired")
+
+			p.d.stop()
+			p.d.start()
+			p.d.waitFor("the agent back", func() bool { return p.d.releaseOf("kiosk") == "1" })
+			// A distinct document (a new signature order would do; a new
+			// version is simpler) meets the same floor after the restart.
+			stale2, ssig2 := p.resign(stale, func(m map[string]any) { m["version"] = 4 }, "ci.key", "root.json")
+			p.expectRefused(source, stale2, ssig2, "expired")
+			p.d.stop()
+		})
+	}
+}
+
+// Signatures by a key the root does not know, by a targets key revoked by a
+// rotation, and one key's signature twice against a threshold of two.
+func TestTrustKeys(t *testing.T) {
+	for _, source := range sources {
+		t.Run(source, func(t *testing.T) {
+			p, _, _ := trustDevice(t, source)
+			// ci2 is no key of the root.
+			doc, sig := p.release("2", "--root", "root.json", "--key", "ci2.key")
+			p.expectRefused(source, doc, sig, "unknown or revoked key")
+
+			// A rotation to ci2, signed by the root key: accepted; then ci,
+			// revoked, is refused.
+			p.run("root", "rotate", "--from", "root.json", "--targets-key", "ci2.pub", "-o", "root2.json")
+			p.run("root", "sign", "--key", "root1.key", "root2.json")
+			doc, sig = p.release("3", "--root", "root.json", "--root", "root2.json", "--key", "ci2.key")
+			p.accept(source, doc, sig, "3")
+			doc, sig = p.release("4", "--root", "root.json", "--root", "root2.json", "--key", "ci.key")
+			p.expectRefused(source, doc, sig, "unknown or revoked key")
+
+			// Threshold two (ci and ci2): ci2's signature twice is one signer.
+			p.run("root", "rotate", "--from", "root2.json", "--targets-key", "ci.pub", "--targets-key", "ci2.pub", "--targets-threshold", "2", "-o", "root3.json")
+			p.run("root", "sign", "--key", "root1.key", "root3.json")
+			doc, sig = p.release("5", "--root", "root.json", "--root", "root2.json", "--root", "root3.json", "--key", "ci2.key")
+			var b map[string]any
+			if err := json.Unmarshal(sig, &b); err != nil {
+				t.Fatal(err)
+			}
+			sigs := b["signatures"].([]any)
+			b["signatures"] = append(sigs, sigs[0])
+			twice, _ := json.Marshal(b)
+			p.expectRefused(source, doc, twice, "threshold")
+		})
+	}
+}
+
+// A root that skips a version is refused, and so is a root's signature
+// offered as a target's.
+func TestTrustRootAttacks(t *testing.T) {
+	for _, source := range sources {
+		t.Run(source, func(t *testing.T) {
+			p, _, _ := trustDevice(t, source)
+			p.run("root", "rotate", "--from", "root.json", "-o", "root2.json")
+			p.run("root", "sign", "--key", "root1.key", "root2.json")
+			p.run("root", "rotate", "--from", "root2.json", "-o", "root3.json")
+			p.run("root", "sign", "--key", "root1.key", "root3.json")
+			doc, sig := p.release("2", "--root", "root.json", "--root", "root3.json", "--key", "ci.key")
+			p.expectRefused(source, doc, sig, "does not follow")
+
+			// ci signs the target's bytes as a root (the other payload type).
+			doc, _ = p.release("3")
+			k := p.privateKey("ci")
+			pub := k.Public().(ed25519.PublicKey)
+			id := sha256.Sum256(pub)
+			pae := fmt.Sprintf("DSSEv1 %d %s %d %s", len("application/vnd.latch.root+json"), "application/vnd.latch.root+json", len(doc), doc)
+			crafted, _ := json.Marshal(map[string]any{"signatures": []any{map[string]string{
+				"keyid": hex.EncodeToString(id[:]), "sig": base64.StdEncoding.EncodeToString(ed25519.Sign(k, []byte(pae))),
+			}}})
+			p.expectRefused(source, doc, crafted, "threshold")
+		})
+	}
+}
+
+// A target for another fleet, or another device, is refused.
+func TestTrustFleetAndDevice(t *testing.T) {
+	for _, source := range sources {
+		t.Run(source, func(t *testing.T) {
+			p, _, _ := trustDevice(t, source, "--device-id", "pi-7")
+			doc, sig := p.release("2", "--root", "root.json", "--key", "ci.key", "--fleet", "lobby")
+			p.expectRefused(source, doc, sig, "fleet")
+			doc, sig = p.release("3", "--root", "root.json", "--key", "ci.key", "--device", "pi-8")
+			p.expectRefused(source, doc, sig, "device")
+			doc, sig = p.release("4", "--root", "root.json", "--key", "ci.key", "--device", "pi-7")
+			p.accept(source, doc, sig, "4")
+		})
+	}
+}
+
+// Unsigned, and a bare signature, are refused under a root of trust; a
+// file without a size is refused too.
+func TestTrustUnsignedAndUnsized(t *testing.T) {
+	p, v1, _ := trustDevice(t, "api")
+	doc, _ := p.release("2")
+	p.expectRefused("api", doc, []byte(" "), "not signed")
+	bare := ed25519.Sign(p.privateKey("ci"), doc)
+	p.expectRefused("api", doc, []byte(base64.StdEncoding.EncodeToString(bare)), "malformed")
+	unsized, usig := p.resign(v1, func(m map[string]any) {
+		m["version"] = 3
+		for _, a := range m["apps"].(map[string]any) {
+			for _, s := range a.(map[string]any)["services"].(map[string]any) {
+				for _, f := range s.(map[string]any)["files"].([]any) {
+					delete(f.(map[string]any), "size")
+				}
+			}
+		}
+	}, "ci.key", "root.json")
+	p.expectRefused("api", unsized, usig, "every file needs its size")
+}
+
+// --trust-root and --trust-key together is a usage error.
+func TestTrustRootAndKeyTogether(t *testing.T) {
+	d := newDevice(t)
+	p := newPublisher(t, d)
+	cmd := exec.Command(latchBin, "agent", "--root", d.root, "--driver", "exec", "--target-file", d.target,
+		"--trust-root", filepath.Join(p.dir, "root.json"), "--trust-key", filepath.Join(p.dir, "ci.pub"))
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "--trust-root or --trust-key, not both") {
+		t.Errorf("agent with both: %v\n%s\nwant exit 2 naming both flags", err, out)
+	}
+}
