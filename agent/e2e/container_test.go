@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -518,4 +519,277 @@ func containerMetrics(d *device) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// containerProxy stands in front of a registry: it counts the blob bytes it
+// sends, can slow them down, and can answer with a status of its own or cut
+// the connection in the middle of a blob.
+type containerProxy struct {
+	srv      *httptest.Server
+	upstream string
+
+	mu        sync.Mutex
+	blobBytes int64
+	delay     time.Duration // per 32 KiB of a blob
+	status    int           // answer every request with this status (0: pass)
+	cut       bool          // close the connection after half of each blob
+	corrupt   bool          // flip the first byte of each blob
+}
+
+func containerNewProxy(t *testing.T, upstream string) *containerProxy {
+	p := &containerProxy{upstream: upstream}
+	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *containerProxy) addr() string { return strings.TrimPrefix(p.srv.URL, "http://") }
+
+func (p *containerProxy) sent() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.blobBytes
+}
+
+func (p *containerProxy) set(f func(p *containerProxy)) {
+	p.mu.Lock()
+	f(p)
+	p.mu.Unlock()
+}
+
+func (p *containerProxy) serve(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	status, delay, cut, corrupt := p.status, p.delay, p.cut, p.corrupt
+	p.mu.Unlock()
+	if status != 0 {
+		if status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Basic realm="latch-test"`)
+		}
+		http.Error(w, http.StatusText(status), status)
+		return
+	}
+	req, err := http.NewRequest(r.Method, "http://"+p.upstream+r.URL.RequestURI(), nil)
+	if err != nil {
+		http.Error(w, err.Error(), 500)
+		return
+	}
+	for k, v := range r.Header {
+		req.Header[k] = v
+	}
+	resp, err := (&http.Transport{}).RoundTrip(req)
+	if err != nil {
+		http.Error(w, err.Error(), 502)
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusTemporaryRedirect || resp.StatusCode == http.StatusFound {
+		// The registry serves blobs itself; a redirect would bypass us.
+		http.Error(w, "redirect", 500)
+		return
+	}
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	isBlob := strings.Contains(r.URL.Path, "/blobs/") && r.Method == "GET"
+	buf := make([]byte, 32<<10)
+	var n int64
+	for {
+		k, err := resp.Body.Read(buf)
+		if k > 0 {
+			if isBlob && cut && n+int64(k) > resp.ContentLength/2 {
+				if hj, ok := w.(http.Hijacker); ok {
+					if c, _, err := hj.Hijack(); err == nil {
+						c.Close()
+					}
+				}
+				return
+			}
+			if isBlob && corrupt && n == 0 {
+				buf[0] ^= 0xff
+			}
+			if _, err := w.Write(buf[:k]); err != nil {
+				return
+			}
+			n += int64(k)
+			if isBlob {
+				p.mu.Lock()
+				p.blobBytes += int64(k)
+				p.mu.Unlock()
+				if f, ok := w.(http.Flusher); ok {
+					f.Flush()
+				}
+				if delay > 0 {
+					time.Sleep(delay)
+				}
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// containerVia names img through another registry address.
+func containerVia(img containerImage, reg, via string) containerImage {
+	img.Ref = via + strings.TrimPrefix(img.Ref, reg)
+	return img
+}
+
+func containerRandom(n int, seed byte) []byte {
+	b := make([]byte, n)
+	s := sha256.Sum256([]byte{seed})
+	for i := 0; i < n; i += len(s) {
+		copy(b[i:], s[:])
+		s = sha256.Sum256(s[:])
+	}
+	return b
+}
+
+// (b) SIGKILL of the agent in the middle of a layer download: the next
+// start resumes the blob where it stopped.
+func TestContainerKilledDownloadResumes(t *testing.T) {
+	containerNeeds(t, "resume of a layer download after SIGKILL")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	proxy := containerNewProxy(t, reg)
+	const big = 4 << 20
+	v1 := containerVia(containerPushImage(t, reg, "kiosk/ui", "r1", "", nil), reg, proxy.addr())
+	v2 := containerVia(containerPushImage(t, reg, "kiosk/ui", "r2", "", map[string][]byte{"data": containerRandom(big, 2)}), reg, proxy.addr())
+	d := newDevice(t)
+	d.args = append(d.args, "--docker-host", eng.host, "--insecure-registry", proxy.addr())
+	d.setTarget(containerTarget(t, "kiosk", "r1", containerSvc{"ui", "exec sleep 1000", v1}))
+	d.start()
+	eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+
+	proxy.set(func(p *containerProxy) { p.blobBytes, p.delay = 0, 20*time.Millisecond }) // ~1.6 MB/s
+	d.setTarget(containerTarget(t, "kiosk", "r2", containerSvc{"ui", "exec sleep 1000", v2}))
+	d.waitFor("a third of the big layer sent", func() bool { return proxy.sent() > big/3 })
+	d.kill()
+	before := proxy.sent()
+	proxy.set(func(p *containerProxy) { p.delay = 0 })
+	d.start()
+	eng.waitState(t, d, "kiosk", "ui", "r2", "running")
+	d.waitFor("r2 applied", func() bool { return d.releaseOf("kiosk") == "r2" && d.status().Status == "idle" })
+	var total int64
+	for _, l := range v2.Layers[1:] { // the base layer was there from r1
+		total += l
+	}
+	again := proxy.sent() - total
+	t.Logf("killed after %d blob bytes sent; %d bytes of r2's new layer, %d sent in all: %d sent twice", before, total, proxy.sent(), again)
+	if again > 1<<20 {
+		t.Fatalf("the restarted agent fetched %d bytes again (of %d sent before the kill): the download did not resume", again, before)
+	}
+	d.stop()
+}
+
+// (e) Bad references and registry failures: a clear error, nothing applied,
+// the running release keeps running.
+func TestContainerRegistryErrors(t *testing.T) {
+	containerNeeds(t, "registry errors during an update")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	proxy := containerNewProxy(t, reg)
+	v1 := containerVia(containerPushImage(t, reg, "kiosk/ui", "r1", "", nil), reg, proxy.addr())
+	v2 := containerVia(containerPushImage(t, reg, "kiosk/ui", "r2", "", nil), reg, proxy.addr())
+	arm := containerVia(containerPushImage(t, reg, "kiosk/ui", "arm", "riscv64", nil), reg, proxy.addr())
+	d := newDevice(t)
+	d.args = append(d.args, "--docker-host", eng.host, "--insecure-registry", proxy.addr(), "--retry-delay", "200ms")
+	d.setTarget(containerTarget(t, "kiosk", "r1", containerSvc{"ui", "exec sleep 1000", v1}))
+	d.start()
+	old := eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+
+	missing := v2
+	missing.Ref = proxy.addr() + "/kiosk/ui@sha256:" + strings.Repeat("ab", 32)
+	unknownRepo := v2
+	unknownRepo.Ref = proxy.addr() + "/kiosk/nothing@" + strings.SplitN(v2.Ref, "@", 2)[1]
+	for _, c := range []struct {
+		name    string
+		img     containerImage
+		proxy   func(p *containerProxy)
+		release string
+		want    string // in the reason
+		failed  bool   // rejected for good (else retried)
+	}{
+		{"unknown digest", missing, nil, "r2a", "404 not found", false},
+		{"unknown repository", unknownRepo, nil, "r2b", "404 not found", false},
+		{"another platform", arm, nil, "r2c", "platform", true},
+		{"401", v2, func(p *containerProxy) { p.status = 401 }, "r2d", "authentication required", false},
+		{"500", v2, func(p *containerProxy) { p.status = 500 }, "r2e", "500 internal server error", false},
+		{"cut connection", v2, func(p *containerProxy) { p.cut = true }, "r2f", "connection broke", false},
+		{"corrupt blob", v2, func(p *containerProxy) { p.corrupt = true }, "r2g", "does not match its digest", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			proxy.set(func(p *containerProxy) { p.status, p.cut, p.corrupt = 0, false, false })
+			if c.proxy != nil {
+				proxy.set(c.proxy)
+			}
+			d.t = t
+			d.setTarget(containerTarget(t, "kiosk", c.release, containerSvc{"ui", "exec sleep 1000", c.img}))
+			var s deviceStatus
+			d.waitFor("the error in the status", func() bool {
+				s = d.status()
+				return strings.Contains(strings.ToLower(s.Reason), c.want) && (!c.failed || s.UpdateFailed) && strings.Contains(s.Reason, "image "+c.img.Ref)
+			})
+			t.Logf("reason: %s", s.Reason)
+			time.Sleep(300 * time.Millisecond)
+			st, now := eng.state(t, "kiosk", "ui", "r1")
+			if st != "running" || now.ID != old.ID || now.State.StartedAt != old.State.StartedAt {
+				t.Fatalf("the running release was touched: %s, started %s (was %s)", st, now.State.StartedAt, old.State.StartedAt)
+			}
+			if st, _ := eng.state(t, "kiosk", "ui", c.release); st != "" {
+				t.Fatalf("a container of the failed release exists: %s", st)
+			}
+			if r := d.releaseOf("kiosk"); r != "r1" {
+				t.Fatalf("release %q, want r1", r)
+			}
+		})
+	}
+	d.t = t
+	proxy.set(func(p *containerProxy) { p.status, p.cut, p.corrupt = 0, false, false })
+	d.setTarget(containerTarget(t, "kiosk", "r3", containerSvc{"ui", "exec sleep 1000", v2}))
+	eng.waitState(t, d, "kiosk", "ui", "r3", "running")
+	d.waitFor("r3 applied after the errors", func() bool { return d.releaseOf("kiosk") == "r3" && d.status().Status == "idle" })
+	d.stop()
+}
+
+// (f) A container of latch's name that latch did not create, and an image
+// that latch did not load, are never touched: the update fails and rolls
+// back, the foreign container stays as it was.
+func TestContainerForeignUntouched(t *testing.T) {
+	containerNeeds(t, "foreign containers and images")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
+	v2 := containerPushImage(t, reg, "kiosk/ui", "r2", "", nil)
+	d := containerDevice(t, eng, reg)
+	d.args = append(d.args, "--max-attempts", "1")
+	d.setTarget(containerTarget(t, "kiosk", "r1", containerSvc{"ui", "exec sleep 1000", v1}))
+	d.start()
+	eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+
+	ctx := context.Background()
+	name, _ := docker.ContainerName("kiosk", "ui", "r2")
+	foreign, err := eng.client.CreateContainer(ctx, name, docker.CreateConfig{Image: v1.ID, Cmd: []string{"/bin/sleep", "1000"}, HostConfig: docker.HostConfig{NetworkMode: "none"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.client.StartContainer(ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := eng.client.InspectContainer(ctx, foreign)
+	d.setTarget(containerTarget(t, "kiosk", "r2", containerSvc{"ui", "exec sleep 1000", v2}))
+	d.waitFor("r2 failed", func() bool { return d.status().UpdateFailed })
+	if s := d.status(); !strings.Contains(s.Reason, "not created by latch") {
+		t.Fatalf("reason %q does not say the container is not latch's", s.Reason)
+	}
+	after, err := eng.client.InspectContainer(ctx, foreign)
+	if err != nil || !after.State.Running || after.State.StartedAt != before.State.StartedAt || len(after.Config.Labels) != 0 {
+		t.Fatalf("the foreign container was touched: %v, running %v, started %s (was %s), labels %v", err, after.State.Running, after.State.StartedAt, before.State.StartedAt, after.Config.Labels)
+	}
+	eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	if _, err := eng.client.InspectImage(ctx, v1.ID); err != nil {
+		t.Fatalf("an image was removed: %v", err)
+	}
+	d.stop()
 }
