@@ -793,3 +793,102 @@ func TestContainerForeignUntouched(t *testing.T) {
 	}
 	d.stop()
 }
+
+// containerMixedTarget is app kiosk at release: containers ui and backend,
+// and an exec service "log" whose commands append to the device's log.
+func containerMixedTarget(t *testing.T, d *device, release string, img containerImage) []byte {
+	t.Helper()
+	services := map[string]any{
+		"log": map[string]any{
+			"start":  fmt.Sprintf(`echo "start log %s" >> %s`, release, d.log),
+			"stop":   fmt.Sprintf(`echo "stop log %s" >> %s`, release, d.log),
+			"health": "true",
+		},
+	}
+	for _, name := range []string{"backend", "ui"} {
+		services[name] = map[string]any{
+			"image": img.Ref, "command": []string{"/bin/sh", "-c", "exec sleep 1000"},
+			"network_mode": "none", "stop_grace_period": "1s",
+		}
+	}
+	b, err := json.Marshal(map[string]any{"apps": map[string]any{"kiosk": map[string]any{"release": release, "services": services}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// (c) SIGKILL after every journal commit of an update of an app that mixes
+// containers and an exec service: the restarted agent ends on the new
+// release whole, never a mix, each exec command run once.
+func TestContainerKillAtEveryCommit(t *testing.T) {
+	containerNeeds(t, "SIGKILL at every journal commit of a container update")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
+	v2 := containerPushImage(t, reg, "kiosk/ui", "r2", "", nil)
+	clean := func() {
+		ctx := context.Background()
+		list, _ := eng.client.ListContainers(ctx, docker.LabelApp+"=kiosk")
+		for _, c := range list {
+			eng.client.RemoveContainer(ctx, c.ID, true)
+		}
+	}
+	for n := 1; n <= 200; n++ {
+		survived := false
+		t.Run(fmt.Sprintf("commit-%d", n), func(t *testing.T) {
+			defer clean()
+			d := containerDevice(t, eng, reg)
+			d.setTarget(containerMixedTarget(t, d, "r1", v1))
+			d.start()
+			d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+			d.stop()
+			os.Remove(d.log)
+			d.start(fmt.Sprintf("LATCH_FAILPOINT=commit:%d", n))
+			d.setTarget(containerMixedTarget(t, d, "r2", v2))
+			deadline := time.After(60 * time.Second)
+		wait:
+			for {
+				select {
+				case <-d.waitErr:
+					d.notify.Close()
+					break wait
+				case <-deadline:
+					t.Fatalf("commit:%d: the agent neither died nor finished\n%s", n, d.output())
+				case <-time.After(50 * time.Millisecond):
+					if s, ok := d.statusOK(); ok && releaseIn(s, "kiosk") == "r2" && !s.UpdatePending {
+						survived = true
+						d.stop()
+						return
+					}
+				}
+			}
+			d.start()
+			if !within(60*time.Second, func() bool {
+				s, ok := d.statusOK()
+				return ok && releaseIn(s, "kiosk") == "r2" && !s.UpdatePending && s.Status == "idle"
+			}) {
+				s, _ := d.statusOK()
+				t.Fatalf("killed after commit %d, the agent never ends idle on r2: %q %q\n%s", n, s.Status, s.Reason, d.output())
+			}
+			for _, svc := range []string{"backend", "ui"} {
+				if st, c := eng.state(t, "kiosk", svc, "r2"); st != "running" || c.RestartCount != 0 {
+					t.Errorf("killed after commit %d: kiosk/%s r2 is %q (restarts %d), want running", n, svc, st, c.RestartCount)
+				}
+				if st, _ := eng.state(t, "kiosk", svc, "r1"); st == "running" {
+					t.Errorf("killed after commit %d: kiosk/%s r1 still runs beside r2", n, svc)
+				}
+			}
+			for _, line := range []string{"stop log r1", "start log r2"} {
+				if c := d.count(line); c != 1 {
+					t.Errorf("killed after commit %d: %q ran %d times, want once\n%s", n, line, c, strings.Join(d.commands(), "\n"))
+				}
+			}
+			d.stop()
+		})
+		if survived || t.Failed() {
+			t.Logf("swept %d commits", n)
+			return
+		}
+	}
+	t.Fatal("the update took more than 200 journal commits")
+}
