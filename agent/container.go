@@ -515,3 +515,40 @@ func (a *Agent) containerStatus() []ContainerStatus {
 	add(s.running, false)
 	return out
 }
+
+// containerOrder orders names (sorted) so that the container services of
+// svcs come after those they depend on (depends_on): they keep the places
+// containers have among names, filled in dependency order. Without
+// container services, or when their specs do not parse (the update is then
+// refused when it downloads), names stay as they are.
+func containerOrder(names []string, svcs map[string]target.Service) []string {
+	specs := map[string]docker.Spec{}
+	for _, n := range names {
+		svc, ok := svcs[n]
+		if !ok || !svc.IsContainer() {
+			continue
+		}
+		spec, err := docker.ParseSpec(svc.Container)
+		if err != nil {
+			return names
+		}
+		specs[n] = spec
+	}
+	if len(specs) < 2 {
+		return names
+	}
+	order, err := docker.Order(specs)
+	if err != nil {
+		return names
+	}
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		if _, ok := specs[n]; ok {
+			out = append(out, order[0])
+			order = order[1:]
+		} else {
+			out = append(out, n)
+		}
+	}
+	return out
+}

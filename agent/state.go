@@ -205,7 +205,7 @@ func makePlan(st *target.State, apps map[string]store.App, running *target.State
 		for svc := range old {
 			svcs[svc] = true
 		}
-		for _, svc := range sortedKeys(svcs) {
+		for _, svc := range containerOrder(sortedKeys(svcs), ta.Services) {
 			p := planned{Svc: lock.Service{App: app, Service: svc}, Release: ta.Release}
 			if o, ok := old[svc]; ok {
 				p.Old, p.OldRelease = &o, cur.Current

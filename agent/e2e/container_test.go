@@ -892,3 +892,34 @@ func TestContainerKillAtEveryCommit(t *testing.T) {
 	}
 	t.Fatal("the update took more than 200 journal commits")
 }
+
+// depends_on: a service starts after the services it depends on, whatever
+// their names.
+func TestContainerDependsOnOrder(t *testing.T) {
+	containerNeeds(t, "the depends_on order of an apply")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
+	d := containerDevice(t, eng, reg)
+	svc := func(deps ...string) map[string]any {
+		return map[string]any{"image": v1.Ref, "command": []string{"/bin/sleep", "1000"}, "network_mode": "none",
+			"stop_grace_period": "1s", "depends_on": deps}
+	}
+	doc, _ := json.Marshal(map[string]any{"apps": map[string]any{"kiosk": map[string]any{"release": "r1", "services": map[string]any{
+		"a": svc("b"), "b": svc("c"), "c": svc(),
+	}}}})
+	d.setTarget(doc)
+	d.start()
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+	var started []time.Time
+	for _, s := range []string{"c", "b", "a"} {
+		st, c := eng.state(t, "kiosk", s, "r1")
+		if st != "running" {
+			t.Fatalf("kiosk/%s is %q", s, st)
+		}
+		started = append(started, c.State.Started())
+	}
+	if !started[0].Before(started[1]) || !started[1].Before(started[2]) {
+		t.Fatalf("start times c %s, b %s, a %s: want c, then b (depends on c), then a (depends on b)", started[0], started[1], started[2])
+	}
+	d.stop()
+}
