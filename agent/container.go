@@ -112,7 +112,7 @@ func (a *Agent) loadedImage(ctx context.Context, drv *docker.Driver, ref registr
 	if err != nil {
 		return ""
 	}
-	id := strings.TrimSpace(string(b))
+	id, _, _ := strings.Cut(string(b), "\n")
 	if !registry.ValidDigest(id) {
 		return ""
 	}
@@ -234,7 +234,11 @@ func (a *Agent) pullImage(ctx context.Context, id string, drv *docker.Driver, re
 			return fmt.Errorf("the engine does not have %s after loading it: %w", img.Config.Digest, err)
 		}
 	}
-	if err := writeFileAtomic(a.loadedPath(ref), []byte(img.Config.Digest+"\n"), 0o600); err != nil {
+	rec := img.Config.Digest + "\n"
+	for _, l := range img.Layers {
+		rec += l.Digest + "\n"
+	}
+	if err := writeFileAtomic(a.loadedPath(ref), []byte(rec), 0o600); err != nil {
 		return fmt.Errorf("record the loaded image: %w", err)
 	}
 	for _, b := range append([]registry.Blob{img.Config}, img.Layers...) {
@@ -551,4 +555,53 @@ func containerOrder(names []string, svcs map[string]target.Service) []string {
 		}
 	}
 	return out
+}
+
+// pruneBlobs removes the image blobs and records that neither the running
+// target nor the pending one needs: the blobs of the running release stay,
+// so that an update sharing its layers fetches only the new ones.
+func (a *Agent) pruneBlobs() {
+	keepRec, keepBlob := map[string]bool{}, map[string]bool{}
+	for _, st := range []*target.State{a.st.running, a.st.tgt} {
+		if st == nil {
+			continue
+		}
+		for _, app := range st.Apps {
+			for _, svc := range app.Services {
+				if !svc.IsContainer() {
+					continue
+				}
+				ref, err := registry.ParsePinned(svc.Image)
+				if err != nil {
+					continue
+				}
+				hex := strings.TrimPrefix(ref.Digest, "sha256:")
+				keepRec[hex] = true
+				b, err := os.ReadFile(a.loadedPath(ref))
+				if err != nil {
+					continue
+				}
+				for _, d := range strings.Fields(string(b)) {
+					keepBlob[strings.TrimPrefix(d, "sha256:")] = true
+				}
+			}
+		}
+	}
+	if a.st.pending != nil || a.st.running == nil {
+		return // a download may be under way, or what runs is not known: keep all
+	}
+	if entries, err := os.ReadDir(a.loadedDir()); err == nil {
+		for _, e := range entries {
+			if !keepRec[e.Name()] {
+				os.Remove(filepath.Join(a.loadedDir(), e.Name()))
+			}
+		}
+	}
+	if entries, err := os.ReadDir(a.blobDir()); err == nil {
+		for _, e := range entries {
+			if !keepBlob[e.Name()] {
+				os.Remove(filepath.Join(a.blobDir(), e.Name()))
+			}
+		}
+	}
 }

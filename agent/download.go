@@ -160,6 +160,7 @@ func (a *Agent) onDownloaded(ev dlDone) {
 // pending update does not need: installed files are copies, so a finished
 // update's downloads only take space.
 func (a *Agent) cleanDownloads() {
+	a.pruneBlobs()
 	keep := map[string]bool{}
 	if p := a.st.pending; p != nil {
 		for _, f := range p.Files {

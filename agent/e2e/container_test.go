@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -462,6 +463,15 @@ func TestContainerLockDefersUpdate(t *testing.T) {
 	}
 	if m := containerMetrics(d); !strings.Contains(m, `latch_container_state{app="kiosk",service="ui",release="r2",state="running"} 1`) {
 		t.Fatalf("metrics lack r2's running container:\n%s", m)
+	}
+	// The blobs kept are r2's (config, base layer, top layer): r1's own are gone.
+	var blobs []string
+	entries, _ := os.ReadDir(filepath.Join(d.stateDir, "blobs"))
+	for _, e := range entries {
+		blobs = append(blobs, e.Name())
+	}
+	if len(blobs) != 3 || !slices.Contains(blobs, strings.TrimPrefix(v2.ID, "sha256:")) || slices.Contains(blobs, strings.TrimPrefix(v1.ID, "sha256:")) {
+		t.Fatalf("blobs kept after r2: %v, want r2's config %s and its two layers", blobs, v2.ID)
 	}
 	d.stop()
 }
