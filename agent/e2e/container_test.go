@@ -933,3 +933,48 @@ func TestContainerDependsOnOrder(t *testing.T) {
 	}
 	d.stop()
 }
+
+// A container field that the driver refuses fails the update with an error
+// naming the app, the service and the field; what runs is not touched.
+func TestContainerBadFieldRefused(t *testing.T) {
+	containerNeeds(t, "a bad container field in a target")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
+	d := containerDevice(t, eng, reg)
+	d.setTarget(containerTarget(t, "kiosk", "r1", containerSvc{"ui", "exec sleep 1000", v1}))
+	d.start()
+	old := eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+	prevID := d.status().UpdateID
+	for _, c := range []struct{ name, field, value string }{
+		{"privileged not a boolean", "privileged", `"yes"`},
+		{"image by tag", "image", `"` + strings.SplitN(v1.Ref, "@", 2)[0] + `:latest"`},
+		{"unknown field", "hostname", `"x"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d.t = t
+			doc := string(containerTarget(t, "kiosk", "r2-"+c.field, containerSvc{"ui", "exec sleep 1000", v1}))
+			doc = strings.Replace(doc, `"network_mode"`, `"`+c.field+`": `+c.value+`, "network_mode"`, 1)
+			if c.field == "image" {
+				doc = strings.Replace(doc, `"image": "`+v1.Ref+`",`, "", 1)
+			}
+			d.setTarget([]byte(doc))
+			var s deviceStatus
+			d.waitFor("the update refused", func() bool {
+				s = d.status()
+				return s.UpdateFailed && s.UpdateID != prevID
+			})
+			prevID = s.UpdateID
+			t.Logf("reason: %s", s.Reason)
+			if !strings.Contains(s.Reason, "apps.kiosk.services.ui") || !strings.Contains(s.Reason, c.field) {
+				t.Fatalf("reason %q does not name apps.kiosk.services.ui and %s", s.Reason, c.field)
+			}
+			st, now := eng.state(t, "kiosk", "ui", "r1")
+			if st != "running" || now.State.StartedAt != old.State.StartedAt || d.releaseOf("kiosk") != "r1" {
+				t.Fatalf("the running release was touched: %s, release %q", st, d.releaseOf("kiosk"))
+			}
+		})
+	}
+	d.t = t
+	d.stop()
+}
