@@ -580,7 +580,7 @@ func (p *containerProxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := http.NewRequest(r.Method, "http://"+p.upstream+r.URL.RequestURI(), nil)
 	if err != nil {
-		http.Error(w, err.Error(), 500)
+		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	for k, v := range r.Header {
@@ -588,13 +588,13 @@ func (p *containerProxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := (&http.Transport{}).RoundTrip(req)
 	if err != nil {
-		http.Error(w, err.Error(), 502)
+		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusTemporaryRedirect || resp.StatusCode == http.StatusFound {
 		// The registry serves blobs itself; a redirect would bypass us.
-		http.Error(w, "redirect", 500)
+		http.Error(w, "redirect", http.StatusInternalServerError)
 		return
 	}
 	for k, v := range resp.Header {
