@@ -238,6 +238,13 @@ func stepUpdate(e *env) {
 	if s.Status != "waiting" || s.BlockedBy[0].Path != uiLock {
 		t.Errorf("latch status: got status %q blocked by %+v, want waiting, blocked by %s", s.Status, s.BlockedBy, uiLock)
 	}
+	// The application is told: update-pending, inside its own unit's view of /tmp/balena.
+	e.waitFor(ctx, "/tmp/balena/update-pending inside demo-ui.service naming demo 1 -> 2", func() (bool, string) {
+		notice, code := e.run(ctx, "nsenter", "-t", ui1["ExecMainPID"], "-m", "cat", "/tmp/balena/update-pending")
+		var pending struct{ App, From, To string }
+		err := json.Unmarshal([]byte(notice), &pending)
+		return code == 0 && err == nil && pending.App == "demo" && pending.From == "1" && pending.To == "2", notice
+	})
 	if st := e.show(ctx, latchUnit, "StatusText")["StatusText"]; !strings.Contains(st, "update waiting for lock "+uiLock) {
 		t.Errorf("latch.service StatusText while blocked: got %q, want it to name %s", st, uiLock)
 	}
@@ -261,6 +268,9 @@ func stepUpdate(e *env) {
 	t.Logf("measured: lock released to release 2 applied (--health-wait 2s): %v", time.Since(released).Round(time.Millisecond))
 	if e.exists(uiLock) {
 		t.Errorf("%s still exists after the application released it and the update was applied", uiLock)
+	}
+	if e.exists(uiLockDir + "/update-pending") {
+		t.Errorf("%s/update-pending still exists after the update was applied", uiLockDir)
 	}
 	for unit, was := range map[string]map[string]string{uiUnit: ui1, apiUnit: api1} {
 		svc := strings.TrimSuffix(strings.TrimPrefix(unit, "demo-"), ".service")
@@ -342,14 +352,31 @@ func stepRebootLocked(e *env) {
 	ctx, cancel := e.stepCtx(150 * time.Second)
 	defer cancel()
 	e.waitApp(ctx, "ui", "2")
-	e.signal(ctx, uiUnit, "USR1")
-	e.waitFor(ctx, "the ui's lock at "+uiLock, func() (bool, string) { return e.exists(uiLock), "" })
 	pid1, err := e.c.PID1()
 	if err != nil {
 		t.Fatal(err)
 	}
 
+	// A program that holds logind's shutdown block inhibitor holds a reboot back like a lock.
+	e.exec(ctx, "systemd-run", "--unit", "e2e-inhibit", "systemd-inhibit", "--what=shutdown", "--mode=block",
+		"--who=flasher", "--why=flashing the modem", "sleep", "600")
+	e.waitFor(ctx, "the inhibitor listed by logind", func() (bool, string) {
+		out, _ := e.run(ctx, "systemd-inhibit", "--list", "--no-pager")
+		return strings.Contains(out, "flasher"), out
+	})
 	out, code := e.run(ctx, "latch", "reboot")
+	if code != 73 || !strings.Contains(out, "flasher") || !strings.Contains(out, "flashing the modem") {
+		t.Errorf("latch reboot under a shutdown inhibitor: got exit %d, output %q; want 73 and a message naming flasher and why", code, out)
+	}
+	if now, err := e.c.PID1(); err != nil || now != pid1 {
+		t.Fatalf("the container rebooted (PID 1 %d, was %d; %v) under a shutdown inhibitor", now, pid1, err)
+	}
+	e.exec(ctx, "systemctl", "stop", "e2e-inhibit.service")
+
+	e.signal(ctx, uiUnit, "USR1")
+	e.waitFor(ctx, "the ui's lock at "+uiLock, func() (bool, string) { return e.exists(uiLock), "" })
+
+	out, code = e.run(ctx, "latch", "reboot")
 	if code != 73 || !strings.Contains(out, uiLock) {
 		t.Errorf("latch reboot under the ui's lock: got exit %d, output %q; want 73 and a message naming %s", code, out, uiLock)
 	}
