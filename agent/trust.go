@@ -136,6 +136,8 @@ func (a *Agent) verifyTrust(tc *trustCtl, doc target.Doc, by string) (*trust.Sta
 		var b trust.Bundle
 		if b, err = trust.ParseBundle(doc.Sig); err == nil {
 			res, err = trust.Verify(tc.state, doc.Data, b, time.Now(), tc.deviceID)
+		} else {
+			err = fmt.Errorf("%w: under --trust-root the signatures come as a bundle {\"signatures\":[...]} (latch sign writes one); a bare signature is --trust-key's form", err)
 		}
 	}
 	if errors.Is(err, trust.ErrAlreadyAccepted) {
