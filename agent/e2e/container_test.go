@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -833,6 +834,9 @@ func containerMixedTarget(t *testing.T, d *device, release string, img container
 // release whole, never a mix, each exec command run once.
 func TestContainerKillAtEveryCommit(t *testing.T) {
 	containerNeeds(t, "SIGKILL at every journal commit of a container update")
+	if _, err := exec.LookPath("docker"); err != nil {
+		t.Skip("the docker CLI is not installed (it reads the engine's events): SIGKILL at every journal commit of a container update not tested")
+	}
 	eng, reg := containerStartEngine(t), containerStartRegistry(t)
 	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
 	v2 := containerPushImage(t, reg, "kiosk/ui", "r2", "", nil)
@@ -853,6 +857,7 @@ func TestContainerKillAtEveryCommit(t *testing.T) {
 			d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
 			d.stop()
 			os.Remove(d.log)
+			since := time.Now()
 			d.start(fmt.Sprintf("LATCH_FAILPOINT=commit:%d", n))
 			d.setTarget(containerMixedTarget(t, d, "r2", v2))
 			deadline := time.After(60 * time.Second)
@@ -886,6 +891,16 @@ func TestContainerKillAtEveryCommit(t *testing.T) {
 				}
 				if st, _ := eng.state(t, "kiosk", svc, "r1"); st == "running" {
 					t.Errorf("killed after commit %d: kiosk/%s r1 still runs beside r2", n, svc)
+				}
+			}
+			for _, c := range []struct {
+				release string
+				want    int
+			}{{"r1", 0}, {"r2", 1}} {
+				for _, svc := range []string{"backend", "ui"} {
+					if got := eng.starts(t, since, "kiosk", svc, c.release); got != c.want {
+						t.Errorf("killed after commit %d: kiosk/%s %s was started %d times, want %d", n, svc, c.release, got, c.want)
+					}
 				}
 			}
 			for _, line := range []string{"stop log r1", "start log r2"} {
@@ -977,4 +992,28 @@ func TestContainerBadFieldRefused(t *testing.T) {
 	}
 	d.t = t
 	d.stop()
+}
+
+// starts counts the engine's start events of latch's container of a
+// service and release since a time (the docker CLI reads the engine's
+// event log, which outlives removed containers).
+func (e *containerEngine) starts(t *testing.T, since time.Time, app, svc, release string) int {
+	t.Helper()
+	name, err := docker.ContainerName(app, svc, release)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("docker", "-H", e.host, "events", "--since", fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
+		"--until", strconv.FormatInt(time.Now().Unix()+1, 10), "--filter", "event=start", "--filter", "container="+name,
+		"--format", "{{.Actor.Attributes.name}}").Output()
+	if err != nil {
+		t.Fatalf("docker events: %v", err)
+	}
+	n := 0
+	for _, l := range strings.Fields(string(out)) {
+		if l == name {
+			n++
+		}
+	}
+	return n
 }
