@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
@@ -11,10 +12,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -580,4 +583,93 @@ func (p *publisher) withRoots(sig []byte, files ...string) []byte {
 	b["roots"] = roots
 	out, _ := json.Marshal(b)
 	return out
+}
+
+// The commands of README's "Publishing a release", run as written: a
+// publisher's folder, a static host (a real HTTP server over HOST_DIR) and
+// the agent they end with, which must apply the release.
+func TestReadmePublishing(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "<!-- publishing-commands:")
+	if !ok {
+		t.Fatal("README.md has no <!-- publishing-commands: --> block")
+	}
+	_, rest, _ = strings.Cut(rest, "```sh\n")
+	block, _, ok := strings.Cut(rest, "\n```")
+	if !ok || !strings.Contains(block, "latch agent --trust-root") {
+		t.Fatalf("README.md's publishing block is not a ```sh block ending in latch agent --trust-root:\n%s", block)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	hostDir := filepath.Join(dir, "host")
+	device := filepath.Join(dir, "device")
+	work := filepath.Join(dir, "publisher")
+	for _, d := range []string{bin, hostDir, device, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(latchBin, filepath.Join(bin, "latch")); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptestServer(t, hostDir)
+	script := filepath.Join(dir, "publishing.sh")
+	if err := os.WriteFile(script, []byte("set -eu\n"+block+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/bin/sh", script)
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "BASE_URL="+srv, "HOST_DIR="+hostDir,
+		"LATCH_ROOT="+device, "NOTIFY_SOCKET=")
+	out := &lockedWriter{w: &bytesBuffer{}}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		<-done
+	}()
+	installed := filepath.Join(device, "opt", "hello", "hello.txt")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if b, err := os.ReadFile(installed); err == nil && string(b) == "hello 1.0\n" {
+			break
+		}
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("the README's commands ended (%v) before the release was applied:\n%s", err, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the README's release was not applied within 60s:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	st, err := exec.Command(latchBin, "status", "--json", "--root", device).CombinedOutput()
+	if err != nil || !strings.Contains(string(st), `"hello=1.0"`) {
+		t.Errorf("latch status after the README's release (%v):\n%s", err, st)
+	}
+}
+
+// httptestServer serves dir as a static host and returns its URL.
+func httptestServer(t *testing.T, dir string) string {
+	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+type bytesBuffer = bytes.Buffer
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
 }
