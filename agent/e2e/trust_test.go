@@ -653,9 +653,15 @@ func TestReadmePublishing(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	st, err := exec.Command(latchBin, "status", "--json", "--root", device).CombinedOutput()
-	if err != nil || !strings.Contains(string(st), `"hello=1.0"`) {
-		t.Errorf("latch status after the README's release (%v):\n%s", err, st)
+	for {
+		st, err := exec.Command(latchBin, "status", "--json", "--root", device).CombinedOutput()
+		if err == nil && strings.Contains(string(st), `"release": "hello=1.0"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("latch status does not show hello=1.0 running (%v):\n%s", err, st)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
