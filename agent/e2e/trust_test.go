@@ -303,7 +303,14 @@ func (p *publisher) expectRefused(source string, doc, sig []byte, want string) {
 	if err != nil || !strings.Contains(string(journal), "refused") || !strings.Contains(string(journal), want) {
 		p.t.Errorf("latch journal (%v) does not show the refusal %q:\n%s", err, want, journal)
 	}
-	time.Sleep(300 * time.Millisecond) // what a wrongly accepted target would start has had time to
+	// Refused once: no retry loop journals it again (the agent retries a
+	// failed acceptance every --retry-delay, 100ms here, unless it is
+	// about the document).
+	n := p.refusals()
+	time.Sleep(time.Second) // what a wrongly accepted target would start has had time to
+	if again := p.refusals(); again != n {
+		p.t.Errorf("the refusal was journalled %d more times in a second, want once", again-n)
+	}
 	if after := p.snap(); after != before {
 		p.t.Errorf("a refused target changed the device: before %+v, after %+v", before, after)
 	}
@@ -682,4 +689,14 @@ func (l *lockedWriter) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.String()
+}
+
+// refusals counts the refusals in the journal.
+func (p *publisher) refusals() int {
+	p.t.Helper()
+	out, err := exec.Command(latchBin, "journal", "--root", p.d.root, "--limit", "1000").CombinedOutput()
+	if err != nil {
+		p.t.Fatalf("latch journal: %v\n%s", err, out)
+	}
+	return strings.Count(string(out), "target state refused: ")
 }
