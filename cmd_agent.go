@@ -259,6 +259,9 @@ func runAgent(ctx context.Context, args []string) error {
 	defer j.Close() // closed last
 	if aside != "" {
 		logf("journal %s was corrupt: moved aside to %s and started afresh", p.journal(), aside)
+		if *trustRoot != "" {
+			logf("warning: the trust state went with the corrupt journal: the device knows only --trust-root %s again, and would accept a target version older than the last one it accepted (the highest version is in %s)", *trustRoot, aside)
+		}
 	}
 	notifier := systemd.NewNotifier()
 	cfg.Notifier = safeStatus{notifier}
