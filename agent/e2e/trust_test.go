@@ -700,3 +700,18 @@ func (p *publisher) refusals() int {
 	}
 	return strings.Count(string(out), "target state refused: ")
 }
+
+// A corrupt journal is moved aside and the agent starts afresh; under
+// --trust-root it says that the highest version accepted went with it.
+func TestTrustJournalResetWarns(t *testing.T) {
+	p, _, _ := trustDevice(t, "file")
+	p.d.stop()
+	if err := os.WriteFile(filepath.Join(p.d.stateDir, "journal.db"), []byte("not a journal"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.d.start()
+	if out := p.d.output(); !strings.Contains(out, "the trust state went with the corrupt journal") {
+		t.Errorf("agent output after a journal reset does not warn about the trust state:\n%s", out)
+	}
+	p.d.stop()
+}
