@@ -266,4 +266,3 @@ func (r Root) KeysOf(role Role) []ed25519.PublicKey {
 	}
 	return out
 }
-
