@@ -60,6 +60,9 @@ func (a *Agent) accept(doc target.Doc, by string) error {
 	if err == nil {
 		err = a.checkPaths(st)
 	}
+	if err == nil {
+		err = checkContainers(st) // the container fields, by the driver's rules (section 9)
+	}
 	if err != nil {
 		a.event("rejected", by, "target from %s rejected: %v", doc.Source, err)
 		return err

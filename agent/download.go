@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"latch/agent/fetch"
+	"latch/agent/target"
 	"latch/store"
 )
 
@@ -48,6 +49,7 @@ func (a *Agent) startDownload() {
 				return
 			}
 		}
+		sizes := fileSizes(tgt)
 		for i, f := range files {
 			dest := a.staged(f.SHA256)
 			if f.Complete {
@@ -56,7 +58,11 @@ func (a *Agent) startDownload() {
 				}
 			}
 			var last time.Time
-			err := fetch.Fetch(ctx, client, f.Source, f.SHA256, dest, func(done, total int64) {
+			size, ok := sizes[f.SHA256]
+			if !ok {
+				size = -1 // the target gives none: only the sha256 bounds it
+			}
+			err := fetch.FetchSized(ctx, client, f.Source, f.SHA256, dest, size, func(done, total int64) {
 				if time.Since(last) < progressEvery {
 					return
 				}
@@ -70,11 +76,11 @@ func (a *Agent) startDownload() {
 				a.send(dlDone{id: id, err: err})
 				return
 			}
-			size := int64(-1)
+			got := int64(-1)
 			if fi, err := os.Stat(dest); err == nil {
-				size = fi.Size()
+				got = fi.Size()
 			}
-			a.send(dlProgress{id: id, file: i, done: size, total: size, complete: true})
+			a.send(dlProgress{id: id, file: i, done: got, total: got, complete: true})
 		}
 		if err := a.pullImages(ctx, id, plan); err != nil {
 			a.send(dlDone{id: id, err: err})
@@ -177,4 +183,27 @@ func (a *Agent) cleanDownloads() {
 			os.Remove(filepath.Join(a.downloadDir(), e.Name()))
 		}
 	}
+}
+
+// fileSizes maps each file's sha256 to the size its target gives (the
+// smallest, should two entries of one content disagree): a download past it
+// stops at once.
+func fileSizes(tgt *target.State) map[string]int64 {
+	out := map[string]int64{}
+	if tgt == nil {
+		return out
+	}
+	for _, app := range tgt.Apps {
+		for _, svc := range app.Services {
+			for _, f := range svc.Files {
+				if !f.HasSize {
+					continue
+				}
+				if old, ok := out[f.SHA256]; !ok || f.Size < old {
+					out[f.SHA256] = f.Size
+				}
+			}
+		}
+	}
+	return out
 }

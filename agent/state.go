@@ -351,6 +351,7 @@ func (a *Agent) snapshot() Status {
 	if st.Holds == nil {
 		st.Holds = []store.Hold{}
 	}
+	st.Refused = a.Refused()
 	var rel []string
 	for _, name := range sortedKeys(s.apps) {
 		ap := s.apps[name]

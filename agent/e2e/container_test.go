@@ -974,15 +974,20 @@ func TestContainerBadFieldRefused(t *testing.T) {
 				doc = strings.Replace(doc, `"image": "`+v1.Ref+`",`, "", 1)
 			}
 			d.setTarget([]byte(doc))
-			var s deviceStatus
-			d.waitFor("the update refused", func() bool {
-				s = d.status()
-				return s.UpdateFailed && s.UpdateID != prevID
+			// Refused when it arrives, as any invalid target: journalled, no update.
+			var msg string
+			d.waitFor("the target refused", func() bool {
+				for _, e := range d.journalEvents() {
+					if e.Kind == "rejected" && strings.Contains(e.Message, "apps.kiosk.services.ui") && strings.Contains(e.Message, c.field) {
+						msg = e.Message
+						return true
+					}
+				}
+				return false
 			})
-			prevID = s.UpdateID
-			t.Logf("reason: %s", s.Reason)
-			if !strings.Contains(s.Reason, "apps.kiosk.services.ui") || !strings.Contains(s.Reason, c.field) {
-				t.Fatalf("reason %q does not name apps.kiosk.services.ui and %s", s.Reason, c.field)
+			t.Logf("refused: %s", msg)
+			if s := d.status(); s.UpdatePending || s.UpdateID != prevID {
+				t.Fatalf("a refused target became an update: pending %v, id %s (was %s)", s.UpdatePending, s.UpdateID, prevID)
 			}
 			st, now := eng.state(t, "kiosk", "ui", "r1")
 			if st != "running" || now.State.StartedAt != old.State.StartedAt || d.releaseOf("kiosk") != "r1" {
