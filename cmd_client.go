@@ -425,6 +425,9 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 	default:
 		fmt.Fprintf(tw, "Update:\tnone pending\n")
 	}
+	if r := st.Refused; r != nil {
+		fmt.Fprintf(tw, "Refused:\t%s, from %s: %s\n", r.At.Local().Format("2006-01-02 15:04:05"), termSafe(r.Source), termSafe(r.Reason))
+	}
 	for i, e := range st.BlockedBy {
 		label := ""
 		if i == 0 {

@@ -504,3 +504,18 @@ func TestPrintStatusPerApp(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintStatusRefused(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	st := agent.Status{State: agent.StateIdle, Refused: &store.Refusal{At: now.Add(-time.Minute), Source: "https://updates.example/t.json",
+		Reason: "target version 41 is older than 42: refusing a rollback\x1b[2J", SHA256: strings.Repeat("a", 64)}}
+	var b strings.Builder
+	printStatus(&b, st, nil, now)
+	out := b.String()
+	if !strings.Contains(out, "Refused:") || !strings.Contains(out, "from https://updates.example/t.json: target version 41 is older than 42: refusing a rollback") {
+		t.Errorf("status does not show the refusal:\n%s", out)
+	}
+	if strings.Contains(out, "\x1b") {
+		t.Errorf("status prints a refusal's terminal escape as it came:\n%q", out)
+	}
+}
