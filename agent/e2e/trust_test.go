@@ -386,6 +386,7 @@ func TestTrustReplayOlderVersion(t *testing.T) {
 
 // The same version with other bytes, signed by the right key, is refused.
 func TestTrustSameVersionOtherBytes(t *testing.T) {
+	trustNativeOnly(t)
 	for _, source := range sources {
 		t.Run(source, func(t *testing.T) {
 			p, v1, _ := trustDevice(t, source)
@@ -399,6 +400,7 @@ func TestTrustSameVersionOtherBytes(t *testing.T) {
 
 // A target past its expiry is refused (a freeze attack).
 func TestTrustExpiredTarget(t *testing.T) {
+	trustNativeOnly(t)
 	for _, source := range sources {
 		t.Run(source, func(t *testing.T) {
 			p, _, _ := trustDevice(t, source)
@@ -411,6 +413,7 @@ func TestTrustExpiredTarget(t *testing.T) {
 
 // A root that has expired is refused, with every target it vouches for.
 func TestTrustExpiredRoot(t *testing.T) {
+	trustNativeOnly(t)
 	for _, source := range sources {
 		t.Run(source, func(t *testing.T) {
 			p, _, _ := trustDevice(t, source)
@@ -427,6 +430,7 @@ func TestTrustExpiredRoot(t *testing.T) {
 // is accepted, a target that expires before that hour is refused even
 // though the clock says it is valid, and that survives a restart.
 func TestTrustClockFloor(t *testing.T) {
+	trustNativeOnly(t)
 	for _, source := range sources {
 		t.Run(source, func(t *testing.T) {
 			p, v1, _ := trustDevice(t, source)
@@ -464,6 +468,7 @@ func TestTrustClockFloor(t *testing.T) {
 // Signatures by a key the root does not know, by a targets key revoked by a
 // rotation, and one key's signature twice against a threshold of two.
 func TestTrustKeys(t *testing.T) {
+	trustNativeOnly(t)
 	for _, source := range sources {
 		t.Run(source, func(t *testing.T) {
 			p, _, _ := trustDevice(t, source)
@@ -502,6 +507,7 @@ func TestTrustKeys(t *testing.T) {
 // A root that skips a version is refused, and so is a root's signature
 // offered as a target's.
 func TestTrustRootAttacks(t *testing.T) {
+	trustNativeOnly(t)
 	for _, source := range sources {
 		t.Run(source, func(t *testing.T) {
 			p, _, _ := trustDevice(t, source)
@@ -528,6 +534,7 @@ func TestTrustRootAttacks(t *testing.T) {
 
 // A target for another fleet, or another device, is refused.
 func TestTrustFleetAndDevice(t *testing.T) {
+	trustNativeOnly(t)
 	for _, source := range sources {
 		t.Run(source, func(t *testing.T) {
 			p, _, _ := trustDevice(t, source, "--device-id", "pi-7")
@@ -545,6 +552,7 @@ func TestTrustFleetAndDevice(t *testing.T) {
 // Unsigned, and a bare signature, are refused under a root of trust; a
 // file without a size is refused too.
 func TestTrustUnsignedAndUnsized(t *testing.T) {
+	trustNativeOnly(t)
 	p, v1, _ := trustDevice(t, "api")
 	doc, _ := p.release("2")
 	p.expectRefused("api", doc, nil, "not signed")
@@ -600,6 +608,7 @@ func (p *publisher) withRoots(sig []byte, files ...string) []byte {
 // publisher's folder, a static host (a real HTTP server over HOST_DIR) and
 // the agent they end with, which must apply the release.
 func TestReadmePublishing(t *testing.T) {
+	trustNativeOnly(t)
 	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -704,6 +713,7 @@ func (p *publisher) refusals() int {
 // A corrupt journal is moved aside and the agent starts afresh; under
 // --trust-root it says that the highest version accepted went with it.
 func TestTrustJournalResetWarns(t *testing.T) {
+	trustNativeOnly(t)
 	p, _, _ := trustDevice(t, "file")
 	p.d.stop()
 	if err := os.WriteFile(filepath.Join(p.d.stateDir, "journal.db"), []byte("not a journal"), 0o600); err != nil {
@@ -714,4 +724,17 @@ func TestTrustJournalResetWarns(t *testing.T) {
 		t.Errorf("agent output after a journal reset does not warn about the trust state:\n%s", out)
 	}
 	p.d.stop()
+}
+
+// trustNativeOnly skips an attack of the trust suite in the cross runs
+// (LATCH_CROSS: arm64, armv7, armv6 under qemu-user, and 386), where each
+// costs tens of seconds of emulated latch invocations. The rules are
+// agent/trust's, whose own tests run on every architecture; the attacks run
+// in full in the native suite, and TestTrustReplayOlderVersion runs on every
+// architecture to show the wiring there.
+func trustNativeOnly(t *testing.T) {
+	t.Helper()
+	if os.Getenv("LATCH_CROSS") != "" {
+		t.Skip("LATCH_CROSS: this trust attack runs in the native suite only (agent/trust's rules are tested on every architecture; TestTrustReplayOlderVersion shows the agent's wiring here)")
+	}
 }
