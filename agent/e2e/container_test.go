@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -39,6 +40,9 @@ func containerNeeds(t *testing.T, what string) {
 	t.Helper()
 	if os.Getenv("LATCH_EMULATED") == "1" {
 		t.Skipf("emulated run (qemu-user cannot run dockerd): %s not tested", what)
+	}
+	if runtime.GOARCH != hostArch() {
+		t.Skipf("a %s agent on a %s host: the test images are the host's busybox, another platform to this agent; %s tested by the native suite only", runtime.GOARCH, hostArch(), what)
 	}
 	if os.Geteuid() != 0 {
 		t.Skipf("needs root to run dockerd: %s not tested", what)
@@ -1021,4 +1025,12 @@ func (e *containerEngine) starts(t *testing.T, since time.Time, app, svc, releas
 		}
 	}
 	return n
+}
+
+// hostArch is the machine's architecture in Go's names (amd64 or arm64).
+func hostArch() string {
+	if out, err := exec.Command("uname", "-m").Output(); err == nil && strings.TrimSpace(string(out)) == "aarch64" {
+		return "arm64"
+	}
+	return "amd64"
 }
