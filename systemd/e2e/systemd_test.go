@@ -240,7 +240,8 @@ func stepUpdate(e *env) {
 	}
 	// The application is told: update-pending, inside its own unit's view of /tmp/balena.
 	e.waitFor(ctx, "/tmp/balena/update-pending inside demo-ui.service naming demo 1 -> 2", func() (bool, string) {
-		notice, code := e.run(ctx, "nsenter", "-t", ui1["ExecMainPID"], "-m", "cat", "/tmp/balena/update-pending")
+		// Through /proc/PID/root, the unit's own mount namespace (no setns, which qemu-user lacks).
+		notice, code := e.run(ctx, "cat", "/proc/"+ui1["ExecMainPID"]+"/root/tmp/balena/update-pending")
 		var pending struct{ App, From, To string }
 		err := json.Unmarshal([]byte(notice), &pending)
 		return code == 0 && err == nil && pending.App == "demo" && pending.From == "1" && pending.To == "2", notice
