@@ -605,3 +605,44 @@ func (a *Agent) pruneBlobs() {
 		}
 	}
 }
+
+// containerRestart returns the stop and start of a restart of container
+// service svc (restart-service): latch's container of the release that the
+// target restartable chose names for svc's app. It runs on the loop, the
+// calls it returns on the restart worker.
+func (a *Agent) containerRestart(svc Service) (stop, start func(context.Context) error) {
+	st := a.st.running
+	if st == nil || st.Apps[svc.App].Services == nil {
+		st = a.st.latest
+	}
+	var release string
+	if st != nil {
+		release = st.Apps[svc.App].Release
+	}
+	cs := docker.Service{App: svc.App, Service: svc.Name, Release: release, LockDir: svc.LockDir}
+	ds, specErr := docker.ParseSpec(svc.Spec.Container)
+	cs.Spec = ds
+	call := func(ctx context.Context, op func(*docker.Driver) error) error {
+		if specErr != nil {
+			return fmt.Errorf("%s/%s: %w", svc.App, svc.Name, specErr)
+		}
+		drv, _, err := a.engine()
+		if err != nil {
+			return err
+		}
+		return op(drv)
+	}
+	stop = func(ctx context.Context) error {
+		return call(ctx, func(drv *docker.Driver) error { return drv.Stop(ctx, cs) })
+	}
+	start = func(ctx context.Context) error {
+		return call(ctx, func(drv *docker.Driver) error {
+			if err := drv.Start(ctx, cs); err != nil {
+				return err
+			}
+			a.send(containerSeen{app: cs.App, service: cs.Service, release: cs.Release, state: "running"})
+			return nil
+		})
+	}
+	return stop, start
+}

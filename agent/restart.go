@@ -118,6 +118,13 @@ func (a *Agent) startRestart(ap *store.Apply, svc Service, locks []*lock.Lock, r
 	a.st.restarting, a.st.actionLocks = &ls, locks
 	ap = cloneApply(ap)
 	drv := a.cfg.Driver
+	stop := func(ctx context.Context) error { return drv.Stop(ctx, svc) }
+	start := func(ctx context.Context) error { return drv.Start(ctx, svc) }
+	if svc.Spec.IsContainer() {
+		// A container service restarts through the engine: its container
+		// of the release the app runs.
+		stop, start = a.containerRestart(svc)
+	}
 	go func() {
 		ctx := a.ctx
 		step := context.WithoutCancel(ctx)
@@ -134,7 +141,7 @@ func (a *Agent) startRestart(ap *store.Apply, svc Service, locks []*lock.Lock, r
 				if err := set(phaseStopping); err != nil {
 					return err
 				}
-				if err := drv.Stop(step, svc); err != nil {
+				if err := stop(step); err != nil {
 					return fmt.Errorf("stop %s: %w", ls, err)
 				}
 				if err := set(phaseStopped); err != nil {
@@ -147,7 +154,7 @@ func (a *Agent) startRestart(ap *store.Apply, svc Service, locks []*lock.Lock, r
 			if err := set(phaseStarting); err != nil {
 				return err
 			}
-			if err := drv.Start(step, svc); err != nil {
+			if err := start(step); err != nil {
 				return fmt.Errorf("start %s: %w", ls, err)
 			}
 			return set(phaseStarted)

@@ -1034,3 +1034,73 @@ func hostArch() string {
 	}
 	return "amd64"
 }
+
+// restart-service of a container service restarts its container through
+// the engine, under the service's lock like any other restart: refused
+// while a device-wide lock is held, then done once it is gone, journalled;
+// the app's other services (a container and an exec service) are left alone.
+func TestContainerRestartService(t *testing.T) {
+	containerNeeds(t, "restart-service of a container service")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
+	d := containerDevice(t, eng, reg)
+	d.setTarget(containerMixedTarget(t, d, "r1", v1))
+	d.start()
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+	ui := eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	backend := eng.waitState(t, d, "kiosk", "backend", "r1", "running")
+	execLines := len(d.commands())
+
+	// A device-wide lock of another user (uid 1000) refuses the restart.
+	global := filepath.Join(d.root, "tmp/balena/updates.lock")
+	if err := os.MkdirAll(filepath.Dir(global), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(global, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(global, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	code, body, err := d.request("POST", "/v2/applications/kiosk/restart-service", map[string]any{"serviceName": "ui"})
+	if err != nil || code != http.StatusLocked || !strings.Contains(body, global) {
+		t.Fatalf("restart under %s: %d %s (%v), want 423 naming the lock", global, code, body, err)
+	}
+	time.Sleep(300 * time.Millisecond) // give a wrong agent time to act
+	if _, c := eng.state(t, "kiosk", "ui", "r1"); c.State.StartedAt != ui.State.StartedAt || c.ID != ui.ID {
+		t.Fatalf("the container was touched under a held lock: started %s (was %s)", c.State.StartedAt, ui.State.StartedAt)
+	}
+	if !exists(global) {
+		t.Fatal("the user's lock was removed by a refused restart")
+	}
+
+	os.Remove(global)
+	code, body, err = d.request("POST", "/v2/applications/kiosk/restart-service", map[string]any{"serviceName": "ui"})
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("restart after the lock is gone: %d %s (%v), want 200", code, body, err)
+	}
+	st, c := eng.state(t, "kiosk", "ui", "r1")
+	if st != "running" || c.ID != ui.ID || !c.State.Started().After(ui.State.Started()) {
+		t.Fatalf("after restart-service kiosk/ui r1 is %q, id %.12s (was %.12s), started %s (was %s): want the same container started again",
+			st, c.ID, ui.ID, c.State.StartedAt, ui.State.StartedAt)
+	}
+	if _, b := eng.state(t, "kiosk", "backend", "r1"); b.State.StartedAt != backend.State.StartedAt {
+		t.Fatalf("restart of kiosk/ui restarted kiosk/backend (started %s, was %s)", b.State.StartedAt, backend.State.StartedAt)
+	}
+	if got := d.commands(); len(got) != execLines {
+		t.Fatalf("restart of a container ran exec commands: %v", got[execLines:])
+	}
+	restarted := false
+	for _, e := range d.journalEvents() {
+		restarted = restarted || e.Kind == "restart" && strings.Contains(e.Message, "restarted kiosk/ui")
+	}
+	if !restarted {
+		t.Fatalf("the journal has no restart of kiosk/ui: %+v", d.journalEvents())
+	}
+	for _, name := range []string{"updates.lock", "resin-updates.lock"} {
+		if p := filepath.Join(d.serviceDir("kiosk", "ui"), name); exists(p) {
+			t.Fatalf("the restart's lock %s is left behind", p)
+		}
+	}
+	d.stop()
+}
