@@ -21,6 +21,8 @@
 # are not, so that a test can exec a foreign binary or /proc/self/exe.
 #
 # LATCH_CROSS_TIMEOUT (default 10m) is each test binary's -test.timeout.
+# LATCH_CROSS_JOBS (default 2) ARCHes run at a time, each printing its
+# output when it ends; the packages of one ARCH run one after the other.
 # Each test binary runs with -test.v=test2json through `go tool test2json`: its
 # events go to PKG.json in the work directory, its -v text to PKG.log.
 # LATCH_CROSS_OUT=FILE appends the -v text of every package's final run to
@@ -117,7 +119,7 @@ GO
 	(cd "$d" && CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 "$go" build -o v7 . &&
 		CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=6 "$go" build -o v6 .)
 	rc=0
-	(qemu-arm-static -cpu arm1176 "$d/v7") >/dev/null 2>&1 || rc=$? # the subshell keeps the shell's crash notice quiet
+	{ (qemu-arm-static -cpu arm1176 "$d/v7") >/dev/null 2>&1; } 2>/dev/null || rc=$? # the group keeps the shell's crash notice quiet
 	if ((rc != 128 + 4)); then
 		echo "cross-test: FAIL: a GOARM=7 binary under -cpu arm1176 exited $rc, want SIGILL ($((128 + 4)))" >&2
 		return 1
@@ -204,9 +206,11 @@ if [[ " ${arches[*]} " == *" arm"* ]]; then
 	binfmt
 fi
 mapfile -t pkgs < <("$go" list "${pkgargs[@]}")
-failed=0
-rows=() rerun_notes=()
-for a in "${arches[@]}"; do
+# run_arch ARCH: every package's tests for ARCH. Its table row goes to
+# $work/ARCH.row, its reruns to ARCH.reruns, its -v text and test events to
+# ARCH.out and ARCH.events; it fails if a package failed.
+run_arch() {
+	local a=$1
 	t0=$EPOCHREALTIME
 	read -ra genv <<<"$(goenv "$a")"
 	read -ra run <<<"$(runner "$a")"
@@ -263,7 +267,7 @@ for a in "${arches[@]}"; do
 			first=$(failed_tests "$json.hung")
 			echo "RERUN $a $p: the emulator hung a fork before exec ($hung); first run failed: $first; running the package again" >&2
 			reruns=$((reruns + 1))
-			rerun_notes+=("$a $p: first run failed: $first")
+			echo "$a $p: first run failed: $first" >>"$work/$a.reruns"
 			token="$a:$p:2:$$:$RANDOM"
 			rc=0
 			run_pkg || rc=$?
@@ -272,10 +276,10 @@ for a in "${arches[@]}"; do
 		read -r np nf ns _ <<<"$(testsum count "$json")"
 		tpass=$((tpass + np)) tfail=$((tfail + nf)) tskip=$((tskip + ns))
 		if [[ -n ${LATCH_CROSS_OUT:-} ]]; then
-			{ echo "### cross $a $p"; cat "$log"; } >>"$LATCH_CROSS_OUT"
+			{ echo "### cross $a $p"; cat "$log"; } >>"$work/$a.out"
 		fi
 		if [[ -n ${LATCH_CROSS_JSON:-} ]]; then
-			cat "$json" >>"$LATCH_CROSS_JSON"
+			cat "$json" >>"$work/$a.events"
 		fi
 		if ((rc == 0)); then
 			pass=$((pass + 1))
@@ -285,9 +289,49 @@ for a in "${arches[@]}"; do
 			fail=$((fail + 1))
 		fi
 	done
-	((fail)) && failed=1
-	rows+=("$(printf '%-6s %6d %6d %8d %7d/%d/%d %6d %8ss' "$a" "$pass" "$fail" "$none" "$tpass" "$tfail" "$tskip" "$reruns" \
-		"$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')")")
+	printf '%-6s %6d %6d %8d %7d/%d/%d %6d %8ss\n' "$a" "$pass" "$fail" "$none" "$tpass" "$tfail" "$tskip" "$reruns" \
+		"$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')" >"$work/$a.row"
+	((fail == 0))
+}
+
+# The architectures run LATCH_CROSS_JOBS (default 2) at a time, each in its own
+# directory with its own binaries (packages within one run one after the
+# other, as in the native suite); each one's output is printed when it ends.
+jobs_max=${LATCH_CROSS_JOBS:-2}
+running=() started=()
+failed=0
+for a in "${arches[@]}"; do
+	while ((${#running[@]} >= jobs_max)); do
+		wait -n || true
+		still=()
+		for b in "${running[@]}"; do
+			if [[ -f $work/$b.rc ]]; then
+				cat "$work/$b.stdout"
+			else
+				still+=("$b")
+			fi
+		done
+		running=("${still[@]}")
+	done
+	echo "cross-test: $a started"
+	(
+		rc=0
+		run_arch "$a" >"$work/$a.stdout" 2>&1 || rc=$?
+		echo "$rc" >"$work/$a.rc"
+	) &
+	running+=("$a") started+=("$a")
+done
+wait
+for b in "${running[@]}"; do cat "$work/$b.stdout"; done
+for a in "${started[@]}"; do
+	[[ $(cat "$work/$a.rc" 2>/dev/null) == 0 ]] || failed=1
+done
+rows=() rerun_notes=()
+for a in "${started[@]}"; do
+	[[ -f $work/$a.row ]] && rows+=("$(cat "$work/$a.row")")
+	[[ -f $work/$a.reruns ]] && mapfile -t -O "${#rerun_notes[@]}" rerun_notes <"$work/$a.reruns"
+	if [[ -n ${LATCH_CROSS_OUT:-} && -f $work/$a.out ]]; then cat "$work/$a.out" >>"$LATCH_CROSS_OUT"; fi
+	if [[ -n ${LATCH_CROSS_JSON:-} && -f $work/$a.events ]]; then cat "$work/$a.events" >>"$LATCH_CROSS_JSON"; fi
 done
 
 echo
