@@ -41,6 +41,11 @@ type Command struct {
 	All     bool   `json:"all,omitempty"`     // hold, release
 	Reason  string `json:"reason,omitempty"`  // hold
 	For     string `json:"for,omitempty"`     // hold: a Go duration, e.g. "2h"
+	// Device and Expires are what a signed command must carry: the one device it is for and
+	// when it stops being valid (RFC 3339). The agent refuses a signed command for another
+	// device or past its expiry.
+	Device  string `json:"device,omitempty"`
+	Expires string `json:"expires,omitempty"`
 	// Sig is the command's signature, kept as sent for the agent to check: a command that
 	// forces or overrides is refused unless signed when a trust root is set (section 11).
 	Sig json.RawMessage `json:"sig,omitempty"`
@@ -173,8 +178,32 @@ func (c Command) Validate() error {
 	if len(extra) > 0 {
 		return bad("action %s does not take %s", c.Action, strings.Join(extra, ", "))
 	}
+	if c.Device != "" {
+		if err := checkName("device", c.Device); err != nil {
+			return bad("%v", err)
+		}
+	}
+	if c.Expires != "" {
+		if _, err := time.Parse(time.RFC3339, c.Expires); err != nil {
+			return bad(`"expires" %q is not an RFC 3339 time such as 2026-12-01T12:00:00Z`, c.Expires)
+		}
+	}
 	if c.Sig != nil && !json.Valid(c.Sig) {
 		return bad("sig is not JSON")
 	}
 	return nil
+}
+
+// SignedBytes is what a command's signature covers: json.Marshal of the command with Sig
+// cleared (the struct's field order, so the same command always gives the same bytes; the
+// sender and the agent both marshal the parsed struct, so the message's own spacing never
+// matters). Under a root of trust the signature is over DSSE's PAE of these bytes with the
+// payload type application/vnd.latch.command+json (agent/trust's CommandType).
+func (c Command) SignedBytes() ([]byte, error) {
+	c.Sig, c.Raw = nil, nil
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("encode command %s: %w", c.ID, err)
+	}
+	return b, nil
 }

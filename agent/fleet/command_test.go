@@ -199,3 +199,30 @@ func FuzzTargetRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// A signed command names its device and expiry; the signed bytes are the parsed command
+// re-marshalled without its signature, whatever the message's spacing or field order.
+func TestCommandSignedBytes(t *testing.T) {
+	a, err := ParseCommand([]byte(`{"id":"c1","action":"update","force":true,"device":"d1","expires":"2026-12-01T12:00:00Z","sig":{"signatures":[]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ParseCommand([]byte("{ \"expires\" : \"2026-12-01T12:00:00Z\",\n\"device\":\"d1\", \"force\":true,\"action\":\"update\",\"id\":\"c1\"}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ba, _ := a.SignedBytes()
+	bb, _ := b.SignedBytes()
+	want := `{"id":"c1","action":"update","force":true,"device":"d1","expires":"2026-12-01T12:00:00Z"}`
+	if string(ba) != want || string(bb) != want {
+		t.Errorf("SignedBytes = %s and %s, want %s", ba, bb, want)
+	}
+	for _, bad := range []string{
+		`{"id":"c1","action":"update","expires":"tomorrow"}`,
+		`{"id":"c1","action":"update","device":"a b"}`,
+	} {
+		if _, err := ParseCommand([]byte(bad)); !errors.Is(err, ErrBadCommand) {
+			t.Errorf("ParseCommand(%s) = %v, want ErrBadCommand", bad, err)
+		}
+	}
+}
