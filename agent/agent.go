@@ -137,7 +137,8 @@ type Agent struct {
 
 	hub    eventHub // the journal's events, to subscribers (GET /v2/events)
 	status atomic.Pointer[Status]
-	beat   atomic.Int64 // unix nanoseconds of the loop's last iteration
+	beat   atomic.Int64              // unix nanoseconds of the loop's last iteration
+	fleet  atomic.Pointer[FleetLink] // the fleet channel (StartFleet), or nil
 
 	// Everything below is owned by the event loop goroutine.
 	st loopState
@@ -491,6 +492,9 @@ func (a *Agent) publish() {
 	a.status.Store(&s)
 	if n := a.cfg.Notifier; n != nil {
 		n.Status(s.Line())
+	}
+	if l := a.fleet.Load(); l != nil {
+		l.statusChanged() // never blocks: the fleet channel publishes the newest when it changed
 	}
 }
 

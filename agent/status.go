@@ -62,6 +62,10 @@ type Status struct {
 	// received from registries since start.
 	Containers  []ContainerStatus `json:"containers,omitempty"`
 	PulledBytes int64             `json:"pulled_bytes"`
+
+	// Fleet is the fleet channel (section 11; --fleet), nil without one. Filled in by
+	// DeviceStatus, as GET /v1/device serves it.
+	Fleet *FleetStatus `json:"fleet,omitempty"`
 }
 
 // AppStatus is one app's releases.

@@ -149,9 +149,7 @@ func (h *handlers) healthy(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handlers) device(w http.ResponseWriter, r *http.Request) {
-	st := h.a.Status()
-	st.Refused = h.a.Refused()
-	writeJSON(w, http.StatusOK, st)
+	writeJSON(w, http.StatusOK, h.a.DeviceStatus()) // the last refusal and the fleet channel too
 }
 
 func (h *handlers) update(w http.ResponseWriter, r *http.Request) {
