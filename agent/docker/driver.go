@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"latch/agent/internal/names"
 )
 
 // The labels latch puts on every container it creates.
@@ -88,9 +90,12 @@ func (d *Driver) logf(format string, args ...any) {
 }
 
 // ContainerName returns the name of a service's container:
-// latch_<app>_<service>_<release-short>. The short release is the release
-// itself when it is at most 24 characters of [A-Za-z0-9_.-], else its first
-// 12 such characters and 8 hex digits of its sha256.
+// latch_<app>_<service>_<release-short>, with '.' and '_' of the app and
+// the service escaped ("..", "._") so that two services never share a name
+// (see agent/internal/names). The short release is the release itself when
+// it is at most 24 characters of [A-Za-z0-9_.-], else its first 12 such
+// characters and 8 hex digits of its sha256. The labels stay the truth: a
+// container of an older name is found by them.
 func ContainerName(app, service, release string) (string, error) {
 	switch {
 	case !isName(app):
@@ -100,7 +105,7 @@ func ContainerName(app, service, release string) (string, error) {
 	case release == "":
 		return "", fmt.Errorf("container name: %w: empty release of %s/%s", ErrInvalid, app, service)
 	}
-	return "latch_" + app + "_" + service + "_" + shortRelease(release), nil
+	return names.Container(app, service, shortRelease(release)), nil
 }
 
 func shortRelease(r string) string {

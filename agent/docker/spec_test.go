@@ -179,11 +179,24 @@ func TestContainerName(t *testing.T) {
 			t.Errorf("name %q is not a valid short container name", n)
 		}
 	}
+	// App "a_b" service "c" and app "a" service "b_c" are two containers.
+	if x, y := mustName(t, "a_b", "c", "r1"), mustName(t, "a", "b_c", "r1"); x == y {
+		t.Errorf("a_b/c and a/b_c share the container name %s", x)
+	}
 	for _, bad := range [][3]string{{"", "ui", "r1"}, {"kiosk", "u/i", "r1"}, {"kiosk", "ui", ""}, {"_k", "ui", "r1"}} {
 		if n, err := ContainerName(bad[0], bad[1], bad[2]); !errors.Is(err, ErrInvalid) {
 			t.Errorf("ContainerName%q = %q, %v; want ErrInvalid", bad, n, err)
 		}
 	}
+}
+
+func mustName(t *testing.T, app, svc, rel string) string {
+	t.Helper()
+	n, err := ContainerName(app, svc, rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func FuzzParseSpec(f *testing.F) {

@@ -1104,3 +1104,78 @@ func TestContainerRestartService(t *testing.T) {
 	}
 	d.stop()
 }
+
+// App "a_b" service "c" and app "a" service "b_c" are two containers of
+// their own; and a container named by older versions of latch
+// (latch_<app>_<service>_<release> unescaped) is found by its labels and
+// replaced cleanly by the next release.
+func TestContainerNamesDoNotCollide(t *testing.T) {
+	containerNeeds(t, "container names of apps and services holding '_'")
+	if _, err := exec.LookPath("docker"); err != nil {
+		t.Skip("the docker CLI is not installed (it renames a container to an older name): container names not tested")
+	}
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
+	pairs := [][2]string{{"a_b", "c"}, {"a", "b_c"}}
+	doc := func(release string) []byte {
+		apps := map[string]any{}
+		for _, p := range pairs {
+			apps[p[0]] = map[string]any{"release": release, "services": map[string]any{p[1]: map[string]any{
+				"image": v1.Ref, "command": []string{"/bin/sh", "-c", "exec sleep 1000"}, "network_mode": "none", "stop_grace_period": "1s",
+			}}}
+		}
+		b, err := json.Marshal(map[string]any{"apps": apps})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ctx := context.Background()
+	// labelled lists the containers carrying the labels of app/svc.
+	labelled := func(app, svc string) []docker.ContainerSummary {
+		list, err := eng.client.ListContainers(ctx, docker.LabelApp+"="+app, docker.LabelService+"="+svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return list
+	}
+	d := containerDevice(t, eng, reg)
+	d.setTarget(doc("r1"))
+	d.start()
+	d.waitFor("r1 applied to both apps", func() bool {
+		return d.releaseOf("a_b") == "r1" && d.releaseOf("a") == "r1" && d.status().Status == "idle"
+	})
+	ids := map[string]bool{}
+	for _, p := range pairs {
+		list := labelled(p[0], p[1])
+		if len(list) != 1 || list[0].State != "running" {
+			t.Fatalf("%s/%s: %d containers %+v, want one running (reason %q)", p[0], p[1], len(list), list, d.status().Reason)
+		}
+		ids[list[0].ID] = true
+		t.Logf("%s/%s runs as %s", p[0], p[1], list[0].Name())
+	}
+	if len(ids) != 2 {
+		t.Fatalf("a_b/c and a/b_c share a container: %v", ids)
+	}
+
+	// The older name of a_b/c's container: what a device updated from an
+	// older latch has.
+	old := labelled("a_b", "c")[0]
+	if out, err := exec.Command("docker", "-H", eng.host, "rename", old.ID, "latch_a_b_c_r1").CombinedOutput(); err != nil {
+		t.Fatalf("docker rename: %v %s", err, out)
+	}
+	d.setTarget(doc("r2"))
+	d.waitFor("r2 applied to both apps", func() bool {
+		return d.releaseOf("a_b") == "r2" && d.releaseOf("a") == "r2" && d.status().Status == "idle"
+	})
+	for _, p := range pairs {
+		list := labelled(p[0], p[1])
+		if len(list) != 1 || list[0].State != "running" || list[0].Labels[docker.LabelRelease] != "r2" {
+			t.Fatalf("%s/%s after r2: %+v, want r2's container alone, running", p[0], p[1], list)
+		}
+	}
+	if _, err := eng.client.InspectContainer(ctx, old.ID); err == nil {
+		t.Fatalf("the r1 container of the older name %s is left behind", "latch_a_b_c_r1")
+	}
+	d.stop()
+}
