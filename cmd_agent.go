@@ -23,6 +23,7 @@ import (
 	"latch/agent/api"
 	"latch/agent/docker"
 	"latch/agent/execdriver"
+	"latch/agent/fleet"
 	"latch/agent/lock"
 	"latch/agent/registry"
 	"latch/agent/target"
@@ -56,6 +57,18 @@ source folder: examples/target.json starts the demo's kiosk app, 2026.11.1):
 Flags:
 `
 
+const agentFleetNote = `
+Fleet (MQTT, spec section 11): with --fleet the agent also takes targets from the broker
+(latch/fleets/NAME/target, and latch/devices/ID/target, which wins while it is set),
+publishes its /v1/device object as its retained state, and runs the commands of
+latch fleet cmd, each id once. It starts whether or not the broker is reachable. Under
+--trust-root or --trust-key, a command that forces or sets the override must be signed
+(latch fleet cmd ... --sign-key). Example (TLS, a client certificate named after the device):
+  latch agent --driver exec --target-file /etc/latch/target.json --trust-root /etc/latch/root.json \
+    --fleet mqtts://broker.example:8883 --fleet-name kiosk-prod --device-id kiosk-042 \
+    --mqtt-ca /etc/latch/fleet-ca.pem --mqtt-cert /etc/latch/kiosk-042.crt --mqtt-key /etc/latch/kiosk-042.key
+`
+
 const agentTrustNote = `
 Without --trust-root or --trust-key, target states are not verified: only root may push one
 through the API socket, and a target file or URL must be writable by root alone.
@@ -66,6 +79,7 @@ func runAgent(ctx context.Context, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), agentUsage)
 		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), agentFleetNote)
 		fmt.Fprint(fs.Output(), agentTrustNote)
 	}
 	var p paths
@@ -80,7 +94,7 @@ func runAgent(ctx context.Context, args []string) error {
 		apiGroup    = fs.String("api-group", "", "give the API socket (mode 0660) to this group (name or number), so that its members can run latch status, hold, update...")
 		trustKey    = fs.String("trust-key", "", "ed25519 public key: accept only target states signed with it")
 		trustRoot   = fs.String("trust-root", "", "root of trust (root.json of latch root init): accept only target states signed by its targets keys, newer than the last, unexpired, for its fleet and this device (spec section 10)")
-		deviceID    = fs.String("device-id", "", "this device's id: with --trust-root, a target naming another \"device\" is refused")
+		deviceID    = fs.String("device-id", "", "this device's id: with --trust-root, a target naming another \"device\" is refused; with --fleet (required there) its MQTT topics latch/devices/ID/...")
 		breakStale  = fs.Bool("break-stale", false, "remove stale locks (latch's own record naming a dead process)")
 		healthWait  = fs.Duration("health-wait", 10*time.Second, "how long a started service must stay up before the update counts as healthy (0 to 1h)")
 		maxAttempts = fs.Int("max-attempts", 3, "apply attempts per update before it is marked failed")
@@ -91,6 +105,15 @@ func runAgent(ctx context.Context, args []string) error {
 		shutdownCmd = fs.String("shutdown-command", "", "exec driver: command that powers the device off")
 		maxDefer    = fs.Duration("max-defer", 0, "bound how long an app's update waits for its locks, from the first time one blocked it (0: no bound; an app's \"max_defer\" in the target wins)")
 		onMaxDefer  = fs.String("on-max-defer", agent.MaxDeferWait, "past the --max-defer deadline: wait (the status says how late), force (the update is forced, journalled as such) or fail (the app's update is given up)")
+	)
+	var (
+		fleetURL     = fs.String("fleet", "", "join a fleet through this MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS); needs --fleet-name and --device-id")
+		fleetName    = fs.String("fleet-name", "", "with --fleet: the fleet's name, whose target latch/fleets/NAME/target the device follows")
+		mqttCA       = fs.String("mqtt-ca", "", "with --fleet mqtts://: PEM file of the CA certificates that sign the broker's (instead of the system's)")
+		mqttCert     = fs.String("mqtt-cert", "", "with --fleet mqtts://: PEM client certificate that names this device to the broker (with --mqtt-key)")
+		mqttKey      = fs.String("mqtt-key", "", "with --fleet mqtts://: PEM key of --mqtt-cert; must not be readable by other users")
+		mqttUser     = fs.String("mqtt-user", "", "with --fleet: user name for the broker (with --mqtt-password-file)")
+		mqttPassFile = fs.String("mqtt-password-file", "", "with --fleet: file whose one line is --mqtt-user's password; must not be readable by other users")
 	)
 	dockerHost := fs.String("docker-host", docker.DefaultHost(), "container engine of the services with \"image\" (spec section 9): unix:///path/to/engine.sock or tcp://HOST:PORT; contacted only when a target has a container service")
 	registryAuth := fs.String("registry-auth", "", "docker config.json whose \"auths\" give the registry credentials for container images (basic or token auth; credential helpers are not run)")
@@ -112,8 +135,12 @@ func runAgent(ctx context.Context, args []string) error {
 	if *trustRoot != "" && *trustKey != "" {
 		return &exitError{code: exitUsage, msg: "give --trust-root or --trust-key, not both (--trust-root checks versions, expiry and thresholds; --trust-key a bare signature)"}
 	}
-	if *deviceID != "" && *trustRoot == "" {
-		return &exitError{code: exitUsage, msg: "--device-id is checked against a target's \"device\" only under --trust-root: give --trust-root too"}
+	if *deviceID != "" && *trustRoot == "" && *fleetURL == "" {
+		return &exitError{code: exitUsage, msg: "--device-id is checked against a target's \"device\" only under --trust-root, and names the device's topics only with --fleet: give --trust-root or --fleet too"}
+	}
+	fleetCfg, err := fleetConfig(*fleetURL, *fleetName, *deviceID, *mqttCA, *mqttCert, *mqttKey, *mqttUser, *mqttPassFile)
+	if err != nil {
+		return &exitError{code: exitUsage, msg: err.Error()}
 	}
 	if *targetFile != "" && *targetURL != "" {
 		return &exitError{code: exitUsage, msg: "give --target-file or --target-url, not both"}
@@ -278,6 +305,20 @@ func runAgent(ctx context.Context, args []string) error {
 			return &exitError{code: exitUsage, msg: err.Error()}
 		}
 	}
+	if fleetCfg != nil {
+		link, err := a.StartFleet(ctx, *fleetCfg)
+		if err != nil {
+			return &exitError{code: exitUsage, msg: err.Error()}
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+			defer cancel()
+			if err := link.Close(cctx); err != nil {
+				logf("fleet: close: %v", err)
+			}
+		}()
+		logf("fleet %s: joining through %s as device %s", fleetCfg.Fleet, fleetCfg.Broker.Redacted(), fleetCfg.DeviceID)
+	}
 	if aside != "" {
 		j.Update(func(tx *store.Tx) error {
 			_, err := tx.Log(store.Event{Kind: "journal", Message: "previous journal was corrupt, moved aside to " + aside})
@@ -310,6 +351,34 @@ func runAgent(ctx context.Context, args []string) error {
 	err = a.Run(ctx)
 	cancel()
 	return err
+}
+
+// fleetConfig checks the fleet flags (nil, nil without --fleet): every file is read and
+// every rule of fleet.Config.Validate applied before anything starts.
+func fleetConfig(broker, name, device, ca, cert, key, user, passFile string) (*fleet.Config, error) {
+	if broker == "" {
+		for _, f := range []namedPath{{"--fleet-name", name}, {"--mqtt-ca", ca}, {"--mqtt-cert", cert}, {"--mqtt-key", key}, {"--mqtt-user", user}, {"--mqtt-password-file", passFile}} {
+			if f.path != "" {
+				return nil, fmt.Errorf("%s is given without --fleet: give --fleet mqtt[s]://HOST:PORT to join a fleet", f.flag)
+			}
+		}
+		return nil, nil
+	}
+	u, err := url.Parse(broker)
+	if err != nil {
+		return nil, fmt.Errorf("--fleet %q: %v (want mqtt://HOST:PORT or mqtts://HOST:PORT)", broker, err)
+	}
+	if device == "" {
+		return nil, fmt.Errorf("--fleet needs --device-id: the device's id names its topics (latch/devices/ID/...) and, with TLS, is its certificate's common name")
+	}
+	if name == "" {
+		return nil, fmt.Errorf("--fleet needs --fleet-name: the fleet whose target the device follows (latch/fleets/NAME/target)")
+	}
+	cfg := fleet.Config{Broker: u, DeviceID: device, Fleet: name, CAFile: ca, CertFile: cert, KeyFile: key, User: user, PasswordFile: passFile}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
 }
 
 func absOrEmpty(p string) string {
