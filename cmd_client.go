@@ -428,6 +428,13 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 	if r := st.Refused; r != nil {
 		fmt.Fprintf(tw, "Refused:\t%s, from %s: %s\n", r.At.Local().Format("2006-01-02 15:04:05"), termSafe(r.Source), termSafe(r.Reason))
 	}
+	for i, c := range st.Containers {
+		label := ""
+		if i == 0 {
+			label = "Containers:"
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", label, containerLine(c))
+	}
 	for i, e := range st.BlockedBy {
 		label := ""
 		if i == 0 {
@@ -527,6 +534,18 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// containerLine is one container service of latch status: app/service,
+// release, image short digest, container state, and the image's pull while
+// it is under way.
+func containerLine(c agent.ContainerStatus) string {
+	line := fmt.Sprintf("%s/%s %s, image %s, %s", termSafe(c.App), termSafe(c.Service), termSafe(orDash(c.Release)),
+		termSafe(orDash(c.Image)), termSafe(orDash(c.State)))
+	if c.PullTotal > 0 && c.PullDone < c.PullTotal {
+		line += fmt.Sprintf(", pulling %d%% (%s of %s)", c.PullDone*100/c.PullTotal, bytesStr(c.PullDone), bytesStr(c.PullTotal))
+	}
+	return line
 }
 
 func bytesStr(n int64) string {

@@ -519,3 +519,32 @@ func TestPrintStatusRefused(t *testing.T) {
 		t.Errorf("status prints a refusal's terminal escape as it came:\n%q", out)
 	}
 }
+
+// latch status lists the container services: app/service, release, image
+// short digest, state, and the pull while it is under way.
+func TestPrintStatusContainers(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	st := agent.Status{State: agent.StateDownloading, UpdatePending: true, Containers: []agent.ContainerStatus{
+		{App: "kiosk", Service: "ui", Release: "r2", Image: "0123456789ab", PullDone: 3 << 20, PullTotal: 12 << 20},
+		{App: "kiosk", Service: "backend", Release: "r1", Image: "ba5eba11cafe", State: "running", PullDone: 5 << 20, PullTotal: 5 << 20},
+		{App: "kiosk\x1b[2J", Service: "x", Release: "r1", Image: "ba5eba11cafe", State: "exited"},
+	}}
+	var b strings.Builder
+	printStatus(&b, st, nil, now)
+	out := b.String()
+	flat := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{
+		"Containers: kiosk/ui r2, image 0123456789ab, -, pulling 25% (3.0 MiB of 12.0 MiB)",
+		"kiosk/backend r1, image ba5eba11cafe, running",
+	} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "backend r1, image ba5eba11cafe, running, pulling") {
+		t.Errorf("a pulled image is shown as pulling:\n%s", out)
+	}
+	if strings.Contains(out, "\x1b") {
+		t.Errorf("status prints a name's terminal escape as it came:\n%q", out)
+	}
+}
