@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"latch/agent/fleet"
+	"latch/agent/trust"
 )
 
 // latch fleet: the operator's side of section 11, over the same broker the
@@ -332,12 +333,19 @@ func runFleetCmd(ctx context.Context, args []string) error {
 	holdFor := fs.String("for", "", "hold: how long (a Go duration, 2h)")
 	enable := fs.String("enable", "", "override: true or false")
 	wait := fs.Duration("wait", 10*time.Second, "how long to wait for the device's result")
+	var signKeys listFlag
+	fs.Var(&signKeys, "sign-key", "sign the command with this NAME.key of 'latch key gen' (repeat for a threshold): a device with --trust-root takes a forcing or override command only signed by its root's targets keys, one with --trust-key only by that key")
+	expires := fs.Duration("expires", 10*time.Minute, "with --sign-key: how long the signed command stays valid (1s to 24h); the device refuses it after")
 	ops, err := trustFlags(fs, args, "  latch fleet cmd --broker URL DEVICE ACTION [flags]",
 		"Send one command to a device and print its result. ACTION is update, cancel, override, hold,\n"+
 			"release or reboot (as the local commands of the same names). A device that is offline runs the\n"+
-			"command when it comes back, while its broker session lasts; the command runs once.",
+			"command when it comes back, while its broker session lasts; the command runs once.\n"+
+			"A device under --trust-root or --trust-key refuses a command that forces or sets the override\n"+
+			"unless signed: --sign-key signs it for DEVICE alone, valid for --expires.",
 		"  latch fleet cmd --broker mqtt://127.0.0.1:1883 board-17 update --force\n"+
-			"  latch fleet cmd --broker mqtt://127.0.0.1:1883 board-17 hold --app kiosk --service ui --for 2h")
+			"  latch fleet cmd --broker mqtt://127.0.0.1:1883 board-17 hold --app kiosk --service ui --for 2h\n"+
+			"  latch fleet cmd --broker mqtts://broker:8883 --mqtt-ca ca.pem --mqtt-cert op.crt --mqtt-key op.key \\\n"+
+			"      board-17 update --force --sign-key targets.key --expires 5m")
 	if err != nil {
 		return helpIsOK(err)
 	}
@@ -355,8 +363,34 @@ func runFleetCmd(ctx context.Context, args []string) error {
 	default:
 		return trustUsageErr("fleet cmd", "--enable %q: give true or false", *enable)
 	}
+	if len(signKeys) > 0 {
+		if *expires < time.Second || *expires > 24*time.Hour {
+			return trustUsageErr("fleet cmd", "--expires %v: give a duration from 1s to 24h", *expires)
+		}
+		cmd.Device = ops[0]
+		cmd.Expires = time.Now().Add(*expires).UTC().Format(time.RFC3339)
+	}
 	if err := cmd.Validate(); err != nil {
 		return trustUsageErr("fleet cmd", "%v", err)
+	}
+	if len(signKeys) > 0 {
+		body, err := cmd.SignedBytes()
+		if err != nil {
+			return err
+		}
+		var b trust.Bundle
+		for _, k := range signKeys {
+			priv, err := loadPrivateKey(k)
+			if err != nil {
+				return &exitError{code: exitUsage, msg: fmt.Sprintf("--sign-key %s: %v", k, err)}
+			}
+			if b, err = trust.SignCommand(b, body, priv); err != nil {
+				return &exitError{code: exitUsage, msg: fmt.Sprintf("--sign-key %s: %v", k, err)}
+			}
+		}
+		if cmd.Sig, err = json.Marshal(b); err != nil {
+			return fmt.Errorf("encode the signatures: %w", err)
+		}
 	}
 	if *wait <= 0 || *wait > 10*time.Minute {
 		return trustUsageErr("fleet cmd", "--wait %v: give a duration above zero, at most 10m", *wait)
