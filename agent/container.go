@@ -212,20 +212,32 @@ func (a *Agent) pullImage(ctx context.Context, id string, drv *docker.Driver, re
 		prevFetched[p.Digest] = p.Fetched
 		report(false)
 	}
-	if _, err := reg.FetchConfig(ctx, img, a.blobDir(), progress); err != nil {
+	cfg, err := reg.FetchConfig(ctx, img, a.blobDir(), progress)
+	if err != nil {
 		return err
 	}
 	// The engine may have the image already (loaded by someone else, or
 	// by an earlier run whose record was lost): its ID is its config digest.
 	if _, err := drv.Client.InspectImage(ctx, img.Config.Digest); err != nil {
-		for _, l := range img.Layers {
+		// A layer whose chain (it and all below it) the engine has from
+		// another image is neither fetched nor sent: the engine reads it
+		// from its own store.
+		omit, err := a.engineHas(ctx, drv, cfg)
+		if err != nil {
+			return err
+		}
+		for i, l := range img.Layers {
+			if omit(i) {
+				blobDone[l.Digest] = l.Size
+				continue
+			}
 			if _, err := reg.FetchBlob(ctx, img.Ref, l.Digest, l.Size, a.blobDir(), progress); err != nil {
 				return err
 			}
 		}
 		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(registry.WriteDockerArchive(pw, img, a.blobDir(), "")) }()
-		_, err := drv.Client.LoadImage(ctx, pr)
+		go func() { pw.CloseWithError(registry.WriteDockerArchiveOmitting(pw, img, a.blobDir(), "", omit)) }()
+		_, err = drv.Client.LoadImage(ctx, pr)
 		pr.CloseWithError(io.ErrClosedPipe)
 		if err != nil {
 			return fmt.Errorf("load into the engine: %w", err)
@@ -246,6 +258,24 @@ func (a *Agent) pullImage(ctx context.Context, id string, drv *docker.Driver, re
 	}
 	report(true)
 	return nil
+}
+
+// engineHas returns whether the engine has layer i of the image of cfg
+// with every layer below it (its chain id is the chain of a prefix of the
+// layers of an image the engine has).
+func (a *Agent) engineHas(ctx context.Context, drv *docker.Driver, cfg registry.ImageConfig) (func(i int) bool, error) {
+	stacks, err := drv.Client.ImageLayers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list the engine's layers: %w", err)
+	}
+	has := map[string]bool{}
+	for _, diffIDs := range stacks {
+		for _, c := range registry.ChainIDs(diffIDs) {
+			has[c] = true
+		}
+	}
+	chains := registry.ChainIDs(cfg.DiffIDs)
+	return func(i int) bool { return i < len(chains) && has[chains[i]] }, nil
 }
 
 // containerService is the container driver's view of service i of an

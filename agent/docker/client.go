@@ -275,6 +275,39 @@ type Image struct {
 		Entrypoint  []string          `json:"Entrypoint"`
 		StopSignal  string            `json:"StopSignal"`
 	} `json:"Config"`
+	// RootFS.Layers are the image's layers by diff id, bottom first.
+	RootFS struct {
+		Type   string   `json:"Type"`
+		Layers []string `json:"Layers"`
+	} `json:"RootFS"`
+}
+
+// ImageLayers returns the layers (diff ids, bottom first) of every image
+// the engine has, tagged or not: the engine has the chain of each prefix
+// of each list, so a new image whose bottom layers make one of those
+// chains needs only the layers above it. An image removed while the list
+// is read is left out.
+func (c *Client) ImageLayers(ctx context.Context) ([][]string, error) {
+	var list []struct {
+		ID string `json:"Id"`
+	}
+	if err := c.call(ctx, "list images", http.MethodGet, "/images/json", nil, nil, &list); err != nil {
+		return nil, err
+	}
+	var out [][]string
+	for _, im := range list {
+		img, err := c.InspectImage(ctx, im.ID)
+		if isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(img.RootFS.Layers) > 0 {
+			out = append(out, img.RootFS.Layers)
+		}
+	}
+	return out, nil
 }
 
 // InspectImage returns the engine's view of the image ref (an ID, a

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -545,6 +546,7 @@ type containerProxy struct {
 
 	mu        sync.Mutex
 	blobBytes int64
+	blobGets  map[string]int // GETs of each blob digest
 	delay     time.Duration // per 32 KiB of a blob
 	status    int           // answer every request with this status (0: pass)
 	cut       bool          // close the connection after half of each blob
@@ -607,6 +609,14 @@ func (p *containerProxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	isBlob := strings.Contains(r.URL.Path, "/blobs/") && r.Method == "GET"
+	if isBlob {
+		p.mu.Lock()
+		if p.blobGets == nil {
+			p.blobGets = map[string]int{}
+		}
+		p.blobGets[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]++
+		p.mu.Unlock()
+	}
 	buf := make([]byte, 32<<10)
 	var n int64
 	for {
@@ -1176,6 +1186,86 @@ func TestContainerNamesDoNotCollide(t *testing.T) {
 	}
 	if _, err := eng.client.InspectContainer(ctx, old.ID); err == nil {
 		t.Fatalf("the r1 container of the older name %s is left behind", "latch_a_b_c_r1")
+	}
+	d.stop()
+}
+
+// containerPushStack pushes an image of this machine's architecture whose
+// layers hold the files given, bottom first, running /bin/sleep; it
+// returns the image and each layer's blob digest.
+func containerPushStack(t *testing.T, reg, repo string, stack ...map[string][]byte) (containerImage, []string) {
+	t.Helper()
+	type desc struct {
+		MediaType string `json:"mediaType"`
+		Digest    string `json:"digest"`
+		Size      int64  `json:"size"`
+	}
+	img := containerImage{}
+	var diffIDs, digests []string
+	var layers []desc
+	for _, files := range stack {
+		b, diff := containerLayer(t, files)
+		diffIDs = append(diffIDs, diff)
+		d := containerPush(t, reg, repo, b, "")
+		digests = append(digests, d)
+		layers = append(layers, desc{"application/vnd.docker.image.rootfs.diff.tar.gzip", d, int64(len(b))})
+		img.Layers = append(img.Layers, int64(len(b)))
+	}
+	cfg, _ := json.Marshal(map[string]any{
+		"architecture": hostArch(), "os": "linux",
+		"config": map[string]any{"Env": []string{"PATH=/bin"}, "Cmd": []string{"/bin/sleep", "1000"}},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs},
+	})
+	img.ID = containerPush(t, reg, repo, cfg, "")
+	m, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+		"config": desc{"application/vnd.docker.container.image.v1+json", img.ID, int64(len(cfg))},
+		"layers": layers,
+	})
+	img.Ref = reg + "/" + repo + "@" + containerPush(t, reg, repo, m, "application/vnd.docker.distribution.manifest.v2+json")
+	return img, digests
+}
+
+// A layer the engine has from another image is not fetched again, even
+// when the state dir's blobs are gone: image B shares its two bottom
+// layers with image A, which the engine has; the pull of B fetches B's
+// config and its own layer only, and B runs with all three layers.
+func TestContainerEngineLayersReused(t *testing.T) {
+	containerNeeds(t, "reuse of the engine's layers by a pull")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	proxy := containerNewProxy(t, reg)
+	base, top := containerBusybox(t), map[string][]byte{"release": []byte("a\n")}
+	a, _ := containerPushStack(t, reg, "kiosk/a", base, top)
+	b, bLayers := containerPushStack(t, reg, "kiosk/b", base, top, map[string][]byte{"b-only": containerRandom(256<<10, 7)})
+	a, b = containerVia(a, reg, proxy.addr()), containerVia(b, reg, proxy.addr())
+	d := newDevice(t)
+	d.args = append(d.args, "--docker-host", eng.host, "--insecure-registry", proxy.addr())
+	d.setTarget(containerTarget(t, "kiosk", "r1", containerSvc{"ui", "exec sleep 1000", a}))
+	d.start()
+	eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+	d.stop()
+	// The blobs are gone (a wiped or replaced state dir): only the engine
+	// has A's layers now.
+	if err := os.RemoveAll(filepath.Join(d.stateDir, "blobs")); err != nil {
+		t.Fatal(err)
+	}
+	proxy.set(func(p *containerProxy) { p.blobGets, p.blobBytes = map[string]int{}, 0 })
+	d.start()
+	d.setTarget(containerTarget(t, "kiosk", "r2", containerSvc{"ui", "test -f /b-only && test -f /release && exec sleep 1000", b}))
+	eng.waitState(t, d, "kiosk", "ui", "r2", "running")
+	d.waitFor("r2 applied", func() bool { return d.releaseOf("kiosk") == "r2" && d.status().Status == "idle" })
+	proxy.mu.Lock()
+	gets := maps.Clone(proxy.blobGets)
+	proxy.mu.Unlock()
+	want := map[string]int{b.ID: 1, bLayers[2]: 1}
+	if !maps.Equal(gets, want) {
+		t.Fatalf("blob GETs of the pull of B: %v, want B's config %s and its own layer %s once each (the bottom two %v are the engine's)",
+			gets, b.ID, bLayers[2], bLayers[:2])
+	}
+	time.Sleep(300 * time.Millisecond)
+	if st, c := eng.state(t, "kiosk", "ui", "r2"); st != "running" || c.RestartCount != 0 {
+		t.Fatalf("B's container is %q (restarts %d): its layers are not whole", st, c.RestartCount)
 	}
 	d.stop()
 }
