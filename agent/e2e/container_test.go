@@ -547,10 +547,10 @@ type containerProxy struct {
 	mu        sync.Mutex
 	blobBytes int64
 	blobGets  map[string]int // GETs of each blob digest
-	delay     time.Duration // per 32 KiB of a blob
-	status    int           // answer every request with this status (0: pass)
-	cut       bool          // close the connection after half of each blob
-	corrupt   bool          // flip the first byte of each blob
+	delay     time.Duration  // per 32 KiB of a blob
+	status    int            // answer every request with this status (0: pass)
+	cut       bool           // close the connection after half of each blob
+	corrupt   bool           // flip the first byte of each blob
 }
 
 func containerNewProxy(t *testing.T, upstream string) *containerProxy {
