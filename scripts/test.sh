@@ -65,7 +65,7 @@ unit() {
   if [ -x scripts/nspawn/rootfs.sh ] && [ "$(id -u)" = 0 ]; then
     scripts/nspawn/rootfs.sh amd64 || echo "warning: the nspawn rootfs could not be built: the real-systemd tests will skip"
   fi
-  go test -count=1 -timeout 45m -json ./... 2>&1 | tee "$log/unit.json" | testsum text | tee "$log/unit.txt" |
+  go test -count=1 -timeout 45m -parallel 4 -json ./... 2>&1 | tee "$log/unit.json" | testsum text | tee "$log/unit.txt" |
     grep -E '^(--- |ok |FAIL|PASS|panic:|\s+\S+_test.go:[0-9]+:)'
   local rc=${PIPESTATUS[0]}
   grep -E -- '--- SKIP' "$log/unit.txt" | sed 's/^/  /' | head -40

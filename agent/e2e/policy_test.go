@@ -711,6 +711,7 @@ func TestPolicyBadInputRejected(t *testing.T) {
 // of the change ran once, and no step ran outside the agent's locks. An app
 // applied before a kill stays applied; the others finish after it.
 func TestPolicyKillAtEveryCommit(t *testing.T) {
+	t.Parallel() // a device of its own at every point; it runs beside the other long sweeps
 	step := 1
 	if os.Getenv("LATCH_EMULATED") != "" {
 		step = 5

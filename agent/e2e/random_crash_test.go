@@ -40,6 +40,7 @@ import (
 // LATCH_CRASH_SEED replays a run, LATCH_CRASH_KILLS sets the number of
 // kills (default 300; 20 under LATCH_EMULATED, 40 under LATCH_CROSS).
 func TestRandomCrashes(t *testing.T) {
+	t.Parallel() // its own device; it runs beside the other long sweeps
 	seed := time.Now().UnixNano()
 	if v := os.Getenv("LATCH_CRASH_SEED"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)

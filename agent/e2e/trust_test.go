@@ -731,10 +731,12 @@ func TestTrustJournalResetWarns(t *testing.T) {
 // costs tens of seconds of emulated latch invocations. The rules are
 // agent/trust's, whose own tests run on every architecture; the attacks run
 // in full in the native suite, and TestTrustReplayOlderVersion runs on every
-// architecture to show the wiring there.
+// architecture to show the wiring there. In the native suite the attacks
+// run in parallel with the other long tests (t.Parallel).
 func trustNativeOnly(t *testing.T) {
 	t.Helper()
 	if os.Getenv("LATCH_CROSS") != "" {
 		t.Skip("LATCH_CROSS: this trust attack runs in the native suite only (agent/trust's rules are tested on every architecture; TestTrustReplayOlderVersion shows the agent's wiring here)")
 	}
+	t.Parallel() // each attack has its own device; most of its time is spent waiting for expiries and refusals
 }
