@@ -442,6 +442,18 @@ func printStatus(w io.Writer, st agent.Status, evs []store.Event, now time.Time)
 		}
 		fmt.Fprintf(tw, "%s\t%s\n", label, describeEntry(e, st.BlockedSince, now))
 	}
+	if f := st.Fleet; f != nil {
+		line := fmt.Sprintf("%s, device %s, broker %s: ", termSafe(f.Fleet), termSafe(f.Device), termSafe(f.Broker))
+		if f.Connected {
+			line += fmt.Sprintf("connected (%d connection(s) since start)", f.Connects)
+		} else {
+			line += "not connected"
+		}
+		if f.LastError != "" {
+			line += "; last error " + ago(now, f.LastErrorAt) + ": " + termSafe(f.LastError)
+		}
+		fmt.Fprintf(tw, "Fleet:\t%s\n", line)
+	}
 	ov := "off"
 	if st.OverrideLock {
 		ov = "ON: locks are ignored (turn off with 'latch override off')"

@@ -212,6 +212,7 @@ func (l *FleetLink) targets() {
 			continue
 		}
 		doc := target.Doc{Data: t.Doc, Sig: t.Sig, Source: l.source(src)}
+		l.a.logf("fleet: target from %s (sha256 %s)", doc.Source, short(target.Digest(doc.Data)))
 		select {
 		case l.a.docs <- doc:
 		case <-l.ctx.Done():
