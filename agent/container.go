@@ -205,8 +205,13 @@ func (a *Agent) pullImage(ctx context.Context, id string, drv *docker.Driver, re
 		default:
 		}
 	}
-	var prevFetched map[string]int64 = map[string]int64{}
+	// The layers' fetches report at once: mu guards blobDone,
+	// prevFetched, fetched and last.
+	var mu sync.Mutex
+	prevFetched := map[string]int64{}
 	progress := func(p registry.Progress) {
+		mu.Lock()
+		defer mu.Unlock()
 		blobDone[p.Digest] = p.Done
 		fetched += p.Fetched - prevFetched[p.Digest]
 		prevFetched[p.Digest] = p.Fetched
@@ -226,14 +231,21 @@ func (a *Agent) pullImage(ctx context.Context, id string, drv *docker.Driver, re
 		if err != nil {
 			return err
 		}
+		var todo []registry.Blob
+		queued := map[string]bool{}
 		for i, l := range img.Layers {
-			if omit(i) {
+			switch {
+			case omit(i):
+				mu.Lock()
 				blobDone[l.Digest] = l.Size
-				continue
+				mu.Unlock()
+			case !queued[l.Digest]:
+				queued[l.Digest] = true
+				todo = append(todo, l)
 			}
-			if _, err := reg.FetchBlob(ctx, img.Ref, l.Digest, l.Size, a.blobDir(), progress); err != nil {
-				return err
-			}
+		}
+		if err := fetchLayers(ctx, reg, img.Ref, todo, a.blobDir(), progress); err != nil {
+			return err
 		}
 		pr, pw := io.Pipe()
 		go func() { pw.CloseWithError(registry.WriteDockerArchiveOmitting(pw, img, a.blobDir(), "", omit)) }()
@@ -253,11 +265,59 @@ func (a *Agent) pullImage(ctx context.Context, id string, drv *docker.Driver, re
 	if err := writeFileAtomic(a.loadedPath(ref), []byte(rec), 0o600); err != nil {
 		return fmt.Errorf("record the loaded image: %w", err)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	for _, b := range append([]registry.Blob{img.Config}, img.Layers...) {
 		blobDone[b.Digest] = b.Size
 	}
 	report(true)
 	return nil
+}
+
+// pullParallel is how many layers of an image download at once (as
+// dockerd does): enough to hide a registry's latency per blob, few enough
+// for a small board's memory and flash (each streams to its own file).
+const pullParallel = 3
+
+// fetchLayers fetches the layers into dir, pullParallel at a time; the
+// first error cancels the others and is returned (each keeps its partial
+// file to resume from).
+func fetchLayers(ctx context.Context, reg *registry.Client, ref registry.Reference, layers []registry.Blob, dir string, progress registry.ProgressFunc) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg       sync.WaitGroup
+		errMu    sync.Mutex
+		firstErr error
+	)
+	slots := make(chan struct{}, pullParallel)
+	for _, l := range layers {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			if _, err := reg.FetchBlob(ctx, ref, l.Digest, l.Size, dir, progress); err != nil {
+				errMu.Lock()
+				if firstErr == nil {
+					firstErr = err
+					cancel()
+				}
+				errMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	return ctx.Err()
 }
 
 // engineHas returns whether the engine has layer i of the image of cfg

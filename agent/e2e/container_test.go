@@ -547,6 +547,8 @@ type containerProxy struct {
 	mu        sync.Mutex
 	blobBytes int64
 	blobGets  map[string]int // GETs of each blob digest
+	inflight  int            // blob GETs being answered now
+	most      int            // the most inflight there ever were
 	delay     time.Duration  // per 32 KiB of a blob
 	status    int            // answer every request with this status (0: pass)
 	cut       bool           // close the connection after half of each blob
@@ -615,7 +617,14 @@ func (p *containerProxy) serve(w http.ResponseWriter, r *http.Request) {
 			p.blobGets = map[string]int{}
 		}
 		p.blobGets[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]++
+		p.inflight++
+		p.most = max(p.most, p.inflight)
 		p.mu.Unlock()
+		defer func() {
+			p.mu.Lock()
+			p.inflight--
+			p.mu.Unlock()
+		}()
 	}
 	buf := make([]byte, 32<<10)
 	var n int64
@@ -1266,6 +1275,39 @@ func TestContainerEngineLayersReused(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if st, c := eng.state(t, "kiosk", "ui", "r2"); st != "running" || c.RestartCount != 0 {
 		t.Fatalf("B's container is %q (restarts %d): its layers are not whole", st, c.RestartCount)
+	}
+	d.stop()
+}
+
+// The layers of an image download three at a time (as dockerd's do), no
+// more, each once, and the image runs whole.
+func TestContainerLayersFetchedInParallel(t *testing.T) {
+	containerNeeds(t, "parallel layer downloads")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	proxy := containerNewProxy(t, reg)
+	stack := []map[string][]byte{containerBusybox(t)}
+	for i := 0; i < 4; i++ {
+		stack = append(stack, map[string][]byte{fmt.Sprintf("l%d", i): containerRandom(1<<20, byte(10+i))})
+	}
+	img, layers := containerPushStack(t, reg, "kiosk/ui", stack...)
+	img = containerVia(img, reg, proxy.addr())
+	proxy.set(func(p *containerProxy) { p.delay = 20 * time.Millisecond }) // each layer takes about a second
+	d := newDevice(t)
+	d.args = append(d.args, "--docker-host", eng.host, "--insecure-registry", proxy.addr())
+	d.setTarget(containerTarget(t, "kiosk", "r1", containerSvc{"ui", "test -f /l0 && test -f /l3 && exec sleep 1000", img}))
+	d.start()
+	eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+	proxy.mu.Lock()
+	most, gets := proxy.most, maps.Clone(proxy.blobGets)
+	proxy.mu.Unlock()
+	if most != 3 {
+		t.Errorf("at most %d blob downloads ran at once, want 3", most)
+	}
+	for _, l := range layers {
+		if gets[l] != 1 {
+			t.Errorf("layer %s was fetched %d times, want once (all GETs: %v)", l, gets[l], gets)
+		}
 	}
 	d.stop()
 }
