@@ -333,7 +333,7 @@ func runFleetCmd(ctx context.Context, args []string) error {
 	holdFor := fs.String("for", "", "hold: how long (a Go duration, 2h)")
 	enable := fs.String("enable", "", "override: true or false")
 	wait := fs.Duration("wait", 10*time.Second, "how long to wait for the device's result")
-	var signKeys listFlag
+	var signKeys keyFiles
 	fs.Var(&signKeys, "sign-key", "sign the command with this NAME.key of 'latch key gen' (repeat for a threshold): a device with --trust-root takes a forcing or override command only signed by its root's targets keys, one with --trust-key only by that key")
 	expires := fs.Duration("expires", 10*time.Minute, "with --sign-key: how long the signed command stays valid (1s to 24h); the device refuses it after")
 	ops, err := trustFlags(fs, args, "  latch fleet cmd --broker URL DEVICE ACTION [flags]",
@@ -410,5 +410,18 @@ func runFleetCmd(ctx context.Context, args []string) error {
 	if res.Status != fleet.StatusOK {
 		return &exitError{code: 1, msg: ""}
 	}
+	return nil
+}
+
+// keyFiles is --sign-key: a flag that may be repeated, one key file each.
+type keyFiles []string
+
+func (k *keyFiles) String() string { return strings.Join(*k, ",") }
+
+func (k *keyFiles) Set(v string) error {
+	if v == "" {
+		return errors.New("give the path of a NAME.key of 'latch key gen'")
+	}
+	*k = append(*k, v)
 	return nil
 }
