@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -217,6 +218,9 @@ func (b *fleetBroker) Pub(t *testing.T, topic string, payload []byte, retain boo
 	cert, key := b.opCert(t)
 	args := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(b.port), "--cafile", b.CAFile, "--cert", cert, "--key", key,
 		"-q", "1", "-t", topic, "-s"}
+	if len(payload) == 0 {
+		args[len(args)-1] = "-n" // a null message: clears a retained one
+	}
 	if retain {
 		args = append(args, "-r")
 	}
@@ -333,6 +337,72 @@ func (b *fleetBroker) Sub(t *testing.T, topic string) string {
 		return ""
 	}
 	return string(bytes.TrimRight(out, "\n"))
+}
+
+// fleetWatch is a mosquitto_sub of the operator, writing every message of its topics to a
+// file, one line each ("topic payload"), stopped by its pid when the test ends.
+type fleetWatch struct {
+	file string
+}
+
+// Watch starts recording the messages of topic (wildcards allowed) from now on.
+func (b *fleetBroker) Watch(t *testing.T, topic string) *fleetWatch {
+	t.Helper()
+	sub, err := exec.LookPath("mosquitto_sub")
+	if err != nil {
+		t.Skip("mosquitto_sub is not installed: the agent's messages were not read")
+	}
+	cert, key := b.opCert(t)
+	w := &fleetWatch{file: filepath.Join(t.TempDir(), "watch.log")}
+	out, err := os.Create(w.file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	// -R: no retained messages, only what is published while it watches
+	cmd := exec.Command(sub, "-h", "127.0.0.1", "-p", strconv.Itoa(b.port), "--cafile", b.CAFile, "--cert", cert, "--key", key,
+		"-i", fmt.Sprintf("watch-%d", time.Now().UnixNano()), "-q", "1", "-R", "-v", "-t", topic)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	// subscribed once a probe published now arrives (on the topic itself when it has no
+	// wildcard; Lines leaves probes out)
+	if strings.ContainsAny(topic, "+#") {
+		time.Sleep(500 * time.Millisecond)
+		return w
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(w.all(), fleetProbe) {
+		if time.Now().After(deadline) {
+			t.Fatalf("mosquitto_sub on %s did not start: %s", topic, w.all())
+		}
+		b.Pub(t, topic, []byte(fleetProbe), false)
+		time.Sleep(100 * time.Millisecond)
+	}
+	return w
+}
+
+const fleetProbe = "latch-watch-probe"
+
+func (w *fleetWatch) all() string {
+	b, _ := os.ReadFile(w.file)
+	return string(b)
+}
+
+// Lines are the messages so far on topic, payloads only.
+func (w *fleetWatch) Lines(topic string) []string {
+	var out []string
+	for _, l := range strings.Split(w.all(), "\n") {
+		if p, ok := strings.CutPrefix(l, topic+" "); ok && p != fleetProbe {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // The helper itself: a retained message survives Stop and Start on the same port.
