@@ -286,8 +286,12 @@ func runAgent(ctx context.Context, args []string) error {
 	defer j.Close() // closed last
 	if aside != "" {
 		logf("journal %s was corrupt: moved aside to %s and started afresh", p.journal(), aside)
-		if *trustRoot != "" {
-			logf("warning: the trust state went with the corrupt journal: the device knows only --trust-root %s again, and would accept a target version older than the last one it accepted (the highest version is in %s)", *trustRoot, aside)
+		if copyPath := filepath.Join(p.stateDir, agent.TrustCopyName); *trustRoot != "" {
+			if _, err := os.Lstat(copyPath); err == nil {
+				logf("the trust state (highest target version, clock floor, rotated root) is read back from its copy %s", copyPath)
+			} else {
+				logf("warning: the trust state went with the corrupt journal and its copy %s is missing: the device knows only --trust-root %s again, and would accept a target version older than the last one it accepted (the highest version is in %s)", copyPath, *trustRoot, aside)
+			}
 		}
 	}
 	notifier := systemd.NewNotifier()

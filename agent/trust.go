@@ -79,22 +79,34 @@ func (a *Agent) UseTrustRoot(root []byte, deviceID string) error {
 	if err != nil {
 		return fmt.Errorf("read the trust state: %w", err)
 	}
+	journalled := old
+	switch c, ok, err := a.loadTrustCopy(); {
+	case err != nil:
+		a.logf("trust: the copy of the trust state is not used: %v", err)
+	case ok:
+		if merged := newerTrust(old, c); !sameTrust(merged, old) {
+			a.logf("trust: the journal's trust state (root version %d, target version %d) is older than its copy %s (root version %d, target version %d): the newer is kept",
+				old.RootVersion, old.TargetVersion, a.trustCopyPath(), c.RootVersion, c.TargetVersion)
+			old = merged
+		}
+	}
 	next, err := trust.Provision(old, root)
 	if err != nil {
 		return fmt.Errorf("%w: --trust-root: %w", ErrInvalid, err)
 	}
-	if !sameTrust(old, next) {
+	if !sameTrust(journalled, next) {
 		err := a.commit(func(tx *store.Tx) error {
 			if err := tx.PutTrust(toStore(next)); err != nil {
 				return err
 			}
-			_, err := tx.Log(store.Event{Kind: "trust", Message: fmt.Sprintf("root of trust version %d provisioned (journal had version %d)", next.RootVersion, old.RootVersion)})
+			_, err := tx.Log(store.Event{Kind: "trust", Message: fmt.Sprintf("root of trust version %d provisioned (journal had version %d), highest target version %d", next.RootVersion, journalled.RootVersion, next.TargetVersion)})
 			return err
 		})
 		if err != nil {
 			return fmt.Errorf("journal the trust state: %w", err)
 		}
 	}
+	a.saveTrustCopy(next)
 	tc.state = next
 	trusts.Store(a, tc)
 	return nil
@@ -151,6 +163,7 @@ func (a *Agent) verifyTrust(tc *trustCtl, doc target.Doc, by string) (*trust.Sta
 			}); jerr != nil {
 				return nil, fmt.Errorf("journal the trust state: %w", jerr)
 			}
+			a.saveTrustCopy(res.State)
 			tc.state = res.State
 		}
 		return nil, nil
@@ -198,6 +211,7 @@ func putTrust(tx *store.Tx, s *trust.State) error {
 // trusted makes s the state in use, after its transaction committed.
 func (a *Agent) trusted(s *trust.State) {
 	if tc := a.trust(); tc != nil && s != nil {
+		a.saveTrustCopy(*s)
 		tc.state = *s
 		clear(tc.seen) // what was refused may be judged otherwise now (a rotation)
 	}

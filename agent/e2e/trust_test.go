@@ -710,18 +710,45 @@ func (p *publisher) refusals() int {
 	return strings.Count(string(out), "target state refused: ")
 }
 
-// A corrupt journal is moved aside and the agent starts afresh; under
-// --trust-root it says that the highest version accepted went with it.
-func TestTrustJournalResetWarns(t *testing.T) {
+// A corrupt journal is moved aside and started afresh: the trust state
+// comes back from its copy (trust.json in the state dir), so an older
+// version is still a rollback and the release that ran is applied again
+// from the target the device holds. With the copy gone too, the agent says
+// what it lost.
+func TestTrustJournalReset(t *testing.T) {
 	trustNativeOnly(t)
-	p, _, _ := trustDevice(t, "file")
+	p, v1, sig1 := trustDevice(t, "file")
+	v2, sig2 := p.release("2")
+	p.accept("file", v2, sig2, "2")
 	p.d.stop()
-	if err := os.WriteFile(filepath.Join(p.d.stateDir, "journal.db"), []byte("not a journal"), 0o600); err != nil {
+	copyPath := filepath.Join(p.d.stateDir, "trust.json")
+	if _, err := os.Stat(copyPath); err != nil {
+		t.Fatalf("no copy of the trust state after version 2 was accepted: %v", err)
+	}
+	corrupt := func() {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(p.d.stateDir, "journal.db"), []byte("not a journal"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	corrupt()
+	p.deliver("file", v1, sig1) // the first document the reset agent sees is the old one
+	p.d.start()
+	time.Sleep(time.Second) // what a wrongly accepted version 1 would start has had time to
+	if out := p.d.output(); !strings.Contains(out, "read back from its copy") {
+		t.Errorf("agent output after a journal reset does not say the trust state came from its copy:\n%s", out)
+	}
+	p.expectRefused("file", v1, sig1, "rollback")
+	p.accept("file", v2, sig2, "2") // the release it knows is applied again
+	p.d.stop()
+
+	corrupt()
+	if err := os.Remove(copyPath); err != nil {
 		t.Fatal(err)
 	}
 	p.d.start()
-	if out := p.d.output(); !strings.Contains(out, "the trust state went with the corrupt journal") {
-		t.Errorf("agent output after a journal reset does not warn about the trust state:\n%s", out)
+	if out := p.d.output(); !strings.Contains(out, "the trust state went with the corrupt journal and its copy") {
+		t.Errorf("agent output after a journal reset without the copy does not warn about the trust state:\n%s", out)
 	}
 	p.d.stop()
 }
