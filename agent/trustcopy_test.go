@@ -45,8 +45,10 @@ func TestTrustCopyRefused(t *testing.T) {
 	}
 	path := filepath.Join(dir, TrustCopyName)
 	for name, write := range map[string]func() error{
-		"garbage":       func() error { return os.WriteFile(path, []byte("{not json"), 0o600) },
-		"unsigned root": func() error { return os.WriteFile(path, []byte(`{"root":"eyJ4IjoxfQ==","root_version":9,"target_version":99}`), 0o600) },
+		"garbage": func() error { return os.WriteFile(path, []byte("{not json"), 0o600) },
+		"unsigned root": func() error {
+			return os.WriteFile(path, []byte(`{"root":"eyJ4IjoxfQ==","root_version":9,"target_version":99}`), 0o600)
+		},
 		"symlink": func() error {
 			other := filepath.Join(t.TempDir(), "elsewhere.json")
 			if err := os.WriteFile(other, []byte(`{}`), 0o600); err != nil {
