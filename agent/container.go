@@ -14,6 +14,7 @@ import (
 	"latch/agent/docker"
 	"latch/agent/registry"
 	"latch/agent/target"
+	"latch/store"
 )
 
 // ContainerEngine runs the container services of a target (spec section 9):
@@ -126,9 +127,27 @@ func (a *Agent) loadedImage(ctx context.Context, drv *docker.Driver, ref registr
 type pullProgress struct {
 	id                   string
 	image                string // the reference
+	digest               string // its manifest digest
 	done, total, fetched int64
+	layers, layersDone   int
+	at                   time.Time
 	complete             bool
 }
+
+// pullMark is what the journal holds of an image's pull.
+type pullMark struct {
+	done int64
+	at   time.Time
+	put  bool // a record was written (and must be removed)
+}
+
+// An image's pull progress is journalled when this many more bytes are on
+// the device, or this much time went by, since its last record: a few
+// commits a minute at most, however many reads the layers take.
+const (
+	pullJournalBytes = 4 << 20
+	pullJournalEvery = 2 * time.Second
+)
 
 // pullImages fetches and loads the images of the container services the
 // plan starts. It needs no lock: loading never touches a container. Each
@@ -191,7 +210,14 @@ func (a *Agent) pullImage(ctx context.Context, id string, drv *docker.Driver, re
 		for _, d := range blobDone {
 			done += d
 		}
-		ev := pullProgress{id: id, image: ref.String(), done: done, total: total, fetched: fetched, complete: complete}
+		layersDone := 0
+		for _, l := range img.Layers {
+			if blobDone[l.Digest] == l.Size {
+				layersDone++
+			}
+		}
+		ev := pullProgress{id: id, image: ref.String(), digest: ref.Digest, done: done, total: total, fetched: fetched,
+			layers: len(img.Layers), layersDone: layersDone, at: time.Now(), complete: complete}
 		if complete {
 			a.send(ev)
 			return
@@ -498,14 +524,112 @@ func (a *Agent) onPullProgress(ev pullProgress) {
 	if s.pending == nil || s.pending.ID != ev.id {
 		return
 	}
-	if s.pulls == nil {
-		s.pulls = map[string]pullProgress{}
-	}
-	if d := ev.fetched - s.pulls[ev.image].fetched; d > 0 {
+	a.loadPulls()
+	prev, had := s.pulls[ev.image]
+	if d := ev.fetched - prev.fetched; d > 0 {
 		s.pulledBytes += d
 		s.downloadedBytes += d
 	}
+	if had && prev.id == ev.id && !ev.complete && prev.done > ev.done {
+		// A restarted pull reports its blobs one by one: what the
+		// journal said is on the device stays until it catches up.
+		ev.done, ev.layersDone, ev.at = prev.done, max(prev.layersDone, ev.layersDone), prev.at
+	}
 	s.pulls[ev.image] = ev
+	a.journalPull(ev)
+}
+
+// journalPull writes an image's progress to the journal when enough bytes
+// or time went by since its last record, and removes the record once the
+// image is loaded. Records of other updates go with the first write.
+func (a *Agent) journalPull(ev pullProgress) {
+	s := &a.st
+	if s.pullMarks == nil {
+		s.pullMarks = map[string]pullMark{}
+	}
+	m, ok := s.pullMarks[ev.image]
+	if !ok {
+		m = pullMark{at: time.Now()}
+		s.pullMarks[ev.image] = m
+	}
+	if ev.complete {
+		if m.put {
+			a.journal(func(tx *store.Tx) error { return tx.DeleteImagePull(ev.digest) })
+		}
+		delete(s.pullMarks, ev.image)
+		return
+	}
+	if ev.done <= m.done || ev.done-m.done < pullJournalBytes && time.Since(m.at) < pullJournalEvery {
+		return
+	}
+	rec := store.ImagePull{Digest: ev.digest, Ref: ev.image, UpdateID: ev.id, Layers: ev.layers, LayersDone: ev.layersDone,
+		Done: ev.done, Total: ev.total, Updated: ev.at}
+	err := a.journal(func(tx *store.Tx) error {
+		if err := tx.DeleteImagePulls(ev.id); err != nil {
+			return err
+		}
+		return tx.PutImagePull(rec)
+	})
+	if err == nil {
+		s.pullMarks[ev.image] = pullMark{done: ev.done, at: time.Now(), put: true}
+	}
+}
+
+// loadPulls puts the journalled image pulls of the pending update into the
+// state, once after the start, so that the status shows them before the
+// pull resumes; records of any other update are removed.
+func (a *Agent) loadPulls() {
+	s := &a.st
+	if s.pulls == nil {
+		s.pulls = map[string]pullProgress{}
+	}
+	if s.pullsLoaded {
+		return
+	}
+	s.pullsLoaded = true
+	var recs []store.ImagePull
+	if err := a.j.View(func(tx *store.Tx) (err error) { recs, err = tx.ImagePulls(); return err }); err != nil {
+		a.logf("read the journalled image pulls: %v", err)
+		return
+	}
+	stale := false
+	for _, r := range recs {
+		if s.pending == nil || r.UpdateID != s.pending.ID {
+			stale = true
+			continue
+		}
+		if p, ok := s.pulls[r.Ref]; ok && p.done >= r.Done {
+			continue
+		}
+		s.pulls[r.Ref] = pullProgress{id: r.UpdateID, image: r.Ref, digest: r.Digest, done: r.Done, total: r.Total,
+			layers: r.Layers, layersDone: r.LayersDone, at: r.Updated, fetched: s.pulls[r.Ref].fetched}
+		if s.pullMarks == nil {
+			s.pullMarks = map[string]pullMark{}
+		}
+		s.pullMarks[r.Ref] = pullMark{done: r.Done, at: time.Now(), put: true}
+	}
+	if stale {
+		keep := ""
+		if s.pending != nil {
+			keep = s.pending.ID
+		}
+		a.journal(func(tx *store.Tx) error { return tx.DeleteImagePulls(keep) })
+	}
+}
+
+// forgetPulls removes the journalled image pulls once the pending update
+// ended (applied, replaced or dropped): none outlives its update.
+func (a *Agent) forgetPulls() {
+	s := &a.st
+	a.loadPulls() // removes the records of a run that never read them
+	put := false
+	for k, m := range s.pullMarks {
+		put = put || m.put
+		delete(s.pullMarks, k)
+	}
+	if put {
+		a.journal(func(tx *store.Tx) error { return tx.DeleteImagePulls("") })
+	}
 }
 
 // stopOthers stops (and keeps) latch's containers of service i of any
@@ -551,6 +675,18 @@ type ContainerStatus struct {
 	// size, while or once the pending update fetched it.
 	PullDone  int64 `json:"pull_done"`
 	PullTotal int64 `json:"pull_total"`
+	// Pull is the image's download while it is under way (also as the
+	// journal kept it across a restart, until the pull resumes).
+	Pull *PullStatus `json:"pull,omitempty"`
+}
+
+// PullStatus is the progress of one image's download.
+type PullStatus struct {
+	Layers     int       `json:"layers"`
+	LayersDone int       `json:"layers_done"`
+	Done       int64     `json:"done"`
+	Total      int64     `json:"total"`
+	Updated    time.Time `json:"updated"`
 }
 
 // containerSeen is the apply worker's report of a container it acted on.
@@ -574,6 +710,9 @@ func (w *applyWorker) seen(cs docker.Service, state string) {
 // of the running one for the apps the pending one does not change.
 func (a *Agent) containerStatus() []ContainerStatus {
 	s := &a.st
+	if s.pending != nil && s.tgt != nil && !s.pullsLoaded {
+		a.loadPulls()
+	}
 	var out []ContainerStatus
 	done := map[string]bool{}
 	add := func(st *target.State, pending bool) {
@@ -598,6 +737,9 @@ func (a *Agent) containerStatus() []ContainerStatus {
 				}
 				if p, ok := s.pulls[svc.Image]; ok && pending {
 					cs.PullDone, cs.PullTotal = p.done, p.total
+					if !p.complete && p.id == s.pending.ID {
+						cs.Pull = &PullStatus{Layers: p.layers, LayersDone: p.layersDone, Done: p.done, Total: p.total, Updated: p.at}
+					}
 				}
 				out = append(out, cs)
 			}
@@ -651,6 +793,9 @@ func containerOrder(names []string, svcs map[string]target.Service) []string {
 // target nor the pending one needs: the blobs of the running release stay,
 // so that an update sharing its layers fetches only the new ones.
 func (a *Agent) pruneBlobs() {
+	if a.st.pending == nil {
+		a.forgetPulls()
+	}
 	keepRec, keepBlob := map[string]bool{}, map[string]bool{}
 	for _, st := range []*target.State{a.st.running, a.st.tgt} {
 		if st == nil {

@@ -44,6 +44,12 @@ type loopState struct {
 	// pulls is the progress of each container image of the pending
 	// update, by reference.
 	pulls map[string]pullProgress
+	// pullsLoaded says pulls holds the journalled image pulls (read once,
+	// at the first status or progress after the start).
+	pullsLoaded bool
+	// pullMarks is, per image reference, what the journal holds of its
+	// pull: the bytes and time of the last record written.
+	pullMarks map[string]pullMark
 	// pulledBytes counts image bytes received from registries.
 	pulledBytes int64
 	// containers is the last state latch saw of each container service

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"latch/agent/docker"
+	"latch/store"
 )
 
 // The container tests (spec section 9) run the real latch binary against a
@@ -1310,4 +1311,73 @@ func TestContainerLayersFetchedInParallel(t *testing.T) {
 		}
 	}
 	d.stop()
+}
+
+// The pull's progress is journalled (every few MB or seconds): killed in
+// the middle of a pull and started again while the registry refuses, the
+// agent shows the journalled progress in the status and the metrics before
+// the pull resumes; once the update is applied no record is left.
+func TestContainerPullProgressJournalled(t *testing.T) {
+	containerNeeds(t, "the journalled progress of a pull across a restart")
+	eng, reg := containerStartEngine(t), containerStartRegistry(t)
+	proxy := containerNewProxy(t, reg)
+	const big = 8 << 20
+	v1 := containerVia(containerPushImage(t, reg, "kiosk/ui", "r1", "", nil), reg, proxy.addr())
+	v2 := containerVia(containerPushImage(t, reg, "kiosk/ui", "r2", "", map[string][]byte{"data": containerRandom(big, 3)}), reg, proxy.addr())
+	d := newDevice(t)
+	d.args = append(d.args, "--docker-host", eng.host, "--insecure-registry", proxy.addr(), "--retry-delay", "200ms")
+	d.setTarget(containerTarget(t, "kiosk", "r1", containerSvc{"ui", "exec sleep 1000", v1}))
+	d.start()
+	eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
+
+	proxy.set(func(p *containerProxy) { p.blobBytes, p.delay = 0, 20*time.Millisecond }) // ~1.6 MB/s
+	d.setTarget(containerTarget(t, "kiosk", "r2", containerSvc{"ui", "exec sleep 1000", v2}))
+	// Past 4 MiB more on the device a record is written whatever the time.
+	d.waitFor("5 MiB of the big layer sent", func() bool { return proxy.sent() > 5<<20 })
+	d.kill()
+	sent := proxy.sent()
+	proxy.set(func(p *containerProxy) { p.status, p.delay = http.StatusServiceUnavailable, 0 })
+	d.start()
+	var pull struct {
+		Layers     int       `json:"layers"`
+		LayersDone int       `json:"layers_done"`
+		Done       int64     `json:"done"`
+		Total      int64     `json:"total"`
+		Updated    time.Time `json:"updated"`
+	}
+	var s struct {
+		Containers []struct {
+			Release string          `json:"release"`
+			Pull    json.RawMessage `json:"pull"`
+		} `json:"containers"`
+	}
+	if code := d.api("GET", "/v1/device", nil, &s); code != 200 || len(s.Containers) != 1 || s.Containers[0].Pull == nil {
+		t.Fatalf("status after the restart: %d %+v, want r2's pull", code, s)
+	}
+	if err := json.Unmarshal(s.Containers[0].Pull, &pull); err != nil {
+		t.Fatal(err)
+	}
+	var total int64 = v2.Layers[0] + v2.Layers[1]
+	t.Logf("journalled pull after the restart: %+v (%d blob bytes sent before the kill)", pull, sent)
+	if s.Containers[0].Release != "r2" || pull.Layers != 2 || pull.LayersDone != 1 || pull.Done < 4<<20 || pull.Done > v2.Layers[0]+sent+8<<10 ||
+		pull.Total < total || pull.Updated.IsZero() {
+		t.Fatalf("pull in the status after the restart: %+v, want 1 of 2 layers, at least 4 MiB and at most the base layer and the %d bytes sent, of at least %d", pull, sent, total)
+	}
+	if m := containerMetrics(d); !strings.Contains(m, `latch_image_pull_ratio{app="kiosk",service="ui"} 0.`) {
+		t.Fatalf("metrics lack the journalled pull ratio:\n%s", m)
+	}
+	proxy.set(func(p *containerProxy) { p.status = 0 })
+	eng.waitState(t, d, "kiosk", "ui", "r2", "running")
+	d.waitFor("r2 applied", func() bool { return d.releaseOf("kiosk") == "r2" && d.status().Status == "idle" })
+	d.stop()
+	j, err := store.Open(filepath.Join(d.stateDir, "journal.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	var recs []store.ImagePull
+	if err := j.View(func(tx *store.Tx) (err error) { recs, err = tx.ImagePulls(); return err }); err != nil || len(recs) != 0 {
+		t.Fatalf("image pull records after the update: %+v, %v; want none", recs, err)
+	}
 }
