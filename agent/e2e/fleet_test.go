@@ -426,3 +426,40 @@ func TestFleetFlags(t *testing.T) {
 		}
 	}
 }
+
+// Under --trust-key, an override needs one signature by that key over the command; another
+// key's is refused.
+func TestFleetCommandsTrustKey(t *testing.T) {
+	b := startFleetBroker(t)
+	dir := t.TempDir()
+	for _, k := range []string{"ops", "other"} {
+		cmd := exec.Command(latchBin, "key", "gen", k)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("latch key gen %s: %v\n%s", k, err, out)
+		}
+	}
+	d := fleetDevice(t, b, "d1", "--trust-key", filepath.Join(dir, "ops.pub"))
+	d.start()
+	d.waitFor("the fleet channel up", func() bool { c, _, _ := fleetOf(d); return c })
+
+	out, code := fleetCmd(t, b, dir, "d1", "override", "--enable", "true")
+	if code == 0 || !strings.Contains(out, "refused") || !strings.Contains(out, "--trust-key") {
+		t.Errorf("unsigned override: %d %q, want refused naming --trust-key", code, out)
+	}
+	out, code = fleetCmd(t, b, dir, "d1", "override", "--enable", "true", "--sign-key", "other.key")
+	if code == 0 || !strings.Contains(out, "refused") {
+		t.Errorf("override signed by another key: %d %q, want refused", code, out)
+	}
+	if d.status().OverrideLock {
+		t.Fatal("a refused override turned the override on")
+	}
+	out, code = fleetCmd(t, b, dir, "d1", "override", "--enable", "true", "--sign-key", "ops.key")
+	if code != 0 || !d.status().OverrideLock {
+		t.Fatalf("override signed by the --trust-key: %d %q, override %v, want ok and on", code, out, d.status().OverrideLock)
+	}
+	// not forcing and unsigned: runs
+	if out, code := fleetCmd(t, b, dir, "d1", "hold", "--all", "--reason", "x"); code != 0 {
+		t.Errorf("an unsigned hold under --trust-key: %d %q, want ok", code, out)
+	}
+}
