@@ -310,7 +310,8 @@ func runAgent(ctx context.Context, args []string) error {
 		}
 	}
 	if fleetCfg != nil {
-		link, err := a.StartFleet(ctx, *fleetCfg)
+		// not ended by SIGTERM: Close says goodbye (online "0") once the agent has stopped
+		link, err := a.StartFleet(context.WithoutCancel(ctx), *fleetCfg)
 		if err != nil {
 			return &exitError{code: exitUsage, msg: err.Error()}
 		}

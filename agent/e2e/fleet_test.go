@@ -12,6 +12,7 @@ import (
 
 	"latch/agent/fleet"
 	"latch/agent/trust"
+	"latch/store"
 )
 
 // The agent side of the fleet channel (section 11) against a real mosquitto: TLS, a client
@@ -461,5 +462,37 @@ func TestFleetCommandsTrustKey(t *testing.T) {
 	// not forcing and unsigned: runs
 	if out, code := fleetCmd(t, b, dir, "d1", "hold", "--all", "--reason", "x"); code != 0 {
 		t.Errorf("an unsigned hold under --trust-key: %d %q, want ok", code, out)
+	}
+}
+
+// A command journalled as under way when the agent stopped (killed mid-run) is answered
+// failed when it comes again, and not run a second time.
+func TestFleetCommandInterrupted(t *testing.T) {
+	b := startFleetBroker(t)
+	d := fleetDevice(t, b, "d1")
+	if err := os.MkdirAll(d.stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j, err := store.Open(filepath.Join(d.stateDir, "journal.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = j.Update(func(tx *store.Tx) error {
+		return tx.PutCommand(&store.Command{ID: "c-crash", Action: "hold", State: store.CommandRunning, Taken: time.Now()})
+	})
+	j.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	d.waitFor("the fleet channel up", func() bool { c, _, _ := fleetOf(d); return c })
+	w := b.Watch(t, "latch/devices/d1/result")
+	b.Pub(t, "latch/devices/d1/cmd", []byte(`{"id":"c-crash","action":"hold","all":true}`), false)
+	r := waitResult(t, d, w, "c-crash", 1)
+	if r.Status != fleet.StatusFailed || !strings.Contains(r.Message, "not run again") {
+		t.Errorf("result %+v, want failed, not run again", r)
+	}
+	if n := countEvents(d, "hold", ""); n != 0 {
+		t.Errorf("the interrupted command ran again: %d hold(s)", n)
 	}
 }
