@@ -309,7 +309,11 @@ func (l *FleetLink) command(c fleet.Command) (status, msg string, err error) {
 		return "", "", fmt.Errorf("read the journal: %w", err)
 	}
 	rec = &store.Command{ID: c.ID, Action: c.Action, State: store.CommandRunning, Taken: time.Now()}
-	if why := l.refusal(c); why != "" {
+	why, err := l.refusal(c)
+	if err != nil {
+		return "", "", err
+	}
+	if why != "" {
 		a.logf("fleet: command %s (%s) refused: %s", c.ID, c.Action, why)
 		return fleet.StatusRefused, why, l.finish(rec, fleet.StatusRefused, why)
 	}
@@ -339,16 +343,17 @@ func (l *FleetLink) finish(rec *store.Command, status, msg string) error {
 
 // refusal says why c may not run ("" when it may): under --trust-root or --trust-key a
 // command that forces or turns the override on or off must be signed, for this device and
-// not expired; a signature that is there is checked whatever the command.
-func (l *FleetLink) refusal(c fleet.Command) string {
+// not expired; a signature that is there is checked whatever the command. An error (the
+// agent is stopping) decides nothing.
+func (l *FleetLink) refusal(c fleet.Command) (string, error) {
 	a := l.a
 	tc := a.trust()
 	if tc == nil && a.cfg.TrustKey == nil {
-		return ""
+		return "", nil
 	}
 	needs := c.Force || c.Action == fleet.ActionOverride
 	if !needs && len(c.Sig) == 0 {
-		return ""
+		return "", nil
 	}
 	what := "--trust-root"
 	how := "a threshold of the root's targets keys"
@@ -357,32 +362,32 @@ func (l *FleetLink) refusal(c fleet.Command) string {
 	}
 	if len(c.Sig) == 0 {
 		return fmt.Sprintf("command %s (%s%s) must be signed on a device with %s: send it with latch fleet cmd ... --sign-key KEY (%s), which names the device and an expiry",
-			c.ID, c.Action, forced(c), what, how)
+			c.ID, c.Action, forced(c), what, how), nil
 	}
 	if c.Device != l.cfg.DeviceID {
-		return fmt.Sprintf("command %s is signed for device %q, this is device %q: sign one for this device", c.ID, c.Device, l.cfg.DeviceID)
+		return fmt.Sprintf("command %s is signed for device %q, this is device %q: sign one for this device", c.ID, c.Device, l.cfg.DeviceID), nil
 	}
 	b, err := trust.ParseBundle(c.Sig)
 	if err != nil {
-		return fmt.Sprintf("command %s: sig: %v", c.ID, err)
+		return fmt.Sprintf("command %s: sig: %v", c.ID, err), nil
 	}
 	body, err := c.SignedBytes()
 	if err != nil {
-		return err.Error()
+		return err.Error(), nil
 	}
 	if tc == nil {
 		err = trust.VerifyCommandKey(a.cfg.TrustKey, body, b, time.Now())
 	} else {
 		var st trust.State
 		if derr := a.do(l.ctx, func() error { st = tc.state; return nil }); derr != nil {
-			return fmt.Sprintf("command %s: the agent is stopping: %v", c.ID, derr)
+			return "", fmt.Errorf("check the signature: %w", derr)
 		}
 		err = trust.VerifyCommand(st, body, b, time.Now())
 	}
 	if err != nil {
-		return fmt.Sprintf("command %s: %v", c.ID, err)
+		return fmt.Sprintf("command %s: %v", c.ID, err), nil
 	}
-	return ""
+	return "", nil
 }
 
 func forced(c fleet.Command) string {
