@@ -57,12 +57,13 @@ type FleetLink struct {
 	stateKick  chan struct{}
 	cmdKick    chan struct{}
 
-	mu          sync.Mutex
-	fleetMsg    []byte // the newest fleet target message; nil: none
-	deviceMsg   []byte // the newest device target message; nil: none
-	queue       []fleet.Command
-	forceState  bool
-	closeCancel context.CancelFunc
+	closeCancel context.CancelFunc // ends ctx
+
+	mu         sync.Mutex      // guards the fields below (the handlers write them, the goroutines read them)
+	fleetMsg   []byte          // the newest fleet target message; nil: none
+	deviceMsg  []byte          // the newest device target message; nil: none
+	queue      []fleet.Command // commands not taken by the worker yet, at most maxFleetQueue
+	forceState bool            // a connection came up: publish the state even if unchanged
 }
 
 // StartFleet joins the agent to its fleet: it checks cfg (fleet.Config.Validate), then
