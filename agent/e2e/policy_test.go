@@ -264,8 +264,8 @@ func TestPolicyUpdatePendingNotice(t *testing.T) {
 		t.Errorf("update-pending left in charlie/svc, whose update is done")
 	}
 	// The lock core does not count update-pending as a lock.
-	if out, err := exec.Command(latchBin, "locks", "--json", "--run-dir", d.runDir).CombinedOutput(); err != nil || strings.Contains(string(out), "update-pending") {
-		t.Errorf("latch locks: %v\n%s\nwant update-pending not listed as a lock", err, out)
+	if out, err := exec.Command(latchBin, "locks", "--json", "--root", d.root).CombinedOutput(); err != nil || strings.Contains(string(out), "update-pending") || !strings.Contains(string(out), lockPath) {
+		t.Errorf("latch locks: %v\n%s\nwant %s listed and update-pending not listed as a lock", err, out, lockPath)
 	}
 
 	if err := os.Remove(lockPath); err != nil {
