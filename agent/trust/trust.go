@@ -25,6 +25,15 @@
 // same journal transaction as the target it goes with) and hands it back.
 // Verify never mutates the State it is given.
 //
+// Fleet commands (section 11) are signed the same way under their own
+// payload type, CommandType (application/vnd.latch.command+json), so that no
+// target or root signature passes for a command's: SignCommand signs;
+// VerifyCommand needs a threshold of distinct valid keys of the targets role
+// of the trusted root, an unexpired root, and a command naming its "device"
+// and an unexpired "expires" (the clock floor applies); VerifyCommandKey is
+// the --trust-key form. The signed bytes are json.Marshal of the command with
+// its sig cleared (agent/fleet's Command.SignedBytes).
+//
 // The parsers are fuzzed (FuzzParseRoot, FuzzParseBundle, FuzzVerify; the
 // corpus is in testdata/fuzz). Run them with a short -fuzzminimizetime
 // (say 2s): minimizing a signed root under the default minute stalls the run.
