@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -832,6 +833,11 @@ func TestContainerForeignUntouched(t *testing.T) {
 // containerMixedTarget is app kiosk at release: containers ui and backend,
 // and an exec service "log" whose commands append to the device's log.
 func containerMixedTarget(t *testing.T, d *device, release string, img containerImage) []byte {
+	return containerMixedApp(t, d, "kiosk", release, img)
+}
+
+// containerMixedApp is containerMixedTarget with another app's name.
+func containerMixedApp(t *testing.T, d *device, appName, release string, img containerImage) []byte {
 	t.Helper()
 	services := map[string]any{
 		"log": map[string]any{
@@ -846,16 +852,23 @@ func containerMixedTarget(t *testing.T, d *device, release string, img container
 			"network_mode": "none", "stop_grace_period": "1s",
 		}
 	}
-	b, err := json.Marshal(map[string]any{"apps": map[string]any{"kiosk": map[string]any{"release": release, "services": services}}})
+	b, err := json.Marshal(map[string]any{"apps": map[string]any{appName: map[string]any{"release": release, "services": services}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
+// sweepBatch is how many commit points of TestContainerKillAtEveryCommit
+// run at once (the update takes about 27 commits): each has its own device (state, lock and run dirs) and its
+// own app, so its own containers; the engine and the registry are shared.
+const sweepBatch = 9
+
 // (c) SIGKILL after every journal commit of an update of an app that mixes
 // containers and an exec service: the restarted agent ends on the new
-// release whole, never a mix, each exec command run once.
+// release whole, never a mix, each exec command run once, each container
+// started once. The commit points run sweepBatch at a time, until one
+// where the update finishes before the failpoint.
 func TestContainerKillAtEveryCommit(t *testing.T) {
 	containerNeeds(t, "SIGKILL at every journal commit of a container update")
 	if _, err := exec.LookPath("docker"); err != nil {
@@ -864,78 +877,140 @@ func TestContainerKillAtEveryCommit(t *testing.T) {
 	eng, reg := containerStartEngine(t), containerStartRegistry(t)
 	v1 := containerPushImage(t, reg, "kiosk/ui", "r1", "", nil)
 	v2 := containerPushImage(t, reg, "kiosk/ui", "r2", "", nil)
-	clean := func() {
-		ctx := context.Background()
-		list, _ := eng.client.ListContainers(ctx, docker.LabelApp+"=kiosk")
-		for _, c := range list {
-			eng.client.RemoveContainer(ctx, c.ID, true)
+	starts := eng.watchStarts(t)
+	var (
+		mu       sync.Mutex
+		survived []int // the commit points the update finished before
+		relocked int   // the points that interrupted an apply holding locks
+	)
+	point := func(t *testing.T, n int) {
+		app := fmt.Sprintf("kiosk%d", n)
+		defer func() {
+			ctx := context.Background()
+			list, _ := eng.client.ListContainers(ctx, docker.LabelApp+"="+app)
+			for _, c := range list {
+				eng.client.RemoveContainer(ctx, c.ID, true)
+			}
+		}()
+		d := containerDevice(t, eng, reg)
+		d.setTarget(containerMixedApp(t, d, app, "r1", v1))
+		d.start()
+		d.waitFor("r1 applied", func() bool { return d.releaseOf(app) == "r1" && d.status().Status == "idle" })
+		d.stop()
+		os.Remove(d.log)
+		since := time.Now()
+		d.start(fmt.Sprintf("LATCH_FAILPOINT=commit:%d", n))
+		d.setTarget(containerMixedApp(t, d, app, "r2", v2))
+		deadline := time.After(90 * time.Second)
+	wait:
+		for {
+			select {
+			case <-d.waitErr:
+				d.notify.Close()
+				break wait
+			case <-deadline:
+				t.Fatalf("commit:%d: the agent neither died nor finished\n%s", n, d.output())
+			case <-time.After(50 * time.Millisecond):
+				if s, ok := d.statusOK(); ok && releaseIn(s, app) == "r2" && !s.UpdatePending {
+					mu.Lock()
+					survived = append(survived, n)
+					mu.Unlock()
+					d.stop()
+					return
+				}
+			}
 		}
-	}
-	for n := 1; n <= 200; n++ {
-		survived := false
-		t.Run(fmt.Sprintf("commit-%d", n), func(t *testing.T) {
-			defer clean()
-			d := containerDevice(t, eng, reg)
-			d.setTarget(containerMixedTarget(t, d, "r1", v1))
-			d.start()
-			d.waitFor("r1 applied", func() bool { return d.releaseOf("kiosk") == "r1" && d.status().Status == "idle" })
-			d.stop()
-			os.Remove(d.log)
-			since := time.Now()
-			d.start(fmt.Sprintf("LATCH_FAILPOINT=commit:%d", n))
-			d.setTarget(containerMixedTarget(t, d, "r2", v2))
-			deadline := time.After(60 * time.Second)
-		wait:
-			for {
-				select {
-				case <-d.waitErr:
-					d.notify.Close()
-					break wait
-				case <-deadline:
-					t.Fatalf("commit:%d: the agent neither died nor finished\n%s", n, d.output())
-				case <-time.After(50 * time.Millisecond):
-					if s, ok := d.statusOK(); ok && releaseIn(s, "kiosk") == "r2" && !s.UpdatePending {
-						survived = true
-						d.stop()
-						return
-					}
+		// The apply the kill interrupted, and its lock entries: they are
+		// removed, as a reboot clears /tmp, and must be back at READY.
+		var held []string
+		j, err := store.Open(filepath.Join(d.stateDir, "journal.db"), nil)
+		if err != nil {
+			t.Fatalf("killed after commit %d: open the journal: %v", n, err)
+		}
+		j.View(func(tx *store.Tx) error {
+			if ap, err := tx.Apply(); err == nil && !strings.HasPrefix(ap.UpdateID, "restart:") {
+				for _, l := range ap.Locks {
+					held = append(held, l.Path)
 				}
 			}
-			d.start()
-			if !within(60*time.Second, func() bool {
-				s, ok := d.statusOK()
-				return ok && releaseIn(s, "kiosk") == "r2" && !s.UpdatePending && s.Status == "idle"
-			}) {
-				s, _ := d.statusOK()
-				t.Fatalf("killed after commit %d, the agent never ends idle on r2: %q %q\n%s", n, s.Status, s.Reason, d.output())
-			}
-			for _, svc := range []string{"backend", "ui"} {
-				if st, c := eng.state(t, "kiosk", svc, "r2"); st != "running" || c.RestartCount != 0 {
-					t.Errorf("killed after commit %d: kiosk/%s r2 is %q (restarts %d), want running", n, svc, st, c.RestartCount)
-				}
-				if st, _ := eng.state(t, "kiosk", svc, "r1"); st == "running" {
-					t.Errorf("killed after commit %d: kiosk/%s r1 still runs beside r2", n, svc)
-				}
-			}
-			for _, c := range []struct {
-				release string
-				want    int
-			}{{"r1", 0}, {"r2", 1}} {
-				for _, svc := range []string{"backend", "ui"} {
-					if got := eng.starts(t, since, "kiosk", svc, c.release); got != c.want {
-						t.Errorf("killed after commit %d: kiosk/%s %s was started %d times, want %d", n, svc, c.release, got, c.want)
-					}
-				}
-			}
-			for _, line := range []string{"stop log r1", "start log r2"} {
-				if c := d.count(line); c != 1 {
-					t.Errorf("killed after commit %d: %q ran %d times, want once\n%s", n, line, c, strings.Join(d.commands(), "\n"))
-				}
-			}
-			d.stop()
+			return nil
 		})
-		if survived || t.Failed() {
-			t.Logf("swept %d commits", n)
+		j.Close()
+		for _, p := range held {
+			os.Remove(p)
+		}
+		d.start()
+		var missing []string
+		for _, p := range held {
+			if !exists(p) {
+				missing = append(missing, p)
+			}
+		}
+		if s, ok := d.statusOK(); len(missing) > 0 && (!ok || s.UpdatePending) {
+			// Still applying (the locks go only once it is done): they
+			// were not re-taken before READY.
+			t.Errorf("killed after commit %d: at READY the interrupted apply's locks %v are missing", n, missing)
+		}
+		if len(held) > 0 {
+			mu.Lock()
+			relocked++
+			mu.Unlock()
+		}
+		if !within(90*time.Second, func() bool {
+			s, ok := d.statusOK()
+			return ok && releaseIn(s, app) == "r2" && !s.UpdatePending && s.Status == "idle"
+		}) {
+			s, _ := d.statusOK()
+			t.Fatalf("killed after commit %d, the agent never ends idle on r2: %q %q\n%s", n, s.Status, s.Reason, d.output())
+		}
+		for _, svc := range []string{"backend", "ui"} {
+			if st, c := eng.state(t, app, svc, "r2"); st != "running" || c.RestartCount != 0 {
+				t.Errorf("killed after commit %d: %s/%s r2 is %q (restarts %d), want running", n, app, svc, st, c.RestartCount)
+			}
+			if st, _ := eng.state(t, app, svc, "r1"); st == "running" {
+				t.Errorf("killed after commit %d: %s/%s r1 still runs beside r2", n, app, svc)
+			}
+		}
+		for _, c := range []struct {
+			release string
+			want    int
+		}{{"r1", 0}, {"r2", 1}} {
+			for _, svc := range []string{"backend", "ui"} {
+				if got := starts.count(t, since, app, svc, c.release); got != c.want {
+					t.Errorf("killed after commit %d: %s/%s %s was started %d times, want %d", n, app, svc, c.release, got, c.want)
+				}
+			}
+		}
+		for _, line := range []string{"stop log r1", "start log r2"} {
+			if c := d.count(line); c != 1 {
+				t.Errorf("killed after commit %d: %q ran %d times, want once\n%s", n, line, c, strings.Join(d.commands(), "\n"))
+			}
+		}
+		d.stop()
+	}
+	for first := 1; first <= 200; first += sweepBatch {
+		t.Run(fmt.Sprintf("commits-%d-%d", first, first+sweepBatch-1), func(t *testing.T) {
+			// Run from goroutines rather than t.Parallel: -parallel (the
+			// CPUs by default) would cap them, and they mostly wait.
+			var wg sync.WaitGroup
+			for n := first; n < first+sweepBatch; n++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					t.Run(fmt.Sprintf("commit-%d", n), func(t *testing.T) { point(t, n) })
+				}()
+			}
+			wg.Wait()
+		})
+		mu.Lock()
+		done := slices.Min(append([]int{1 << 30}, survived...))
+		mu.Unlock()
+		if t.Failed() {
+			return
+		}
+		if done < 1<<30 {
+			// Every point below the first survivor was killed and checked.
+			t.Logf("swept %d commits; %d of them interrupted an apply, whose locks were back at READY", done, relocked)
 			return
 		}
 	}
@@ -1041,6 +1116,96 @@ func (e *containerEngine) starts(t *testing.T, since time.Time, app, svc, releas
 	n := 0
 	for _, l := range strings.Fields(string(out)) {
 		if l == name {
+			n++
+		}
+	}
+	return n
+}
+
+// startLog follows the engine's start events for as long as a test runs:
+// unlike a later `docker events --since`, it cannot miss those that fell
+// out of the engine's bounded event buffer (busy parallel tests overflow it).
+type startLog struct {
+	mu     sync.Mutex
+	starts map[string][]time.Time // container name -> start times
+}
+
+// watchStarts subscribes to the engine's events and returns once the
+// subscription is seen to work (a volume created for the purpose shows up).
+func (e *containerEngine) watchStarts(t *testing.T) *startLog {
+	t.Helper()
+	l := &startLog{starts: map[string][]time.Time{}}
+	cmd := exec.Command("docker", "-H", e.host, "events", "--filter", "event=start", "--filter", "event=create",
+		"--format", "{{.Type}}|{{.Action}}|{{.Actor.ID}}|{{.Actor.Attributes.name}}|{{.TimeNano}}")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Volumes made to see the subscription work, one a try (creating one
+	// that exists sends no event).
+	prefix := fmt.Sprintf("latch-e2e-events-%d-", time.Now().UnixNano())
+	seen := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		once := sync.Once{}
+		for sc.Scan() {
+			f := strings.Split(sc.Text(), "|")
+			if len(f) == 5 && f[0] == "volume" && strings.HasPrefix(f[2], prefix) {
+				once.Do(func() { close(seen) })
+				continue
+			}
+			if len(f) != 5 || f[0] != "container" || f[1] != "start" {
+				continue
+			}
+			ns, err := strconv.ParseInt(f[4], 10, 64)
+			if err != nil {
+				continue
+			}
+			l.mu.Lock()
+			l.starts[f[3]] = append(l.starts[f[3]], time.Unix(0, ns))
+			l.mu.Unlock()
+		}
+	}()
+	var made []string
+	defer func() {
+		exec.Command("docker", append([]string{"-H", e.host, "volume", "rm"}, made...)...).Run()
+	}()
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		name := prefix + strconv.Itoa(i)
+		if err := exec.Command("docker", "-H", e.host, "volume", "create", name).Run(); err != nil {
+			t.Fatalf("docker volume create: %v", err)
+		}
+		made = append(made, name)
+		select {
+		case <-seen:
+			return l
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal("docker events never showed the volumes created to test it")
+		}
+	}
+}
+
+// count is the number of starts of latch's container of a service and
+// release since a time.
+func (l *startLog) count(t *testing.T, since time.Time, app, svc, release string) int {
+	t.Helper()
+	name, err := docker.ContainerName(app, svc, release)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, at := range l.starts[name] {
+		if !at.Before(since) {
 			n++
 		}
 	}
