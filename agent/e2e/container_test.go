@@ -1098,30 +1098,6 @@ func TestContainerBadFieldRefused(t *testing.T) {
 	d.stop()
 }
 
-// starts counts the engine's start events of latch's container of a
-// service and release since a time (the docker CLI reads the engine's
-// event log, which outlives removed containers).
-func (e *containerEngine) starts(t *testing.T, since time.Time, app, svc, release string) int {
-	t.Helper()
-	name, err := docker.ContainerName(app, svc, release)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("docker", "-H", e.host, "events", "--since", fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
-		"--until", strconv.FormatInt(time.Now().Unix()+1, 10), "--filter", "event=start", "--filter", "container="+name,
-		"--format", "{{.Actor.Attributes.name}}").Output()
-	if err != nil {
-		t.Fatalf("docker events: %v", err)
-	}
-	n := 0
-	for _, l := range strings.Fields(string(out)) {
-		if l == name {
-			n++
-		}
-	}
-	return n
-}
-
 // startLog follows the engine's start events for as long as a test runs:
 // unlike a later `docker events --since`, it cannot miss those that fell
 // out of the engine's bounded event buffer (busy parallel tests overflow it).
