@@ -26,7 +26,8 @@ import (
 // loopback port, client certificates of its own CA (the common name is the MQTT user name),
 // an access list that lets a device write only its own topics and read its fleet's, and an
 // operator identity that may write everything. Its persistence directory survives Stop and
-// Start, so retained messages do too.
+// Start: retained messages survive a Shutdown (which saves them) and, when the broker had
+// saved them (every second), a Stop (SIGKILL).
 type fleetBroker struct {
 	t      *testing.T
 	dir    string
@@ -143,6 +144,23 @@ func (b *fleetBroker) ForeignCert(t *testing.T, id string) (cert, key string) {
 
 // Stop kills the broker (SIGKILL: no goodbye to its clients; what was persisted stays).
 func (b *fleetBroker) Stop() { b.kill() }
+
+// Shutdown ends the broker cleanly (SIGTERM): it saves its database, retained messages too.
+func (b *fleetBroker) Shutdown() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cmd == nil {
+		return
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-b.done:
+	case <-time.After(10 * time.Second):
+		b.cmd.Process.Signal(syscall.SIGKILL)
+		<-b.done
+	}
+	b.cmd = nil
+}
 
 // Start starts a stopped broker again on the same port with the same persistence directory.
 func (b *fleetBroker) Start() {
@@ -405,12 +423,11 @@ func (w *fleetWatch) Lines(topic string) []string {
 	return out
 }
 
-// The helper itself: a retained message survives Stop and Start on the same port.
+// The helper itself: a retained message survives a Shutdown and Start on the same port.
 func TestFleetBrokerHelper(t *testing.T) {
 	b := startFleetBroker(t)
 	b.Pub(t, "latch/fleets/f1/target", []byte(`{"x":1}`), true)
-	time.Sleep(1500 * time.Millisecond) // the broker saves every second
-	b.Stop()
+	b.Shutdown()
 	b.Start()
 	if got := b.Sub(t, "latch/fleets/f1/target"); got != `{"x":1}` {
 		t.Fatalf("retained after restart = %q, want {\"x\":1}\n%s", got, b.Log())
