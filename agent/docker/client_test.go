@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -60,5 +61,31 @@ func TestDemux(t *testing.T) {
 	}
 	if got := demux([]byte("plain text, no frames")); got != "plain text, no frames" {
 		t.Errorf("demux of a raw stream: got %q", got)
+	}
+}
+
+// ImageLayers lists the diff ids of every image the engine has, as its
+// inspect says, untagged images included.
+func TestImageLayers(t *testing.T) {
+	d := needEngine(t, "the engine's image layers")
+	stacks, err := d.Client.ImageLayers(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, im := range []testImage{baseImage, checkImage} {
+		img, err := d.Client.InspectImage(testCtx(t), im.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(img.RootFS.Layers) == 0 || !strings.HasPrefix(img.RootFS.Layers[0], "sha256:") {
+			t.Fatalf("inspect %s: RootFS.Layers %v, want diff ids", im.ID, img.RootFS.Layers)
+		}
+		found := false
+		for _, s := range stacks {
+			found = found || slices.Equal(s, img.RootFS.Layers)
+		}
+		if !found {
+			t.Errorf("ImageLayers %v lacks the layers %v of %s", stacks, img.RootFS.Layers, im.ID)
+		}
 	}
 }
