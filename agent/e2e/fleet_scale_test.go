@@ -495,6 +495,7 @@ func tail(s string, n int) string {
 func TestFleetHundredAgents(t *testing.T) {
 	fleetScaleNeeds(t)
 	const n = 100
+	inotifyRoom(t, 8*n) // an agent takes an inotify instance or two; the default is 128 a user
 	f := newScaleFleet(t, "scale")
 	agents := f.start("dev", n)
 	f.waitStatus("100 agents online", 90*time.Second, func(rows map[string]scaleRow) []string {
@@ -638,6 +639,7 @@ func TestFleetHundredAgents(t *testing.T) {
 func TestFleetBrokerKilledMidRollout(t *testing.T) {
 	fleetScaleNeeds(t)
 	const n = 20
+	inotifyRoom(t, 8*n)
 	f := newScaleFleet(t, "chaos")
 	agents := f.start("edge", n)
 	f.publish(f.release("1", `echo "start 1" >> "$FLEETSCALE_DEV/starts"`))
@@ -718,4 +720,28 @@ func TestFleetBrokerKilledMidRollout(t *testing.T) {
 			t.Errorf("%s started release 1 %d times, want once", a.id, got)
 		}
 	}
+}
+
+// inotifyRoom makes sure root may have at least n inotify instances
+// (fs.inotify.max_user_instances) for as long as the test runs: many agents
+// on one machine, beside the other tests, need more than the default 128.
+// The old limit is put back at the end.
+func inotifyRoom(t *testing.T, n int) {
+	t.Helper()
+	const path = "/proc/sys/fs/inotify/max_user_instances"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	old, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("%s: %q: %v", path, b, err)
+	}
+	if old >= n {
+		return
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(n)), 0o644); err != nil {
+		t.Fatalf("raise %s from %d to %d for %d agents: %v", path, old, n, n/8, err)
+	}
+	t.Cleanup(func() { os.WriteFile(path, []byte(strconv.Itoa(old)), 0o644) })
 }
