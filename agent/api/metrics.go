@@ -70,6 +70,18 @@ func writeMetrics(w io.Writer, st agent.Status, es []lock.Entry, alive bool, now
 			m.sample("latch_image_pull_ratio", []string{"app", c.App, "service", c.Service}, float64(c.PullDone)/float64(c.PullTotal))
 		}
 	}
+	m.family("latch_image_pull_layers_done", "gauge", "Layers on the device of each container service's image while it downloads (of latch_image_pull_layers).")
+	for _, c := range st.Containers {
+		if c.Pull != nil {
+			m.sample("latch_image_pull_layers_done", []string{"app", c.App, "service", c.Service}, float64(c.Pull.LayersDone))
+		}
+	}
+	m.family("latch_image_pull_layers", "gauge", "Layers of each container service's image while it downloads.")
+	for _, c := range st.Containers {
+		if c.Pull != nil {
+			m.sample("latch_image_pull_layers", []string{"app", c.App, "service", c.Service}, float64(c.Pull.Layers))
+		}
+	}
 	m.one("latch_holds", "gauge", "Number of holds (latch hold) in force.", float64(len(st.Holds)))
 
 	m.family("latch_lock_held", "gauge", "1 for every lock entry that exists, by app and service (both empty for a device-wide lock), path and state.")

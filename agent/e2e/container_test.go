@@ -1505,8 +1505,9 @@ func TestContainerPullProgressJournalled(t *testing.T) {
 		pull.Total < total || pull.Updated.IsZero() {
 		t.Fatalf("pull in the status after the restart: %+v, want 1 of 2 layers, at least 4 MiB and at most the base layer and the %d bytes sent, of at least %d", pull, sent, total)
 	}
-	if m := containerMetrics(d); !strings.Contains(m, `latch_image_pull_ratio{app="kiosk",service="ui"} 0.`) {
-		t.Fatalf("metrics lack the journalled pull ratio:\n%s", m)
+	if m := containerMetrics(d); !strings.Contains(m, `latch_image_pull_ratio{app="kiosk",service="ui"} 0.`) ||
+		!strings.Contains(m, `latch_image_pull_layers_done{app="kiosk",service="ui"} 1`+"\n") || !strings.Contains(m, `latch_image_pull_layers{app="kiosk",service="ui"} 2`+"\n") {
+		t.Fatalf("metrics lack the journalled pull (ratio, 1 of 2 layers):\n%s", m)
 	}
 	proxy.set(func(p *containerProxy) { p.status = 0 })
 	eng.waitState(t, d, "kiosk", "ui", "r2", "running")
