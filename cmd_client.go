@@ -556,6 +556,9 @@ func containerLine(c agent.ContainerStatus) string {
 		termSafe(orDash(c.Image)), termSafe(orDash(c.State)))
 	if c.PullTotal > 0 && c.PullDone < c.PullTotal {
 		line += fmt.Sprintf(", pulling %d%% (%s of %s)", c.PullDone*100/c.PullTotal, bytesStr(c.PullDone), bytesStr(c.PullTotal))
+		if p := c.Pull; p != nil && p.Layers > 0 {
+			line += fmt.Sprintf(", %d of %d layers", p.LayersDone, p.Layers)
+		}
 	}
 	return line
 }

@@ -525,7 +525,8 @@ func TestPrintStatusRefused(t *testing.T) {
 func TestPrintStatusContainers(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	st := agent.Status{State: agent.StateDownloading, UpdatePending: true, Containers: []agent.ContainerStatus{
-		{App: "kiosk", Service: "ui", Release: "r2", Image: "0123456789ab", PullDone: 3 << 20, PullTotal: 12 << 20},
+		{App: "kiosk", Service: "ui", Release: "r2", Image: "0123456789ab", PullDone: 3 << 20, PullTotal: 12 << 20,
+			Pull: &agent.PullStatus{Layers: 4, LayersDone: 1, Done: 3 << 20, Total: 12 << 20}},
 		{App: "kiosk", Service: "backend", Release: "r1", Image: "ba5eba11cafe", State: "running", PullDone: 5 << 20, PullTotal: 5 << 20},
 		{App: "kiosk\x1b[2J", Service: "x", Release: "r1", Image: "ba5eba11cafe", State: "exited"},
 	}}
@@ -534,7 +535,7 @@ func TestPrintStatusContainers(t *testing.T) {
 	out := b.String()
 	flat := strings.Join(strings.Fields(out), " ")
 	for _, want := range []string{
-		"Containers: kiosk/ui r2, image 0123456789ab, -, pulling 25% (3.0 MiB of 12.0 MiB)",
+		"Containers: kiosk/ui r2, image 0123456789ab, -, pulling 25% (3.0 MiB of 12.0 MiB), 1 of 4 layers",
 		"kiosk/backend r1, image ba5eba11cafe, running",
 	} {
 		if !strings.Contains(flat, want) {
