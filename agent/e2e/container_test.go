@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"sort"
@@ -1508,6 +1509,10 @@ func TestContainerPullProgressJournalled(t *testing.T) {
 	if m := containerMetrics(d); !strings.Contains(m, `latch_image_pull_ratio{app="kiosk",service="ui"} 0.`) ||
 		!strings.Contains(m, `latch_image_pull_layers_done{app="kiosk",service="ui"} 1`+"\n") || !strings.Contains(m, `latch_image_pull_layers{app="kiosk",service="ui"} 2`+"\n") {
 		t.Fatalf("metrics lack the journalled pull (ratio, 1 of 2 layers):\n%s", m)
+	}
+	out, err := exec.Command(latchBin, "status", "--root", d.root).CombinedOutput()
+	if err != nil || !regexp.MustCompile(`Containers:\s+kiosk/ui r2, image [0-9a-f]{12}, \S+, pulling \d+% \(.* of .*\), 1 of 2 layers`).Match(out) {
+		t.Fatalf("latch status after the restart (%v) does not show r2's pull:\n%s", err, out)
 	}
 	proxy.set(func(p *containerProxy) { p.status = 0 })
 	eng.waitState(t, d, "kiosk", "ui", "r2", "running")
