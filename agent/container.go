@@ -142,11 +142,13 @@ type pullMark struct {
 }
 
 // An image's pull progress is journalled when this many more bytes are on
-// the device, or this much time went by, since its last record: a few
-// commits a minute at most, however many reads the layers take.
+// the device, or this much time went by, since its last record, and never
+// twice within pullJournalMin: one commit a second at most, however fast
+// the link and however many reads the layers take.
 const (
 	pullJournalBytes = 4 << 20
 	pullJournalEvery = 2 * time.Second
+	pullJournalMin   = time.Second
 )
 
 // pullImages fetches and loads the images of the container services the
@@ -559,7 +561,8 @@ func (a *Agent) journalPull(ev pullProgress) {
 		delete(s.pullMarks, ev.image)
 		return
 	}
-	if ev.done <= m.done || ev.done-m.done < pullJournalBytes && time.Since(m.at) < pullJournalEvery {
+	if since := time.Since(m.at); ev.done <= m.done || since < pullJournalMin ||
+		ev.done-m.done < pullJournalBytes && since < pullJournalEvery {
 		return
 	}
 	rec := store.ImagePull{Digest: ev.digest, Ref: ev.image, UpdateID: ev.id, Layers: ev.layers, LayersDone: ev.layersDone,

@@ -1475,7 +1475,8 @@ func TestContainerPullProgressJournalled(t *testing.T) {
 
 	proxy.set(func(p *containerProxy) { p.blobBytes, p.delay = 0, 20*time.Millisecond }) // ~1.6 MB/s
 	d.setTarget(containerTarget(t, "kiosk", "r2", containerSvc{"ui", "exec sleep 1000", v2}))
-	// Past 4 MiB more on the device a record is written whatever the time.
+	// A record is written every 4 MiB, or 2 s, at the latest: 5 MiB at
+	// the proxy's pace is past both.
 	d.waitFor("5 MiB of the big layer sent", func() bool { return proxy.sent() > 5<<20 })
 	d.kill()
 	sent := proxy.sent()
