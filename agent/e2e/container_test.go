@@ -1265,6 +1265,24 @@ func TestContainerRestartService(t *testing.T) {
 		}
 	}
 	d.stop()
+
+	// Killed once the container is stopped, the agent starts it again
+	// when it comes back.
+	d.start("LATCH_FAILPOINT=restart-stopped:kiosk/ui")
+	go d.request("POST", "/v2/applications/kiosk/restart-service", map[string]any{"serviceName": "ui"})
+	if st := d.waitExit(); st.Success() {
+		t.Fatal("the agent did not die at the restart-stopped failpoint")
+	}
+	if st, _ := eng.state(t, "kiosk", "ui", "r1"); st != "exited" {
+		t.Fatalf("at the failpoint kiosk/ui r1 is %q, want exited (stopped by the restart)", st)
+	}
+	d.start()
+	eng.waitState(t, d, "kiosk", "ui", "r1", "running")
+	d.waitFor("the interrupted restart finished", func() bool { return d.status().Status == "idle" })
+	if got := d.commands(); len(got) != execLines {
+		t.Fatalf("the resumed restart of a container ran exec commands: %v", got[execLines:])
+	}
+	d.stop()
 }
 
 // App "a_b" service "c" and app "a" service "b_c" are two containers of
