@@ -140,3 +140,19 @@ func (tx *Tx) CommandCount() int {
 	}
 	return ids.Stats().KeyN
 }
+
+// checkCommands reads every command record, for Open's check of the journal.
+func (tx *Tx) checkCommands() error {
+	b := tx.tx.Bucket([]byte(bucketCommands))
+	if b == nil {
+		return nil
+	}
+	ids := b.Bucket([]byte(keyCmdIDs))
+	if ids == nil {
+		return nil
+	}
+	return ids.ForEach(func(k, _ []byte) error {
+		_, err := tx.Command(string(k))
+		return err
+	})
+}

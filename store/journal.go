@@ -288,6 +288,12 @@ func (j *Journal) verify(btx *bolt.Tx) error {
 	if _, err := tx.Refused(); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
+	if err := tx.checkCommands(); err != nil {
+		return err
+	}
+	if _, err := tx.ImagePulls(); err != nil {
+		return err
+	}
 	if _, err := tx.Events(0); err != nil {
 		return err
 	}
