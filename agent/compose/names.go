@@ -7,7 +7,6 @@ var (
 	isName           = names.IsName
 	isEnvName        = names.IsEnvName
 	isCapName        = names.IsCapName
-	isDigest         = names.IsDigest
 	isImageRef       = names.IsImageRef
 	isComposeVersion = names.IsComposeVersion
 	isAlnum          = names.IsAlnum

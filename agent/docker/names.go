@@ -7,6 +7,5 @@ var (
 	isName      = names.IsName
 	isEnvName   = names.IsEnvName
 	isCapName   = names.IsCapName
-	isDigest    = names.IsDigest
 	isDigestRef = names.IsDigestRef
 )

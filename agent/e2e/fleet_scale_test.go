@@ -615,7 +615,7 @@ func TestFleetHundredAgents(t *testing.T) {
 	// The 9 stay blocked: a second look after the forced one settled.
 	rows, out = f.status()
 	if wrong := every(stuckAgents[1:], rows, blockedByHolder); len(wrong) != 0 {
-		t.Errorf("after the force of %s, others moved too:\n%s", target.id, strings.Join(wrong, "\n"))
+		t.Errorf("after the force of %s, others moved too:\n%s\nlatch fleet status:\n%s", target.id, strings.Join(wrong, "\n"), out)
 	}
 	for _, a := range agents {
 		want := 1
