@@ -21,13 +21,20 @@ targets=(
 	"armv6 arm 6"
 	"386 386 -"
 )
+# latch's own packages are built without inlining (the standard library and
+# the dependencies keep theirs): about 287 KB less on amd64 (2.7%), with no
+# difference measured in the release-to-stop, start-to-READY, idle-CPU,
+# trust-verify or latch lock benchmarks, whose time is in syscalls, process
+# starts and the standard library's crypto. LATCH_GCFLAGS overrides it
+# (LATCH_GCFLAGS= builds with Go's defaults).
+gcflags=${LATCH_GCFLAGS-latch/...=-l}
 names=()
 for t in "${targets[@]}"; do
 	read -r name goarch goarm <<<"$t"
 	out=latch-linux-$name
 	env=(CGO_ENABLED=0 GOOS=linux GOARCH="$goarch")
 	[[ $goarm != - ]] && env+=(GOARM="$goarm")
-	env "${env[@]}" go build -trimpath -ldflags "-s -w -X main.version=$version" -o "$dist/$out.tmp" .
+	env "${env[@]}" go build -trimpath -gcflags "$gcflags" -ldflags "-s -w -X main.version=$version" -o "$dist/$out.tmp" .
 	mv "$dist/$out.tmp" "$dist/$out"
 	names+=("$out")
 done
