@@ -91,6 +91,9 @@ func (a *Agent) UseTrustRoot(root []byte, deviceID string) error {
 		}
 	}
 	next, err := trust.Provision(old, root)
+	if errors.Is(err, trust.ErrWrongFleet) {
+		return fmt.Errorf("%w: --trust-root: %w (the trust state is in the journal and in its copy %s: stop the agent and move both aside)", ErrInvalid, err, a.trustCopyPath())
+	}
 	if err != nil {
 		return fmt.Errorf("%w: --trust-root: %w", ErrInvalid, err)
 	}

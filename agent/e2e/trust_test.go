@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
@@ -751,6 +752,23 @@ func TestTrustJournalReset(t *testing.T) {
 		t.Errorf("agent output after a journal reset without the copy does not warn about the trust state:\n%s", out)
 	}
 	p.d.stop()
+
+	// An operator moves the device to another fleet but deletes only the
+	// journal: the copy still names the old fleet, and the agent says
+	// which files to move aside instead of starting under either root.
+	p.run("root", "init", "--root-key", "root2.pub", "--root-threshold", "1", "--targets-key", "ci2.pub",
+		"--targets-threshold", "1", "--fleet", "elsewhere", "--expires", "30d", "-o", "other.json")
+	p.run("root", "sign", "--key", "root2.key", "other.json")
+	if err := os.Remove(filepath.Join(p.d.stateDir, "journal.db")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, latchBin, "agent", "--root", p.d.root, "--driver", "exec",
+		"--trust-root", filepath.Join(p.dir, "other.json")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), copyPath) || !strings.Contains(string(out), "move both aside") {
+		t.Errorf("agent under another fleet's root with the old copy: %v\n%s\nwant a refusal naming %s", err, out, copyPath)
+	}
 }
 
 // trustNativeOnly skips an attack of the trust suite in the cross runs
